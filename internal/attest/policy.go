@@ -1,0 +1,278 @@
+package attest
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/go-sev-guest/abi"
+	"sigs.k8s.io/yaml"
+)
+
+// Root kinds a policy may trust.
+const (
+	RootAMD       = "amd"
+	RootSimulated = "simulated"
+)
+
+// Defaults applied to fields a policy file leaves out.
+const (
+	DefaultTrustDomain    = "confmesh.local"
+	DefaultMaxEvidenceAge = 90 * time.Minute
+)
+
+// Policy is what a verifier accepts. The same schema serves the control
+// plane and every agent; each applies its own copy.
+type Policy struct {
+	// TrustDomain is the SPIFFE trust domain of the cluster.
+	TrustDomain string `json:"trustDomain"`
+	// Measurements lists accepted launch measurements (48 bytes, hex). A list
+	// so that a rollout can carry the old and the new image.
+	Measurements []HexBytes `json:"measurements"`
+	// MinimumTCB is the lowest reported TCB accepted, part by part.
+	MinimumTCB TCBMinimum `json:"minimumTCB"`
+	// AllowDebug accepts guests launched with the debug policy bit. Never in production.
+	AllowDebug bool `json:"allowDebug"`
+	// AllowSMT accepts hosts with simultaneous multithreading enabled.
+	AllowSMT bool `json:"allowSMT"`
+	// AllowMigrationAgent accepts guests whose policy allows a migration agent.
+	AllowMigrationAgent bool `json:"allowMigrationAgent"`
+	// AllowedVMPLs lists the VM privilege levels a report may come from.
+	AllowedVMPLs []uint32 `json:"allowedVMPLs"`
+	// ChipIDs, when non-empty, is an allowlist of chip IDs (64 bytes, hex).
+	ChipIDs []HexBytes `json:"chipIDs,omitempty"`
+	// MaxEvidenceAge is the oldest evidence accepted, measured from the time
+	// in its challenge. It must exceed the renewal interval (half the SVID TTL).
+	MaxEvidenceAge Duration `json:"maxEvidenceAge"`
+	// TrustedRoots lists the roots endorsement chains may end at.
+	TrustedRoots []RootRef `json:"trustedRoots"`
+
+	// anyMeasurement is set only by programmatic policies (the CLI without
+	// --policy): it skips the measurement allowlist.
+	anyMeasurement bool
+}
+
+// TCBMinimum is a minimum security patch level per TCB component.
+type TCBMinimum struct {
+	Bootloader uint8 `json:"bootloader"`
+	TEE        uint8 `json:"tee"`
+	SNP        uint8 `json:"snp"`
+	Microcode  uint8 `json:"microcode"`
+}
+
+// RootRef names a trusted root: the AMD roots pinned in the binary, or a
+// simulated root read from a file (PEM: ASK then ARK).
+type RootRef struct {
+	Kind string `json:"kind"`
+	File string `json:"file,omitempty"`
+}
+
+// String renders the root for logs and errors.
+func (r RootRef) String() string {
+	if r.File != "" {
+		return r.Kind + ":" + r.File
+	}
+	return r.Kind
+}
+
+// HexBytes is a byte string written as lower-case hex in YAML and JSON.
+type HexBytes []byte
+
+// MarshalJSON writes lower-case hex.
+func (h HexBytes) MarshalJSON() ([]byte, error) { return json.Marshal(hex.EncodeToString(h)) }
+
+// UnmarshalJSON reads hex (either case, optional 0x prefix).
+func (h *HexBytes) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a hex string: %w", err)
+	}
+	s = strings.TrimPrefix(strings.TrimSpace(s), "0x")
+	v, err := hex.DecodeString(s)
+	if err != nil {
+		return fmt.Errorf("invalid hex %q: %w", s, err)
+	}
+	*h = v
+	return nil
+}
+
+// String returns lower-case hex.
+func (h HexBytes) String() string { return hex.EncodeToString(h) }
+
+// Duration is a time.Duration written as a Go duration string ("90m").
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string such as \"90m\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// LoadPolicy reads and parses a policy file.
+func LoadPolicy(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	p, err := ParsePolicy(data)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// ParsePolicy decodes YAML strictly (an unknown field is an error naming
+// it), applies defaults and validates.
+func ParsePolicy(data []byte) (*Policy, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("policy is empty")
+	}
+	var p Policy
+	if err := yaml.UnmarshalStrict(data, &p); err != nil {
+		return nil, fmt.Errorf("decode policy: %w", err)
+	}
+	p.applyDefaults()
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// DefaultPolicy is the policy the CLI applies without --policy: AMD roots,
+// no debug, any measurement, VMPL 0-3, no TCB minimum.
+func DefaultPolicy() *Policy {
+	p := &Policy{anyMeasurement: true, AllowSMT: true, AllowedVMPLs: []uint32{0, 1, 2, 3}}
+	p.applyDefaults()
+	return p
+}
+
+// AcceptAnyMeasurement returns a copy of p that skips the measurement
+// allowlist. Only the CLI uses it, to check a report's other properties.
+func (p *Policy) AcceptAnyMeasurement() *Policy {
+	c := *p
+	c.anyMeasurement = true
+	return &c
+}
+
+// AcceptsAnyMeasurement reports whether the measurement allowlist is skipped.
+func (p *Policy) AcceptsAnyMeasurement() bool { return p.anyMeasurement }
+
+func (p *Policy) applyDefaults() {
+	if p.TrustDomain == "" {
+		p.TrustDomain = DefaultTrustDomain
+	}
+	if p.MaxEvidenceAge == 0 {
+		p.MaxEvidenceAge = Duration(DefaultMaxEvidenceAge)
+	}
+	if p.AllowedVMPLs == nil {
+		p.AllowedVMPLs = []uint32{0}
+	}
+	if len(p.TrustedRoots) == 0 {
+		p.TrustedRoots = []RootRef{{Kind: RootAMD}}
+	}
+}
+
+// Validate checks every field and names the first one that is wrong.
+func (p *Policy) Validate() error {
+	if strings.ContainsAny(p.TrustDomain, "/:@ ") || p.TrustDomain != strings.ToLower(p.TrustDomain) {
+		return fmt.Errorf("trustDomain %q: must be a lower-case DNS-like name without scheme or path", p.TrustDomain)
+	}
+	if len(p.Measurements) == 0 && !p.anyMeasurement {
+		return fmt.Errorf("measurements: at least one accepted measurement is required")
+	}
+	for i, m := range p.Measurements {
+		if len(m) != abi.MeasurementSize {
+			return fmt.Errorf("measurements[%d]: %d bytes, want %d (96 hex digits)", i, len(m), abi.MeasurementSize)
+		}
+	}
+	for i, c := range p.ChipIDs {
+		if len(c) != abi.ChipIDSize {
+			return fmt.Errorf("chipIDs[%d]: %d bytes, want %d (128 hex digits)", i, len(c), abi.ChipIDSize)
+		}
+	}
+	if len(p.AllowedVMPLs) == 0 {
+		return fmt.Errorf("allowedVMPLs: empty list accepts nothing; list at least one of 0-3")
+	}
+	for i, v := range p.AllowedVMPLs {
+		if v > 3 {
+			return fmt.Errorf("allowedVMPLs[%d]: %d is not a VMPL (0-3)", i, v)
+		}
+	}
+	if p.MaxEvidenceAge < 0 {
+		return fmt.Errorf("maxEvidenceAge: must be positive, got %s", time.Duration(p.MaxEvidenceAge))
+	}
+	for _, part := range []struct {
+		name string
+		v    uint8
+	}{{"bootloader", p.MinimumTCB.Bootloader}, {"tee", p.MinimumTCB.TEE}, {"snp", p.MinimumTCB.SNP}} {
+		if part.v > 127 {
+			return fmt.Errorf("minimumTCB.%s: %d exceeds 127", part.name, part.v)
+		}
+	}
+	seen := map[string]bool{}
+	for i, r := range p.TrustedRoots {
+		switch r.Kind {
+		case RootAMD:
+			if r.File != "" {
+				return fmt.Errorf("trustedRoots[%d]: kind amd takes no file (the AMD roots are pinned in the binary)", i)
+			}
+		case RootSimulated:
+			if r.File == "" {
+				return fmt.Errorf("trustedRoots[%d]: kind simulated needs file: the simulated root is trusted only when named by file", i)
+			}
+		default:
+			return fmt.Errorf("trustedRoots[%d]: unknown kind %q (want %q or %q)", i, r.Kind, RootAMD, RootSimulated)
+		}
+		if seen[r.String()] {
+			return fmt.Errorf("trustedRoots[%d]: %s listed twice", i, r)
+		}
+		seen[r.String()] = true
+	}
+	return nil
+}
+
+// TrustsSimulated reports whether any simulated root is trusted.
+func (p *Policy) TrustsSimulated() bool {
+	for _, r := range p.TrustedRoots {
+		if r.Kind == RootSimulated {
+			return true
+		}
+	}
+	return false
+}
+
+// YAML renders the normalised policy.
+func (p *Policy) YAML() ([]byte, error) { return yaml.Marshal(p) }
+
+func (p *Policy) vmplAllowed(v uint32) bool {
+	for _, a := range p.AllowedVMPLs {
+		if a == v {
+			return true
+		}
+	}
+	return false
+}
+
+func containsBytes(list []HexBytes, v []byte) bool {
+	for _, x := range list {
+		if bytes.Equal(x, v) {
+			return true
+		}
+	}
+	return false
+}

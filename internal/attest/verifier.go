@@ -1,0 +1,515 @@
+package attest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
+	spb "github.com/google/go-sev-guest/proto/sevsnp"
+	"github.com/google/go-sev-guest/validate"
+	"github.com/google/go-sev-guest/verify"
+	"github.com/google/go-sev-guest/verify/trust"
+)
+
+// maxChainCache bounds the per-VCEK chain verdict cache; when full it is
+// cleared rather than grown.
+const maxChainCache = 4096
+
+// Options tune a Verifier. The zero value verifies offline with the
+// chain shipped in the evidence.
+type Options struct {
+	// Fetcher, when set, fetches a VCEK the evidence does not carry from
+	// AMD's key distribution service (wrap it in a CachingFetcher).
+	Fetcher trust.HTTPSGetter
+	// Now replaces the clock (tests).
+	Now func() time.Time
+	// Logger receives the simulated-root warning; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Verifier checks evidence against one policy. It is safe for concurrent
+// use. Chain verdicts are cached per endorsement certificate, so a second
+// report from the same chip costs one ECDSA verification.
+type Verifier struct {
+	policy  *Policy
+	roots   []*TrustedRoot
+	fetcher trust.HTTPSGetter
+	now     func() time.Time
+
+	mu     sync.Mutex
+	chains map[[32]byte]*chainVerdict
+}
+
+type chainVerdict struct {
+	cert *x509.Certificate
+	root *TrustedRoot
+}
+
+// Expect is what the verifier requires the evidence to be bound to.
+type Expect struct {
+	Purpose         Purpose
+	Key             []byte // key32
+	IdentityKeyHash []byte // SHA-256 of the identity key's SPKI
+	Name            string
+	// Challenge, when set, must equal the evidence's challenge (the issuer
+	// of the challenge checks this; peers check only its age).
+	Challenge []byte
+}
+
+// NewVerifier loads the policy's trusted roots. A policy that trusts a
+// simulated root is logged loudly: such a verifier accepts evidence that no
+// hardware produced.
+func NewVerifier(p *Policy, opts Options) (*Verifier, error) {
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid policy: %w", err)
+	}
+	roots, err := LoadTrustedRoots(p)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	for _, r := range roots {
+		if r.Simulated {
+			log.Warn("!!! TRUSTING A SIMULATED TEE ROOT: evidence signed by it proves nothing about hardware; never use this policy in production !!!",
+				"root", r.Name, "productLine", r.ProductLine())
+		}
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}, nil
+}
+
+// Policy returns the policy the verifier applies.
+func (v *Verifier) Policy() *Policy { return v.policy }
+
+// TrustsSimulated reports whether a simulated root is trusted.
+func (v *Verifier) TrustsSimulated() bool { return v.policy.TrustsSimulated() }
+
+// Verify checks the evidence (signature, chain, policy) and that it is bound
+// to want: REPORT_DATA recomputed from the carried binding, the binding's age
+// within the policy, and the binding equal to what the caller expects.
+func (v *Verifier) Verify(ev *attestv1.Evidence, want Expect) (*Claims, error) {
+	c, report, err := v.verifyReport(ev)
+	if err != nil {
+		return nil, err
+	}
+	b := ev.GetBinding()
+	if b == nil {
+		return nil, fmt.Errorf("%w: evidence carries no binding", ErrMalformedBinding)
+	}
+	nonce, err := Nonce(Purpose(b.GetPurpose()), b.GetChallenge(), b.GetIdentityKeyHash(), b.GetName())
+	if err != nil {
+		return nil, err
+	}
+	rd, err := ReportData(nonce[:], b.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(rd[:], report.GetReportData()) {
+		return nil, fmt.Errorf("%w: REPORT_DATA %x… is not SHA-512(nonce‖key) of the binding carried with the evidence", ErrBinding, report.GetReportData()[:8])
+	}
+	issued, _ := ChallengeTime(b.GetChallenge())
+	age := v.now().Sub(issued)
+	if maxAge := time.Duration(v.policy.MaxEvidenceAge); age > maxAge {
+		return nil, fmt.Errorf("%w: issued %s ago, policy allows %s", ErrEvidenceTooOld, age.Round(time.Second), maxAge)
+	}
+	if age < -MaxChallengeSkew {
+		return nil, fmt.Errorf("%w: challenge time %s is %s ahead of local time", ErrEvidenceFromFuture, issued.UTC().Format(time.RFC3339), (-age).Round(time.Second))
+	}
+	switch {
+	case Purpose(b.GetPurpose()) != want.Purpose:
+		return nil, fmt.Errorf("%w: evidence is for purpose %q, want %q", ErrWrongNonce, b.GetPurpose(), want.Purpose)
+	case b.GetName() != want.Name:
+		return nil, fmt.Errorf("%w: evidence is for name %q, want %q", ErrWrongNonce, b.GetName(), want.Name)
+	case !bytes.Equal(b.GetIdentityKeyHash(), want.IdentityKeyHash):
+		return nil, fmt.Errorf("%w: evidence binds identity key %x…, want %x…", ErrWrongNonce, head(b.GetIdentityKeyHash()), head(want.IdentityKeyHash))
+	case want.Challenge != nil && !bytes.Equal(b.GetChallenge(), want.Challenge):
+		return nil, fmt.Errorf("%w: evidence answers challenge %x…, not the one issued (%x…)", ErrWrongNonce, head(b.GetChallenge()), head(want.Challenge))
+	case !bytes.Equal(b.GetKey(), want.Key):
+		return nil, fmt.Errorf("%w: evidence binds key %x…, want %x…", ErrWrongKey, head(b.GetKey()), head(want.Key))
+	}
+	c.IssuedAt = issued.UTC()
+	return c, nil
+}
+
+// VerifyReportData checks the evidence and that REPORT_DATA equals
+// SHA-512(nonce‖key) for a raw nonce and key, as produced by other tools.
+func (v *Verifier) VerifyReportData(ev *attestv1.Evidence, nonce, key []byte) (*Claims, error) {
+	c, report, err := v.verifyReport(ev)
+	if err != nil {
+		return nil, err
+	}
+	rd, err := ReportData(nonce, key)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(rd[:], report.GetReportData()) {
+		return nil, fmt.Errorf("%w: REPORT_DATA %x… is not SHA-512(nonce‖key) (%x…)", ErrBinding, report.GetReportData()[:8], rd[:8])
+	}
+	return c, nil
+}
+
+// VerifyUnbound checks signature, chain and policy but no binding. Only the
+// CLI uses it, to inspect a report; it proves nothing about freshness.
+func (v *Verifier) VerifyUnbound(ev *attestv1.Evidence) (*Claims, error) {
+	c, _, err := v.verifyReport(ev)
+	return c, err
+}
+
+func head(b []byte) []byte {
+	if len(b) > 8 {
+		return b[:8]
+	}
+	return b
+}
+
+func (v *Verifier) verifyReport(ev *attestv1.Evidence) (*Claims, *spb.Report, error) {
+	if ev == nil {
+		return nil, nil, fmt.Errorf("%w: no evidence", ErrMalformedEvidence)
+	}
+	switch ev.GetTee() {
+	case TEESevSnp, TEESimSnp:
+	case "":
+		return nil, nil, fmt.Errorf("%w: evidence names no TEE type", ErrUnsupportedTEE)
+	default:
+		return nil, nil, fmt.Errorf("%w: %q (this verifier handles %s and %s)", ErrUnsupportedTEE, ev.GetTee(), TEESevSnp, TEESimSnp)
+	}
+	raw := ev.GetReport()
+	report, err := ParseReport(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := abi.ParseSignerInfo(report.GetSignerInfo())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: signer info: %v", ErrMalformedReport, err)
+	}
+	ekDER, err := v.endorsementKey(ev, report, info.SigningKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	cv, err := v.chain(ev, report, info.SigningKey, ekDER)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := verify.SnpReportSignature(raw, cv.cert); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrSignature, err)
+	}
+	if cv.root.Simulated != (ev.GetTee() == TEESimSnp) {
+		return nil, nil, fmt.Errorf("%w: evidence says tee %q but its chain ends at %s", ErrUntrustedRoot, ev.GetTee(), cv.root.Name)
+	}
+	if err := v.checkPolicy(report, cv); err != nil {
+		return nil, nil, err
+	}
+	return v.claims(ev, report, info.SigningKey, cv), report, nil
+}
+
+// ParseReport decodes a raw SEV-SNP report, naming what is wrong with it.
+func ParseReport(raw []byte) (*spb.Report, error) {
+	if len(raw) != abi.ReportSize {
+		return nil, fmt.Errorf("%w: report is %d bytes, an SEV-SNP report is %d", ErrMalformedReport, len(raw), abi.ReportSize)
+	}
+	version := uint32(raw[0]) | uint32(raw[1])<<8 | uint32(raw[2])<<16 | uint32(raw[3])<<24
+	if version < abi.MinSupportedReportVersion || version > abi.MaxSupportedReportVersion {
+		return nil, fmt.Errorf("%w: version %d (supported %d-%d)", ErrUnsupportedVersion, version, abi.MinSupportedReportVersion, abi.MaxSupportedReportVersion)
+	}
+	report, err := abi.ReportToProto(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedReport, err)
+	}
+	if algo := abi.SignatureAlgo(raw); algo != abi.SignEcdsaP384Sha384 {
+		return nil, fmt.Errorf("%w: signature algorithm %d (want %d, ECDSA P-384 with SHA-384)", ErrMalformedReport, algo, abi.SignEcdsaP384Sha384)
+	}
+	return report, nil
+}
+
+// endorsementKey returns the DER of the VCEK or VLEK that should have signed
+// the report, fetching a missing VCEK when a fetcher is configured.
+func (v *Verifier) endorsementKey(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner) ([]byte, error) {
+	chain := ev.GetChain()
+	switch signer {
+	case abi.VcekReportSigner:
+		if der := chain.GetVcek(); len(der) > 0 {
+			return der, nil
+		}
+		if v.fetcher == nil {
+			return nil, fmt.Errorf("%w: report is signed by a VCEK but the evidence carries none (and KDS fetching is off)", ErrMissingChain)
+		}
+		return v.fetchVCEK(report)
+	case abi.VlekReportSigner:
+		if der := chain.GetVlek(); len(der) > 0 {
+			return der, nil
+		}
+		return nil, fmt.Errorf("%w: report is signed by a VLEK but the evidence carries none", ErrMissingChain)
+	default:
+		return nil, fmt.Errorf("%w: report signer %v is not a VCEK or VLEK", ErrMalformedReport, signer)
+	}
+}
+
+func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
+	lines := AMDProductLines
+	if fms := report.GetCpuid1EaxFms(); fms != 0 {
+		lines = []string{kds.ProductLineFromFms(fms)}
+	}
+	var lastErr error
+	for _, line := range lines {
+		url := kds.VCEKCertURL(line, report.GetChipId(), kds.TCBVersion(report.GetReportedTcb()))
+		der, err := v.fetcher.Get(url)
+		if err == nil && len(der) > 0 {
+			return der, nil
+		}
+		lastErr = err
+	}
+	return nil, fmt.Errorf("%w: evidence carries no VCEK and fetching it failed: %v", ErrMissingChain, lastErr)
+}
+
+// chain returns the cached verdict for the endorsement key or verifies the
+// chain once: shipped chain links, a trusted root signs it, the product
+// matches, the certificate is valid now, and go-sev-guest's full KDS
+// certificate checks pass.
+func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, ekDER []byte) (*chainVerdict, error) {
+	now := v.now()
+	key := sha256.Sum256(ekDER)
+	v.mu.Lock()
+	cv := v.chains[key]
+	v.mu.Unlock()
+	if cv != nil {
+		if now.Before(cv.cert.NotBefore) || now.After(cv.cert.NotAfter) {
+			return nil, fmt.Errorf("%w: %v certificate valid %s to %s", ErrCertExpired, signer, cv.cert.NotBefore.UTC().Format(time.RFC3339), cv.cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+		if err := checkReportProduct(report, cv.root.ProductLine()); err != nil {
+			return nil, err
+		}
+		return cv, nil
+	}
+
+	ek, err := x509.ParseCertificate(ekDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v certificate: %v", ErrMalformedChain, signer, err)
+	}
+	exts, err := kds.CertificateExtensions(ek, signer)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v certificate extensions: %v", ErrMalformedChain, signer, err)
+	}
+	product, err := kds.ParseProductName(exts.ProductName, signer)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v certificate product %q: %v", ErrMalformedChain, signer, exts.ProductName, err)
+	}
+	certLine := kds.ProductLine(product)
+
+	// The shipped chain must link. It is not trusted for anything else.
+	var shippedAsk *x509.Certificate
+	if der := ev.GetChain().GetAsk(); len(der) > 0 {
+		if shippedAsk, err = x509.ParseCertificate(der); err != nil {
+			return nil, fmt.Errorf("%w: ASK certificate: %v", ErrMalformedChain, err)
+		}
+		if !signedBy(ek, shippedAsk) {
+			return nil, fmt.Errorf("%w: %v certificate is not signed by the ASK shipped with it", ErrBrokenChain, signer)
+		}
+	}
+	if der := ev.GetChain().GetArk(); len(der) > 0 && shippedAsk != nil {
+		ark, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("%w: ARK certificate: %v", ErrMalformedChain, err)
+		}
+		if !signedBy(shippedAsk, ark) {
+			return nil, fmt.Errorf("%w: shipped ASK is not signed by the shipped ARK", ErrBrokenChain)
+		}
+	}
+
+	var root *TrustedRoot
+	for _, r := range v.roots {
+		if signs(r, ek, signer) {
+			root = r
+			break
+		}
+	}
+	if root == nil {
+		return nil, fmt.Errorf("%w: %v certificate (product %s, issuer %q) is not signed by any root this policy trusts (%s)",
+			ErrUntrustedRoot, signer, exts.ProductName, ek.Issuer.CommonName, v.rootNames())
+	}
+	if root.ProductLine() != certLine {
+		return nil, fmt.Errorf("%w: %v certificate is for %s but was issued by the %s root (%s)", ErrWrongProduct, signer, certLine, root.ProductLine(), root.Name)
+	}
+	if err := checkReportProduct(report, certLine); err != nil {
+		return nil, err
+	}
+	if now.Before(ek.NotBefore) || now.After(ek.NotAfter) {
+		return nil, fmt.Errorf("%w: %v certificate valid %s to %s, now %s", ErrCertExpired, signer,
+			ek.NotBefore.UTC().Format(time.RFC3339), ek.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+
+	att := &spb.Attestation{Report: report, CertificateChain: &spb.CertificateChain{VcekCert: ev.GetChain().GetVcek(), VlekCert: ev.GetChain().GetVlek()}}
+	if signer == abi.VcekReportSigner {
+		att.CertificateChain.VcekCert = ekDER
+	}
+	opts := &verify.Options{
+		DisableCertFetching: true,
+		Now:                 now,
+		TrustedRoots:        map[string][]*trust.AMDRootCerts{certLine: {root.Certs}},
+	}
+	if err := verify.SnpAttestation(att, opts); err != nil {
+		if serr := verify.SnpReportSignature(ev.GetReport(), ek); serr != nil {
+			return nil, fmt.Errorf("%w: %v", ErrSignature, serr)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrChain, err)
+	}
+	cv = &chainVerdict{cert: ek, root: root}
+	v.mu.Lock()
+	if len(v.chains) >= maxChainCache {
+		v.chains = map[[32]byte]*chainVerdict{}
+	}
+	v.chains[key] = cv
+	v.mu.Unlock()
+	return cv, nil
+}
+
+func signs(r *TrustedRoot, ek *x509.Certificate, signer abi.ReportSigner) bool {
+	pc := r.Certs.ProductCerts
+	if pc == nil || pc.Ark == nil {
+		return false
+	}
+	ica := pc.Ask
+	if signer == abi.VlekReportSigner {
+		ica = pc.Asvk
+	}
+	return ica != nil && signedBy(ek, ica) && signedBy(ica, pc.Ark)
+}
+
+// checkReportProduct compares the product a v3+ report names (CPUID) with
+// the product line its chain certifies.
+func checkReportProduct(report *spb.Report, certLine string) error {
+	if fms := report.GetCpuid1EaxFms(); fms != 0 {
+		if line := kds.ProductLineFromFms(fms); line != certLine {
+			return fmt.Errorf("%w: report comes from a %s CPU but its chain certifies %s", ErrWrongProduct, line, certLine)
+		}
+	}
+	return nil
+}
+
+func (v *Verifier) rootNames() string {
+	seen := map[string]bool{}
+	var out []byte
+	for _, r := range v.roots {
+		n := r.Name + "/" + r.ProductLine()
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		if len(out) > 0 {
+			out = append(out, ", "...)
+		}
+		out = append(out, n...)
+	}
+	return string(out)
+}
+
+// checkPolicy applies the policy, one named check at a time, then runs
+// go-sev-guest's validate as a second line (TCB consistency with the
+// certificate, chip ID against the certificate's HWID, policy bits).
+func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
+	p := v.policy
+	gp, err := abi.ParseSnpPolicy(report.GetPolicy())
+	if err != nil {
+		return fmt.Errorf("%w: guest policy: %v", ErrMalformedReport, err)
+	}
+	pi, err := abi.ParseSnpPlatformInfo(report.GetPlatformInfo())
+	if err != nil {
+		return fmt.Errorf("%w: platform info: %v", ErrMalformedReport, err)
+	}
+	if gp.Debug && !p.AllowDebug {
+		return fmt.Errorf("%w: the guest was launched with debugging allowed (its memory is readable by the host) and the policy forbids debug", ErrDebug)
+	}
+	if !p.vmplAllowed(report.GetVmpl()) {
+		return fmt.Errorf("%w: report comes from VMPL %d, policy allows %v", ErrVMPL, report.GetVmpl(), p.AllowedVMPLs)
+	}
+	if !p.anyMeasurement && !containsBytes(p.Measurements, report.GetMeasurement()) {
+		return fmt.Errorf("%w: %x is not one of the %d accepted measurements", ErrMeasurement, report.GetMeasurement(), len(p.Measurements))
+	}
+	tcb := tcbFrom(report.GetReportedTcb())
+	for _, part := range []struct {
+		err       error
+		got, want uint8
+	}{
+		{ErrTCBBootloader, tcb.Bootloader, p.MinimumTCB.Bootloader},
+		{ErrTCBTEE, tcb.TEE, p.MinimumTCB.TEE},
+		{ErrTCBSNP, tcb.SNP, p.MinimumTCB.SNP},
+		{ErrTCBMicrocode, tcb.Microcode, p.MinimumTCB.Microcode},
+	} {
+		if part.got < part.want {
+			return fmt.Errorf("%w: reported %d, minimum %d", part.err, part.got, part.want)
+		}
+	}
+	if len(p.ChipIDs) > 0 && !containsBytes(p.ChipIDs, report.GetChipId()) {
+		return fmt.Errorf("%w: chip %x… is not on the policy's allowlist", ErrChipID, head(report.GetChipId()))
+	}
+	if pi.SMTEnabled && !p.AllowSMT {
+		return fmt.Errorf("%w: the host has simultaneous multithreading enabled and the policy forbids it", ErrSMT)
+	}
+	if gp.MigrateMA && !p.AllowMigrationAgent {
+		return fmt.Errorf("%w: the guest policy allows a migration agent and the policy forbids it", ErrMigrationAgent)
+	}
+
+	opts := &validate.Options{
+		GuestPolicy: abi.SnpPolicy{
+			ABIMajor: 0, ABIMinor: 0,
+			Debug: p.AllowDebug, SMT: true, MigrateMA: p.AllowMigrationAgent,
+			CXLAllowed: true,
+		},
+		MinimumTCB: kds.TCBParts{BlSpl: p.MinimumTCB.Bootloader, TeeSpl: p.MinimumTCB.TEE, SnpSpl: p.MinimumTCB.SNP, UcodeSpl: p.MinimumTCB.Microcode},
+		// Provisional firmware (committed < current) is accepted: the reported
+		// TCB, which the VCEK certifies and the policy bounds, is what counts.
+		PermitProvisionalFirmware: true,
+	}
+	att := &spb.Attestation{Report: report, CertificateChain: &spb.CertificateChain{}}
+	// Put the verified endorsement certificate where validate looks.
+	info, _ := abi.ParseSignerInfo(report.GetSignerInfo())
+	if info.SigningKey == abi.VlekReportSigner {
+		att.CertificateChain.VlekCert = cv.cert.Raw
+	} else {
+		att.CertificateChain.VcekCert = cv.cert.Raw
+	}
+	if err := validate.SnpAttestation(att, opts); err != nil {
+		return fmt.Errorf("%w: %v", ErrValidation, err)
+	}
+	return nil
+}
+
+func (v *Verifier) claims(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, cv *chainVerdict) *Claims {
+	gp, _ := abi.ParseSnpPolicy(report.GetPolicy())
+	pi, _ := abi.ParseSnpPlatformInfo(report.GetPlatformInfo())
+	digest := sha256.Sum256(ev.GetReport())
+	return &Claims{
+		TEE:            ev.GetTee(),
+		Product:        cv.root.ProductLine(),
+		Root:           cv.root.Name,
+		Simulated:      cv.root.Simulated,
+		ReportVersion:  report.GetVersion(),
+		Measurement:    report.GetMeasurement(),
+		HostData:       report.GetHostData(),
+		ReportData:     report.GetReportData(),
+		ReportedTCB:    tcbFrom(report.GetReportedTcb()),
+		LaunchTCB:      tcbFrom(report.GetLaunchTcb()),
+		ChipID:         report.GetChipId(),
+		GuestPolicy:    report.GetPolicy(),
+		Debug:          gp.Debug,
+		SMTAllowed:     gp.SMT,
+		SMTEnabled:     pi.SMTEnabled,
+		MigrationAgent: gp.MigrateMA,
+		VMPL:           report.GetVmpl(),
+		ReportID:       report.GetReportId(),
+		ReportDigest:   digest[:],
+		Signer:         signer.String(),
+	}
+}
