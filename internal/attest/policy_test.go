@@ -1,0 +1,140 @@
+package attest_test
+
+import (
+	"encoding/pem"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/confmesh/confmesh/internal/attest"
+)
+
+const m1 = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5"
+
+func TestParsePolicyDefaults(t *testing.T) {
+	p, err := attest.ParsePolicy([]byte("measurements: [" + m1 + "]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.TrustDomain != attest.DefaultTrustDomain {
+		t.Errorf("trustDomain = %q", p.TrustDomain)
+	}
+	if time.Duration(p.MaxEvidenceAge) != attest.DefaultMaxEvidenceAge {
+		t.Errorf("maxEvidenceAge = %v", time.Duration(p.MaxEvidenceAge))
+	}
+	if len(p.AllowedVMPLs) != 1 || p.AllowedVMPLs[0] != 0 {
+		t.Errorf("allowedVMPLs = %v, want [0]", p.AllowedVMPLs)
+	}
+	if len(p.TrustedRoots) != 1 || p.TrustedRoots[0].Kind != attest.RootAMD {
+		t.Errorf("trustedRoots = %v, want [amd]", p.TrustedRoots)
+	}
+	if p.AllowDebug || p.AllowMigrationAgent || p.AllowSMT || p.TrustsSimulated() {
+		t.Errorf("a default must not allow debug, migration agent, SMT or simulated roots: %+v", p)
+	}
+	// The normalised form parses back to the same policy.
+	y, err := p.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := attest.ParsePolicy(y)
+	if err != nil {
+		t.Fatalf("normalised policy does not parse: %v\n%s", err, y)
+	}
+	y2, _ := p2.YAML()
+	if string(y) != string(y2) {
+		t.Errorf("normalised form not stable:\n%s\n---\n%s", y, y2)
+	}
+}
+
+func TestParsePolicyFull(t *testing.T) {
+	doc := `
+trustDomain: prod.example
+measurements:
+  - ` + m1 + `
+  - 0x` + strings.ToUpper(m1) + `
+minimumTCB: {bootloader: 3, tee: 0, snp: 14, microcode: 209}
+allowDebug: false
+allowSMT: true
+allowMigrationAgent: false
+allowedVMPLs: [0, 1]
+chipIDs: [` + strings.Repeat("ab", 64) + `]
+maxEvidenceAge: 45m
+trustedRoots:
+  - kind: amd
+  - kind: simulated
+    file: /etc/confmesh/sim-root.pem
+`
+	p, err := attest.ParsePolicy([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.TrustDomain != "prod.example" || len(p.Measurements) != 2 || p.MinimumTCB.Microcode != 209 ||
+		!p.AllowSMT || len(p.AllowedVMPLs) != 2 || len(p.ChipIDs) != 1 ||
+		time.Duration(p.MaxEvidenceAge) != 45*time.Minute || !p.TrustsSimulated() {
+		t.Errorf("parsed %+v", p)
+	}
+	if p.Measurements[1].String() != m1 {
+		t.Errorf("upper-case 0x hex not normalised: %s", p.Measurements[1])
+	}
+}
+
+func TestParsePolicyErrors(t *testing.T) {
+	for _, c := range []struct{ name, doc, want string }{
+		{"empty", "", "policy is empty"},
+		{"unknown field", "measurements: [" + m1 + "]\nallowDebugg: true\n", `unknown field "allowDebugg"`},
+		{"no measurements", "allowDebug: false\n", "measurements: at least one"},
+		{"short measurement", "measurements: [abcd]\n", "measurements[0]: 2 bytes, want 48"},
+		{"bad hex", "measurements: [zz]\n", "invalid hex"},
+		{"chip id length", "measurements: [" + m1 + "]\nchipIDs: [abcd]\n", "chipIDs[0]: 2 bytes, want 64"},
+		{"vmpl range", "measurements: [" + m1 + "]\nallowedVMPLs: [4]\n", "allowedVMPLs[0]: 4 is not a VMPL"},
+		{"vmpl empty", "measurements: [" + m1 + "]\nallowedVMPLs: []\n", "allowedVMPLs: empty list"},
+		{"bad duration", "measurements: [" + m1 + "]\nmaxEvidenceAge: soon\n", "invalid duration"},
+		{"negative age", "measurements: [" + m1 + "]\nmaxEvidenceAge: -5m\n", "maxEvidenceAge: must be positive"},
+		{"tcb range", "measurements: [" + m1 + "]\nminimumTCB: {snp: 200}\n", "minimumTCB.snp: 200 exceeds 127"},
+		{"sim without file", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: simulated}]\n", "simulated root is trusted only when named by file"},
+		{"amd with file", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: amd, file: /x}]\n", "kind amd takes no file"},
+		{"unknown root kind", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: intel}]\n", `unknown kind "intel"`},
+		{"duplicate root", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: amd}, {kind: amd}]\n", "listed twice"},
+		{"trust domain with scheme", "trustDomain: spiffe://x\nmeasurements: [" + m1 + "]\n", "trustDomain"},
+		{"wrong type", "measurements: " + m1 + "\n", "decode policy"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := attest.ParsePolicy([]byte(c.doc))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestLoadTrustedRootsMissingFile(t *testing.T) {
+	p, err := attest.ParsePolicy([]byte("measurements: [" + m1 + "]\ntrustedRoots: [{kind: simulated, file: /nonexistent/root.pem}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attest.NewVerifier(p, attest.Options{}); err == nil || !strings.Contains(err.Error(), "/nonexistent/root.pem") {
+		t.Fatalf("err = %v, want it to name the missing root file", err)
+	}
+}
+
+func TestParseRootPEMRejectsNonRoot(t *testing.T) {
+	f := getFixture(t)
+	if _, err := attest.ParseRootPEM([]byte("garbage")); err == nil {
+		t.Fatal("garbage accepted as a root")
+	}
+	if r, err := attest.ParseRootPEM(f.ca.RootPEM()); err != nil || r.GetProductLine() != "Milan" {
+		t.Fatalf("the CA's own root PEM: line %v err %v", r, err)
+	}
+	// ARK first, then ASK: the wrong order must not be accepted as a root.
+	arkFirst := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.ca.ARK().Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.ca.ASK().Raw})...)
+	if _, err := attest.ParseRootPEM(arkFirst); err == nil {
+		t.Fatal("ARK-then-ASK PEM accepted as a root")
+	}
+	// An ASK from another CA under this ARK does not link.
+	mixed := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.otherCA.ASK().Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.ca.ARK().Raw})...)
+	if _, err := attest.ParseRootPEM(mixed); err == nil || !strings.Contains(err.Error(), "ASK is not signed by the ARK") {
+		t.Fatalf("mixed root: err = %v", err)
+	}
+}
