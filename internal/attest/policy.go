@@ -89,7 +89,7 @@ func (h HexBytes) MarshalJSON() ([]byte, error) { return json.Marshal(hex.Encode
 func (h *HexBytes) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a hex string: %w", err)
+		return fmt.Errorf("want a hex string (quote it: YAML reads a value of only digits as a number): %w", err)
 	}
 	s = strings.TrimPrefix(strings.TrimSpace(s), "0x")
 	v, err := hex.DecodeString(s)

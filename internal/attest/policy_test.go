@@ -97,6 +97,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"duplicate root", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: amd}, {kind: amd}]\n", "listed twice"},
 		{"trust domain with scheme", "trustDomain: spiffe://x\nmeasurements: [" + m1 + "]\n", "trustDomain"},
 		{"wrong type", "measurements: " + m1 + "\n", "decode policy"},
+		{"unquoted digits", "measurements: [" + strings.Repeat("12", 48) + "]\n", "quote it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := attest.ParsePolicy([]byte(c.doc))
