@@ -50,7 +50,7 @@ demo:
 	@echo "demo: not built yet (lands with the agent issue)"; exit 1
 
 bench: build
-	go test -run '^$$' -bench . -benchtime 2s ./internal/...
+	go test -run '^$$' -bench . -benchtime 2s ./internal/... ./bench/...
 	@if [ -x $(BIN)/confmesh ]; then set -x; ./$(BIN)/confmesh bench verify; fi
 
 # `go test -fuzz` takes one package and one target at a time, so list them all

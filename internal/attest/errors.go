@@ -37,46 +37,50 @@ var (
 	ErrStaleChallenge     = errors.New("challenge not fresh")
 )
 
-// reasons maps each sentinel to a short stable label for logs and metrics.
-var reasons = map[error]string{
-	ErrMalformedEvidence:  "malformed_evidence",
-	ErrUnsupportedTEE:     "unsupported_tee",
-	ErrMalformedReport:    "malformed_report",
-	ErrUnsupportedVersion: "unsupported_version",
-	ErrMissingChain:       "missing_chain",
-	ErrMalformedChain:     "malformed_chain",
-	ErrBrokenChain:        "broken_chain",
-	ErrUntrustedRoot:      "untrusted_root",
-	ErrWrongProduct:       "wrong_product",
-	ErrCertExpired:        "cert_expired",
-	ErrChain:              "chain_rejected",
-	ErrSignature:          "bad_signature",
-	ErrDebug:              "debug",
-	ErrVMPL:               "vmpl",
-	ErrMeasurement:        "measurement",
-	ErrTCBBootloader:      "tcb_bootloader",
-	ErrTCBTEE:             "tcb_tee",
-	ErrTCBSNP:             "tcb_snp",
-	ErrTCBMicrocode:       "tcb_microcode",
-	ErrChipID:             "chip_id",
-	ErrSMT:                "smt",
-	ErrMigrationAgent:     "migration_agent",
-	ErrValidation:         "validation",
-	ErrMalformedBinding:   "malformed_binding",
-	ErrBinding:            "binding",
-	ErrWrongNonce:         "wrong_nonce",
-	ErrWrongKey:           "wrong_key",
-	ErrEvidenceTooOld:     "too_old",
-	ErrEvidenceFromFuture: "from_future",
-	ErrStaleChallenge:     "stale_challenge",
+// reasons maps each sentinel to a short stable label for logs and
+// metrics. A slice, so Reason is deterministic.
+var reasons = []struct {
+	err   error
+	label string
+}{
+	{ErrMalformedEvidence, "malformed_evidence"},
+	{ErrUnsupportedTEE, "unsupported_tee"},
+	{ErrMalformedReport, "malformed_report"},
+	{ErrUnsupportedVersion, "unsupported_version"},
+	{ErrMissingChain, "missing_chain"},
+	{ErrMalformedChain, "malformed_chain"},
+	{ErrBrokenChain, "broken_chain"},
+	{ErrUntrustedRoot, "untrusted_root"},
+	{ErrWrongProduct, "wrong_product"},
+	{ErrCertExpired, "cert_expired"},
+	{ErrChain, "chain_rejected"},
+	{ErrSignature, "bad_signature"},
+	{ErrDebug, "debug"},
+	{ErrVMPL, "vmpl"},
+	{ErrMeasurement, "measurement"},
+	{ErrTCBBootloader, "tcb_bootloader"},
+	{ErrTCBTEE, "tcb_tee"},
+	{ErrTCBSNP, "tcb_snp"},
+	{ErrTCBMicrocode, "tcb_microcode"},
+	{ErrChipID, "chip_id"},
+	{ErrSMT, "smt"},
+	{ErrMigrationAgent, "migration_agent"},
+	{ErrValidation, "validation"},
+	{ErrMalformedBinding, "malformed_binding"},
+	{ErrBinding, "binding"},
+	{ErrWrongNonce, "wrong_nonce"},
+	{ErrWrongKey, "wrong_key"},
+	{ErrEvidenceTooOld, "too_old"},
+	{ErrEvidenceFromFuture, "from_future"},
+	{ErrStaleChallenge, "stale_challenge"},
 }
 
 // Reason returns the stable label of the check that rejected err, or
 // "other" when err wraps none of the sentinels.
 func Reason(err error) string {
-	for sentinel, label := range reasons {
-		if errors.Is(err, sentinel) {
-			return label
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			return r.label
 		}
 	}
 	return "other"

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -133,6 +134,13 @@ func LoadPolicy(path string) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy %s: %w", path, err)
 	}
+	// A relative root file is relative to the policy file, not to the
+	// process's working directory.
+	for i, r := range p.TrustedRoots {
+		if r.File != "" && !filepath.IsAbs(r.File) {
+			p.TrustedRoots[i].File = filepath.Join(filepath.Dir(path), r.File)
+		}
+	}
 	return p, nil
 }
 
@@ -166,6 +174,15 @@ func DefaultPolicy() *Policy {
 func (p *Policy) AcceptAnyMeasurement() *Policy {
 	c := *p
 	c.anyMeasurement = true
+	return &c
+}
+
+// RequireMeasurements returns a copy of p that accepts exactly ms, even if
+// p accepted any measurement.
+func (p *Policy) RequireMeasurements(ms ...HexBytes) *Policy {
+	c := *p
+	c.anyMeasurement = false
+	c.Measurements = append([]HexBytes(nil), ms...)
 	return &c
 }
 

@@ -2,6 +2,8 @@ package attest_test
 
 import (
 	"encoding/pem"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +139,27 @@ func TestParseRootPEMRejectsNonRoot(t *testing.T) {
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.ca.ARK().Raw})...)
 	if _, err := attest.ParseRootPEM(mixed); err == nil || !strings.Contains(err.Error(), "ASK is not signed by the ARK") {
 		t.Fatalf("mixed root: err = %v", err)
+	}
+}
+
+func TestLoadPolicyRelativeRoot(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(path, []byte("measurements: ["+m1+"]\ntrustedRoots: [{kind: simulated, file: sim/root.pem}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := attest.LoadPolicy(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "sim/root.pem"); p.TrustedRoots[0].File != want {
+		t.Fatalf("root file = %q, want %q", p.TrustedRoots[0].File, want)
+	}
+}
+
+func TestRequireMeasurements(t *testing.T) {
+	p := attest.DefaultPolicy().RequireMeasurements(attest.HexBytes(make([]byte, 48)))
+	if p.AcceptsAnyMeasurement() || len(p.Measurements) != 1 || !attest.DefaultPolicy().AcceptsAnyMeasurement() {
+		t.Fatalf("RequireMeasurements did not narrow a copy: %+v", p)
 	}
 }

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -280,7 +281,17 @@ func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
 // certificate checks pass.
 func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, ekDER []byte) (*chainVerdict, error) {
 	now := v.now()
-	key := sha256.Sum256(ekDER)
+	// The key covers the shipped ASK/ARK too, so a cached verdict never
+	// skips the check that the chain shipped with this report links.
+	h := sha256.New()
+	for _, der := range [][]byte{ekDER, ev.GetChain().GetAsk(), ev.GetChain().GetArk()} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(der)))
+		h.Write(n[:])
+		h.Write(der)
+	}
+	var key [32]byte
+	copy(key[:], h.Sum(nil))
 	v.mu.Lock()
 	cv := v.chains[key]
 	v.mu.Unlock()

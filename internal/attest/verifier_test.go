@@ -281,3 +281,21 @@ func TestPolicyChangesVerdict(t *testing.T) {
 		t.Fatalf("tightened policy: err = %v, want ErrMeasurement", err)
 	}
 }
+
+// TestCachedVerdictStillChecksShippedChain: a VCEK already verified once
+// does not let a later report ship a chain that does not link.
+func TestCachedVerdictStillChecksShippedChain(t *testing.T) {
+	f := getFixture(t)
+	now := time.Now()
+	n := f.node(t, sim.NodeConfig{})
+	v := f.verifier(t, f.simPolicy(), now)
+	bd := newBound(t, now)
+	ev := f.evidence(t, n, bd, now)
+	if _, err := v.Verify(ev, bd.want); err != nil {
+		t.Fatal(err)
+	}
+	ev.Chain.Ask = f.otherCA.ASK().Raw
+	if _, err := v.Verify(ev, bd.want); !errors.Is(err, attest.ErrBrokenChain) {
+		t.Fatalf("err = %v, want ErrBrokenChain", err)
+	}
+}

@@ -1,0 +1,107 @@
+// Package store holds the control plane's state: admitted (and rejected) nodes,
+// revocations, pods registered for workload SVID signing, secrets (CA key and
+// certificate, admin credential) and a monotonically increasing revision.
+//
+// The Store interface is implementation neutral. Bolt (a single bbolt file) is
+// the standalone default; a Kubernetes-API backed implementation will satisfy
+// the same interface in a cluster, so nothing here mentions bbolt types.
+//
+// Revision semantics: the revision counts changes to the node set, which is
+// what peers watch. PutNode, DeleteNode and RevokeNode each bump it exactly once
+// in the same transaction as the change. Pod and secret mutations do not bump
+// it (they are not part of the peer set).
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrNotFound is returned (wrapped; test with errors.Is) when a record is absent.
+var ErrNotFound = errors.New("not found")
+
+// NodeRecord is one admitted (or rejected) node.
+type NodeRecord struct {
+	Name         string    `json:"name"`
+	Endpoint     string    `json:"endpoint"`
+	WireGuardKey []byte    `json:"wireguardKey"`
+	PodCIDR      string    `json:"podCIDR"`
+	ChipID       []byte    `json:"chipID"`
+	TEE          string    `json:"tee"`
+	Measurement  []byte    `json:"measurement"`
+	SVID         [][]byte  `json:"svid"`     // node SVID chain, DER, leaf first
+	Evidence     []byte    `json:"evidence"` // marshalled attest/v1 Evidence
+	AttestedAt   time.Time `json:"attestedAt"`
+	ExpiresAt    time.Time `json:"expiresAt"` // SVID expiry
+	State        string    `json:"state"`     // StateActive or StateRejected
+	Reason       string    `json:"reason,omitempty"`
+	Revision     uint64    `json:"revision"` // store revision of its last change (set by the store)
+}
+
+// Node states.
+const (
+	StateActive   = "active"
+	StateRejected = "rejected"
+)
+
+// Revocation blocks a chip (and the WireGuard key it used) from joining again.
+type Revocation struct {
+	Name         string    `json:"name"`
+	ChipID       []byte    `json:"chipID"`
+	WireGuardKey []byte    `json:"wireguardKey"`
+	RevokedAt    time.Time `json:"revokedAt"`
+}
+
+// PodRecord is a pod a node registered (for workload SVID signing).
+type PodRecord struct {
+	UID            string `json:"uid"`
+	Namespace      string `json:"namespace"`
+	Name           string `json:"name"`
+	ServiceAccount string `json:"serviceAccount"`
+	Node           string `json:"node"`
+}
+
+// Store is the control plane's state. All methods are safe for concurrent use.
+// Every mutation is atomic. Returned records are copies: mutating them does not
+// change stored data.
+type Store interface {
+	// GetNode returns the node, or an error wrapping ErrNotFound.
+	GetNode(name string) (*NodeRecord, error)
+	// ListNodes returns all nodes sorted by name.
+	ListNodes() ([]*NodeRecord, error)
+	// PutNode creates or replaces n. In one transaction it bumps the revision
+	// and stores n with Revision set to it; on success n.Revision is set too
+	// and the new revision is returned. An empty Name is an error.
+	PutNode(n *NodeRecord) (uint64, error)
+	// DeleteNode deletes the node and its pods and bumps the revision. If the
+	// node is absent it returns an error wrapping ErrNotFound and does not bump.
+	DeleteNode(name string) (uint64, error)
+	// RevokeNode, in one transaction, deletes the node and its pods, records a
+	// Revocation with the node's chip ID and WireGuard key, and bumps the
+	// revision. Absent node: an error wrapping ErrNotFound, nothing changes.
+	RevokeNode(name string, at time.Time) (*Revocation, uint64, error)
+	// Revision returns the current revision (0 for a new store).
+	Revision() (uint64, error)
+	// Revoked reports whether chipID is revoked. An empty chip ID is never revoked.
+	Revoked(chipID []byte) (*Revocation, bool, error)
+	// RevokedKey reports whether a WireGuard key is revoked. An empty key is never revoked.
+	RevokedKey(wireguardKey []byte) (*Revocation, bool, error)
+	// ListRevocations returns all revocations, oldest first.
+	ListRevocations() ([]*Revocation, error)
+	// PutPod creates or replaces a pod. UID and Node must be set; the node must
+	// exist (else an error wrapping ErrNotFound), and a UID registered by one
+	// node cannot be re-registered by another.
+	PutPod(p *PodRecord) error
+	// GetPod returns the pod, or an error wrapping ErrNotFound.
+	GetPod(uid string) (*PodRecord, error)
+	// DeletePod deletes the pod; deleting an absent pod is not an error.
+	DeletePod(uid string) error
+	// ListPods returns the pods of node sorted by UID (all pods if node is "").
+	ListPods(node string) ([]*PodRecord, error)
+	// GetSecret returns a copy of the named secret, or an error wrapping ErrNotFound.
+	GetSecret(name string) ([]byte, error)
+	// PutSecret creates or replaces the named secret.
+	PutSecret(name string, value []byte) error
+	// Close releases the store.
+	Close() error
+}

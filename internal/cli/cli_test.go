@@ -1,0 +1,340 @@
+package cli
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/attest/sim"
+	"github.com/google/go-sev-guest/verify/testdata"
+)
+
+// simDir holds one simulated CA for the whole test binary: generating one
+// is the slow part, so every test reuses it (attest report opens it with
+// sim.OpenCA). It is created with test-sized keys and saved the same way
+// OpenCA saves a new CA.
+var simDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "confmesh-cli-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		simDir = filepath.Join(dir, "ca")
+		ca, err := sim.NewTestCA("")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := ca.Save(simDir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}())
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := Execute(args, &out, &errOut)
+	return result{code, out.String(), errOut.String()}
+}
+
+func (r result) want(t *testing.T, code int, stderrHas ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+	for _, s := range stderrHas {
+		if !strings.Contains(r.stderr, s) {
+			t.Fatalf("stderr does not mention %q:\n%s", s, r.stderr)
+		}
+	}
+}
+
+func writeFile(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func randHex(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// milanFiles writes go-sev-guest's example Milan report and its VCEK.
+func milanFiles(t *testing.T) (report, vcek string) {
+	dir := t.TempDir()
+	return writeFile(t, dir, "report.bin", testdata.AttestationBytes), writeFile(t, dir, "vcek.der", testdata.VcekBytes)
+}
+
+func TestVerifyRealMilanReport(t *testing.T) {
+	t.Parallel()
+	report, vcek := milanFiles(t)
+	r := run(t, "attest", "verify", "--report", report, "--vcek", vcek, "--allow-debug", "-o", "json")
+	r.want(t, 0)
+	var c attest.Claims
+	if err := json.Unmarshal([]byte(r.stdout), &c); err != nil {
+		t.Fatalf("stdout is not claims JSON: %v\n%s", err, r.stdout)
+	}
+	wantM := hex.EncodeToString(testdata.AttestationBytes[0x90:0xC0])
+	if c.Product != "Milan" || !c.Debug || c.TEE != attest.TEESevSnp || c.Simulated || c.Root != attest.RootAMD {
+		t.Fatalf("claims %+v", c)
+	}
+	if !strings.Contains(r.stdout, `"measurement": "`+wantM+`"`) {
+		t.Fatalf("JSON does not carry the lower-case hex measurement %s:\n%s", wantM, r.stdout)
+	}
+
+	// Text output: aligned field lines.
+	r = run(t, "attest", "verify", "--report", report, "--vcek", vcek, "--allow-debug")
+	r.want(t, 0)
+	for _, s := range []string{"product:", "Milan", "measurement:", wantM, "binding:", "not checked"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Fatalf("text output lacks %q:\n%s", s, r.stdout)
+		}
+	}
+
+	// The same report, measurement pinned: right value passes, wrong is rejected.
+	run(t, "attest", "verify", "--report", report, "--vcek", vcek, "--allow-debug", "--measurement", wantM).want(t, 0)
+	run(t, "attest", "verify", "--report", report, "--vcek", vcek, "--allow-debug", "--measurement", randHex(t, 48)).
+		want(t, 1, "rejected: measurement:", "measurement not allowed")
+}
+
+func TestVerifyRealMilanReportRejected(t *testing.T) {
+	t.Parallel()
+	report, vcek := milanFiles(t)
+	r := run(t, "attest", "verify", "--report", report, "--vcek", vcek)
+	r.want(t, 1, "rejected: debug:", "debug")
+	if r.stdout != "" {
+		t.Fatalf("rejection printed claims:\n%s", r.stdout)
+	}
+	if strings.Contains(r.stderr, "Usage:") {
+		t.Fatalf("rejection dumped usage:\n%s", r.stderr)
+	}
+	run(t, "attest", "verify", "--report", report, "--vcek", vcek, "--allow-debug",
+		"--nonce", randHex(t, 32), "--key", randHex(t, 32)).want(t, 1, "rejected: binding:")
+}
+
+// simReport runs `attest report` against the shared simulated CA.
+func simReport(t *testing.T, name, nonce, key, measurement string, extra ...string) string {
+	t.Helper()
+	out := t.TempDir()
+	args := append([]string{"attest", "report", "--sim-dir", simDir, "--name", name,
+		"--nonce", nonce, "--key", key, "--measurement", measurement, "-o", out}, extra...)
+	r := run(t, args...)
+	r.want(t, 0)
+	for _, f := range []string{"report.bin", "vcek.pem", "chain.pem", "evidence.pb"} {
+		if !strings.Contains(r.stdout, filepath.Join(out, f)) {
+			t.Fatalf("output does not list %s:\n%s", f, r.stdout)
+		}
+	}
+	if !strings.Contains(r.stdout, filepath.Join(simDir, sim.RootFile)) {
+		t.Fatalf("output does not name the root to trust:\n%s", r.stdout)
+	}
+	return out
+}
+
+func simPolicy(t *testing.T, measurement string, extra string) string {
+	t.Helper()
+	y := fmt.Sprintf("measurements: [%q]\ntrustedRoots:\n- kind: simulated\n  file: %q\n%s", measurement, filepath.Join(simDir, sim.RootFile), extra)
+	return writeFile(t, t.TempDir(), "policy.yaml", []byte(y))
+}
+
+func TestSimRoundTrip(t *testing.T) {
+	nonce, key, m := randHex(t, 32), randHex(t, 32), randHex(t, 48)
+	out := simReport(t, "round-trip", nonce, key, m)
+	policy := simPolicy(t, m, "")
+	verify := func(extra ...string) result {
+		args := append([]string{"attest", "verify", "--report", filepath.Join(out, "report.bin"),
+			"--vcek", filepath.Join(out, "vcek.pem"), "--chain", filepath.Join(out, "chain.pem")}, extra...)
+		return run(t, args...)
+	}
+
+	r := verify("--nonce", nonce, "--key", key, "--policy", policy, "-o", "json")
+	r.want(t, 0, "SIMULATED TEE ROOT")
+	var c attest.Claims
+	if err := json.Unmarshal([]byte(r.stdout), &c); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if c.TEE != attest.TEESimSnp || !c.Simulated || c.Measurement.String() != m || c.Debug {
+		t.Fatalf("claims %+v", c)
+	}
+	verify("--nonce", nonce, "--key", key, "--policy", policy, "--measurement", m).want(t, 0)
+	verify("--nonce", nonce, "--key", key, "--policy", policy, "--measurement", randHex(t, 48)).want(t, 1, "rejected: measurement:")
+
+	verify("--nonce", nonce, "--key", key).want(t, 1, "rejected: untrusted_root:")
+	verify("--nonce", nonce, "--key", randHex(t, 32), "--policy", policy).want(t, 1, "rejected: binding:")
+	verify("--nonce", nonce, "--key", key, "--policy", simPolicy(t, randHex(t, 48), "")).want(t, 1, "rejected: measurement:")
+
+	// evidence.pb is the same report and chain in the wire encoding.
+	pb, err := os.ReadFile(filepath.Join(out, "evidence.pb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := attest.UnmarshalEvidence(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := attest.LoadPolicy(policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := attest.NewVerifier(p, attest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := hex.DecodeString(nonce)
+	k, _ := hex.DecodeString(key)
+	if _, err := v.VerifyReportData(ev, n, k); err != nil {
+		t.Fatalf("evidence.pb does not verify: %v", err)
+	}
+}
+
+func TestSimDebugReportRejected(t *testing.T) {
+	nonce, key, m := randHex(t, 32), randHex(t, 32), randHex(t, 48)
+	out := simReport(t, "rogue", nonce, key, m, "--debug", "--vmpl", "1", "--tcb", "1,2,3,4", "--smt")
+	verify := func(policy string) result {
+		return run(t, "attest", "verify", "--report", filepath.Join(out, "report.bin"), "--vcek", filepath.Join(out, "vcek.pem"),
+			"--chain", filepath.Join(out, "chain.pem"), "--nonce", nonce, "--key", key, "--policy", policy, "-o", "json")
+	}
+	verify(simPolicy(t, m, "allowDebug: false\n")).want(t, 1, "rejected: debug:")
+	r := verify(simPolicy(t, m, "allowDebug: true\nallowSMT: true\nallowedVMPLs: [1]\nminimumTCB: {bootloader: 1, tee: 2, snp: 3, microcode: 4}\n"))
+	r.want(t, 0)
+	var c attest.Claims
+	if err := json.Unmarshal([]byte(r.stdout), &c); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Debug || c.VMPL != 1 || !c.SMTEnabled || c.ReportedTCB.SNP != 3 || c.ReportedTCB.Microcode != 4 {
+		t.Fatalf("flags not reflected in claims: %+v", c)
+	}
+}
+
+func TestReportWithoutSimDir(t *testing.T) {
+	saved := NewHardwareProvider
+	t.Cleanup(func() { NewHardwareProvider = saved })
+	NewHardwareProvider = func() (attest.Provider, error) {
+		return nil, errors.New("no SEV-SNP device; pass --sim-dir")
+	}
+	out := t.TempDir()
+	run(t, "attest", "report", "--nonce", randHex(t, 32), "--key", randHex(t, 32), "-o", out).want(t, 2, "--sim-dir")
+	run(t, "attest", "report", "--nonce", randHex(t, 32), "--key", randHex(t, 32), "--debug", "-o", out).want(t, 2, "--debug", "needs --sim-dir")
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	report, vcek := milanFiles(t)
+	dir := t.TempDir()
+	garbage := writeFile(t, dir, "garbage", []byte("this is not a certificate"))
+	short := writeFile(t, dir, "short.bin", []byte{2, 0, 0, 0})
+	hex32 := randHex(t, 32)
+	cases := []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"missing report file", []string{"--report", filepath.Join(dir, "nope.bin"), "--vcek", vcek}, "no such file"},
+		{"short report", []string{"--report", short, "--vcek", vcek}, "1184"},
+		{"garbage vcek", []string{"--report", report, "--vcek", garbage}, "not a PEM or DER certificate"},
+		{"garbage chain", []string{"--report", report, "--vcek", vcek, "--chain", garbage}, "want 2"},
+		{"nonce without key", []string{"--report", report, "--vcek", vcek, "--nonce", hex32}, "--nonce and --key"},
+		{"key without nonce", []string{"--report", report, "--vcek", vcek, "--key", hex32}, "--nonce and --key"},
+		{"bad hex", []string{"--report", report, "--vcek", vcek, "--nonce", "zz" + hex32[2:], "--key", hex32}, "not hex"},
+		{"short nonce", []string{"--report", report, "--vcek", vcek, "--nonce", hex32[:62], "--key", hex32}, "want 32"},
+		{"bad measurement", []string{"--report", report, "--vcek", vcek, "--measurement", "abcd"}, "want 48"},
+		{"unknown output", []string{"--report", report, "--vcek", vcek, "-o", "yaml"}, "unknown output format"},
+		{"unknown flag", []string{"--report", report, "--vcek", vcek, "--frobnicate"}, "unknown flag"},
+		{"missing required flag", []string{"--report", report}, "vcek"},
+		{"stray argument", []string{"--report", report, "--vcek", vcek, "extra"}, "unknown command"},
+		{"missing policy file", []string{"--report", report, "--vcek", vcek, "--policy", filepath.Join(dir, "nope.yaml")}, "no such file"},
+		{"allow-debug with policy", []string{"--report", report, "--vcek", vcek, "--policy", garbage, "--allow-debug"},
+			"--allow-debug conflicts with --policy; set allowDebug in the policy"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, append([]string{"attest", "verify"}, tc.args...)...)
+			r.want(t, 2, tc.msg)
+			if r.stdout != "" {
+				t.Fatalf("stdout not empty:\n%s", r.stdout)
+			}
+		})
+	}
+	run(t, "no-such-verb").want(t, 2, "unknown command")
+	run(t, "attest", "report", "--sim-dir", simDir, "--nonce", hex32, "--key", hex32, "--tcb", "1,2,3", "-o", dir).want(t, 2, "--tcb")
+	run(t, "attest", "report", "--sim-dir", simDir, "--nonce", hex32, "--key", hex32, "--vmpl", "4", "-o", dir).want(t, 2, "--vmpl")
+	run(t, "attest", "report", "--sim-dir", simDir, "--nonce", hex32, "--key", hex32).want(t, 2, "out")
+}
+
+func TestPolicyCheck(t *testing.T) {
+	t.Parallel()
+	m := randHex(t, 48)
+	r := run(t, "policy", "check", simPolicy(t, m, "allowedVMPLs: [0, 1]\nchipIDs: ["+`"`+randHex(t, 64)+`"`+"]\n"))
+	r.want(t, 0)
+	for _, s := range []string{
+		"measurements:", "1 accepted", m, "minimum TCB:", "debug guests:", "forbidden", "VMPLs:", "0, 1",
+		"1 on the allowlist", "max evidence age:", "1h30m0s", "trusted roots:", filepath.Join(simDir, sim.RootFile),
+		"WARNING: this policy trusts a SIMULATED TEE root", "trustDomain: confmesh.local",
+	} {
+		if !strings.Contains(r.stdout, s) {
+			t.Fatalf("output lacks %q:\n%s", s, r.stdout)
+		}
+	}
+
+	amd := writeFile(t, t.TempDir(), "amd.yaml", []byte(fmt.Sprintf("measurements: [%q]\n", m)))
+	r = run(t, "policy", "check", amd)
+	r.want(t, 0)
+	if strings.Contains(r.stdout, "SIMULATED") || !strings.Contains(r.stdout, "any chip") || !strings.Contains(r.stdout, "amd (Milan, Genoa, Turin)") {
+		t.Fatalf("AMD-only policy summary wrong:\n%s", r.stdout)
+	}
+
+	run(t, "policy", "check", simPolicy(t, m, "allowDebugg: true\n")).want(t, 1, "invalid policy", "allowDebugg")
+	missingRoot := writeFile(t, t.TempDir(), "p.yaml", []byte(fmt.Sprintf(
+		"measurements: [%q]\ntrustedRoots:\n- kind: simulated\n  file: /nonexistent/sim/root.pem\n", m)))
+	run(t, "policy", "check", missingRoot).want(t, 1, "/nonexistent/sim/root.pem")
+	run(t, "policy", "check", simPolicy(t, m, "allowedVMPLs: [5]\n")).want(t, 1, "allowedVMPLs")
+	run(t, "policy", "check", filepath.Join(t.TempDir(), "nope.yaml")).want(t, 2, "no such file")
+	run(t, "policy", "check").want(t, 2, "accepts 1 arg")
+
+	// The same file drives verify: an invalid policy is exit 1 there too.
+	report, vcek := milanFiles(t)
+	run(t, "attest", "verify", "--report", report, "--vcek", vcek, "--policy", missingRoot).want(t, 1, "/nonexistent/sim/root.pem")
+}
+
+func TestBenchVerify(t *testing.T) {
+	t.Parallel()
+	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms")
+	r.want(t, 0)
+	var got map[string]float64
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if n, ok := got["verifications_per_second"]; !ok || n <= 0 || len(got) != 1 {
+		t.Fatalf("bench output %s", r.stdout)
+	}
+	run(t, "bench", "verify", "-o", "xml").want(t, 2, "unknown output format")
+	run(t, "bench", "verify", "--duration", "0s").want(t, 2, "--duration")
+}
