@@ -1,0 +1,94 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/store"
+	"github.com/confmesh/confmesh/internal/identity"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// adminServer serves the Admin service; every call must come with the
+// admin credential.
+type adminServer struct {
+	cpv1.UnimplementedAdminServer
+	s *Server
+}
+
+func (a *adminServer) authorize(ctx context.Context) error {
+	id, _, err := a.s.callerID(ctx)
+	if err != nil {
+		return err
+	}
+	if id != identity.AdminID(a.s.td) {
+		return status.Errorf(codes.PermissionDenied, "%s is not the admin identity", id)
+	}
+	return nil
+}
+
+func (a *adminServer) ListNodes(ctx context.Context, _ *cpv1.ListNodesRequest) (*cpv1.ListNodesResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	nodes, err := a.s.store.ListNodes()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list nodes: %v", err)
+	}
+	rev, err := a.s.store.Revision()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "revision: %v", err)
+	}
+	resp := &cpv1.ListNodesResponse{Revision: rev}
+	for _, n := range nodes {
+		resp.Nodes = append(resp.Nodes, &cpv1.Node{
+			Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, PodCidr: n.PodCIDR,
+			State: n.State, Reason: n.Reason, Tee: n.TEE, Measurement: n.Measurement, ChipId: n.ChipID,
+			AttestedAt: timestamppb.New(n.AttestedAt), ExpiresAt: timestamppb.New(n.ExpiresAt),
+		})
+	}
+	return resp, nil
+}
+
+func (a *adminServer) RevokeNode(ctx context.Context, req *cpv1.RevokeNodeRequest) (*cpv1.RevokeNodeResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.s.Revoke(req.GetName()); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "no node %q", req.GetName())
+		}
+		return nil, status.Errorf(codes.Internal, "revoke: %v", err)
+	}
+	return &cpv1.RevokeNodeResponse{}, nil
+}
+
+func (a *adminServer) GetPolicy(ctx context.Context, _ *cpv1.GetPolicyRequest) (*cpv1.GetPolicyResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	a.s.mu.Lock()
+	p := a.s.policy
+	a.s.mu.Unlock()
+	y, err := p.YAML()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "render policy: %v", err)
+	}
+	return &cpv1.GetPolicyResponse{Policy: string(y)}, nil
+}
+
+// Revoke removes a node from the peer set for good: its record, pods and
+// pod CIDR are released, and its chip and WireGuard key may not join again.
+func (s *Server) Revoke(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, rev, err := s.store.RevokeNode(name, s.now())
+	if err != nil {
+		return err
+	}
+	s.log.Warn("node revoked", "node", name, "chip", shortHex(r.ChipID))
+	return s.publishDelete(name, rev)
+}

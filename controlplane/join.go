@@ -1,0 +1,248 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/store"
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/identity"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// refusal is a join/renew refusal with its metric label.
+type refusal struct {
+	reason string
+	err    error
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+
+func refuse(reason string, code codes.Code, format string, args ...any) *refusal {
+	return &refusal{reason: reason, err: status.Errorf(code, format, args...)}
+}
+
+func evidenceRefusal(err error) *refusal {
+	return &refusal{reason: attest.Reason(err), err: status.Errorf(codes.PermissionDenied, "evidence refused: %s: %v", attest.Reason(err), err)}
+}
+
+// Challenge answers with the control plane's own evidence, bound to its TLS
+// key and the agent's nonce, and a single-use challenge for the agent.
+func (s *Server) Challenge(_ context.Context, req *cpv1.ChallengeRequest) (*cpv1.ChallengeResponse, error) {
+	now := s.now()
+	ev, err := attest.Attest(s.cfg.Provider, attest.Binding{
+		Purpose: attest.PurposeControlPlane, Challenge: req.GetAgentNonce(),
+		IdentityKeyHash: s.tlsHash, Name: s.id.String(), Key: s.tlsHash,
+	}, now)
+	if err != nil {
+		if errors.Is(err, attest.ErrStaleChallenge) || errors.Is(err, attest.ErrMalformedBinding) {
+			return nil, status.Errorf(codes.InvalidArgument, "agent nonce: %v", err)
+		}
+		return nil, status.Errorf(codes.Internal, "control plane attestation: %v", err)
+	}
+	ch, err := s.challenges.issue(now)
+	if err != nil {
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	}
+	return &cpv1.ChallengeResponse{Evidence: ev, Challenge: ch, SpiffeId: s.id.String(), TrustDomain: s.td.String()}, nil
+}
+
+// Join admits a node whose evidence passes the policy.
+func (s *Server) Join(_ context.Context, req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
+	resp, err := s.join(req)
+	if err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			s.metrics.joins.WithLabelValues("refused", r.reason).Inc()
+			s.log.Warn("join refused", "node", req.GetName(), "reason", r.reason, "err", r.err)
+			return nil, r.err
+		}
+		s.metrics.joins.WithLabelValues("error", "internal").Inc()
+		s.log.Error("join failed", "node", req.GetName(), "err", err)
+		return nil, status.Errorf(codes.Internal, "join: %v", err)
+	}
+	s.metrics.joins.WithLabelValues("accepted", "").Inc()
+	s.log.Info("node joined", "node", req.GetName(), "podCIDR", resp.PodCidr)
+	return resp, nil
+}
+
+func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
+	now := s.now()
+	if err := identity.ValidateNodeName(req.GetName()); err != nil {
+		return nil, refuse("bad_request", codes.InvalidArgument, "name: %v", err)
+	}
+	if _, err := netip.ParseAddrPort(req.GetEndpoint()); err != nil {
+		return nil, refuse("bad_request", codes.InvalidArgument, "endpoint %q: want ip:port: %v", req.GetEndpoint(), err)
+	}
+	if len(req.GetWireguardPublicKey()) != attest.KeySize {
+		return nil, refuse("bad_request", codes.InvalidArgument, "WireGuard public key is %d bytes, want %d", len(req.GetWireguardPublicKey()), attest.KeySize)
+	}
+	csr, idHash, rf := parseCSR(req.GetCsr())
+	if rf != nil {
+		return nil, rf
+	}
+	ev := req.GetEvidence()
+	if ev == nil {
+		return nil, refuse("bad_request", codes.InvalidArgument, "no evidence")
+	}
+	if !s.challenges.consume(ev.GetBinding().GetChallenge(), now) {
+		return nil, refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that is unknown, expired or already used; ask for a new one")
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	claims, err := s.verifier.Verify(ev, attest.Expect{
+		Purpose: attest.PurposeJoin, Key: req.GetWireguardPublicKey(), IdentityKeyHash: idHash,
+		Name: req.GetName(), Challenge: ev.GetBinding().GetChallenge(),
+	})
+	s.metrics.verify.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, evidenceRefusal(err)
+	}
+	if rf := s.checkRevoked(claims.ChipID, req.GetWireguardPublicKey()); rf != nil {
+		return nil, rf
+	}
+	nodes, err := s.store.ListNodes()
+	if err != nil {
+		return nil, err
+	}
+	var prev *store.NodeRecord
+	var used []netip.Prefix
+	for _, n := range nodes {
+		if n.Name == req.GetName() {
+			prev = n
+			continue
+		}
+		if bytes.Equal(n.WireGuardKey, req.GetWireguardPublicKey()) {
+			return nil, refuse("key_in_use", codes.AlreadyExists, "WireGuard key is already used by node %q", n.Name)
+		}
+		if p, err := netip.ParsePrefix(n.PodCIDR); err == nil {
+			used = append(used, p)
+		}
+	}
+	var podCIDR netip.Prefix
+	if prev != nil {
+		if !bytes.Equal(prev.ChipID, claims.ChipID) {
+			return nil, refuse("name_taken", codes.AlreadyExists, "node name %q is held by another chip; revoke it first (confmesh nodes revoke %s)", req.GetName(), req.GetName())
+		}
+		podCIDR, err = netip.ParsePrefix(prev.PodCIDR)
+		if err != nil || !s.alloc.Contains(podCIDR) {
+			podCIDR = netip.Prefix{}
+		}
+	}
+	if !podCIDR.IsValid() {
+		if podCIDR, err = s.alloc.Allocate(used); err != nil {
+			return nil, refuse("cidr_exhausted", codes.ResourceExhausted, "%v", err)
+		}
+	}
+	svid, err := s.issueNodeSVID(req.GetName(), csr, claims, req.GetWireguardPublicKey(), now)
+	if err != nil {
+		return nil, err
+	}
+	rec := &store.NodeRecord{
+		Name: req.GetName(), Endpoint: req.GetEndpoint(), WireGuardKey: req.GetWireguardPublicKey(),
+		PodCIDR: podCIDR.String(), ChipID: claims.ChipID, TEE: claims.TEE, Measurement: claims.Measurement,
+		SVID: [][]byte{svid.Raw}, AttestedAt: claims.IssuedAt, ExpiresAt: svid.NotAfter, State: store.StateActive,
+	}
+	if rec.Evidence, err = attest.MarshalEvidence(ev); err != nil {
+		return nil, err
+	}
+	if err := s.putAndPublish(rec); err != nil {
+		return nil, err
+	}
+	return &cpv1.JoinResponse{
+		Svid: [][]byte{svid.Raw}, TrustBundle: s.bundleDER(), PodCidr: rec.PodCIDR,
+		ClusterCidr: s.alloc.Cluster().String(), MtuHint: s.cfg.MTUHint, SpiffeId: svid.URIs[0].String(),
+		ExpiresAt: timestamppb.New(svid.NotAfter),
+	}, nil
+}
+
+func parseCSR(der []byte) (*x509.CertificateRequest, []byte, *refusal) {
+	csr, err := identity.ParseCSR(der)
+	if err != nil {
+		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR: %v", err)
+	}
+	h, err := identity.SPKIHash(csr.PublicKey)
+	if err != nil {
+		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR key: %v", err)
+	}
+	return csr, h, nil
+}
+
+func (s *Server) checkRevoked(chipID, wgKey []byte) *refusal {
+	if r, ok, err := s.store.Revoked(chipID); err == nil && ok {
+		return refuse("revoked", codes.PermissionDenied, "chip was revoked (as node %q at %s)", r.Name, r.RevokedAt.UTC().Format(time.RFC3339))
+	} else if err != nil {
+		return &refusal{reason: "internal", err: status.Errorf(codes.Internal, "revocation check: %v", err)}
+	}
+	if r, ok, err := s.store.RevokedKey(wgKey); err == nil && ok {
+		return refuse("revoked", codes.PermissionDenied, "WireGuard key was revoked (node %q)", r.Name)
+	} else if err != nil {
+		return &refusal{reason: "internal", err: status.Errorf(codes.Internal, "revocation check: %v", err)}
+	}
+	return nil
+}
+
+func (s *Server) issueNodeSVID(name string, csr *x509.CertificateRequest, c *attest.Claims, wgKey []byte, now time.Time) (*x509.Certificate, error) {
+	id, err := identity.NodeID(s.td, name)
+	if err != nil {
+		return nil, err
+	}
+	claims := identity.ClaimsFromAttestation(c, wgKey, id)
+	return s.ca.IssueSVID(identity.IssueRequest{PublicKey: csr.PublicKey, ID: id, TTL: s.cfg.SVIDTTL, Now: now, Claims: &claims})
+}
+
+func (s *Server) bundleDER() [][]byte { return [][]byte{s.ca.Certificate().Raw} }
+
+// putAndPublish stores rec and tells watchers. The caller holds s.mu.
+func (s *Server) putAndPublish(rec *store.NodeRecord) error {
+	rev, err := s.store.PutNode(rec)
+	if err != nil {
+		return err
+	}
+	ev := &cpv1.WatchEvent{Revision: rev}
+	if rec.State == store.StateActive {
+		p, err := peerFromRecord(rec)
+		if err != nil {
+			return err
+		}
+		ev.Event = &cpv1.WatchEvent_Upsert{Upsert: p}
+	} else {
+		ev.Event = &cpv1.WatchEvent_Delete{Delete: rec.Name}
+	}
+	s.hub.publish(ev)
+	s.metrics.revision.Set(float64(rev))
+	return s.refreshNodeGauge()
+}
+
+// deleteAndPublish tells watchers a node left; the caller holds s.mu and
+// has already removed it from the store at rev.
+func (s *Server) publishDelete(name string, rev uint64) error {
+	s.hub.publish(&cpv1.WatchEvent{Revision: rev, Event: &cpv1.WatchEvent_Delete{Delete: name}})
+	s.metrics.revision.Set(float64(rev))
+	return s.refreshNodeGauge()
+}
+
+func peerFromRecord(n *store.NodeRecord) (*cpv1.Peer, error) {
+	ev := &attestv1.Evidence{}
+	if len(n.Evidence) > 0 {
+		var err error
+		if ev, err = attest.UnmarshalEvidence(n.Evidence); err != nil {
+			return nil, fmt.Errorf("stored evidence of %q: %w", n.Name, err)
+		}
+	}
+	return &cpv1.Peer{
+		Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, PodCidrs: []string{n.PodCIDR},
+		Svid: n.SVID, Evidence: ev, AttestedAt: timestamppb.New(n.AttestedAt), ExpiresAt: timestamppb.New(n.ExpiresAt),
+	}, nil
+}

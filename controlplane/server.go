@@ -1,0 +1,270 @@
+// Package controlplane admits nodes: it verifies their evidence, runs the
+// SPIFFE CA, allocates pod CIDRs and streams the verified peer set. It is
+// trusted to allocate and distribute, not to vouch: agents re-verify every
+// peer it hands out, and verify the control plane's own evidence first.
+package controlplane
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/ipam"
+	"github.com/confmesh/confmesh/controlplane/store"
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/identity"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultSVIDTTL         = time.Hour
+	DefaultWorkloadTTL     = time.Hour
+	DefaultChallengeTTL    = 60 * time.Second
+	DefaultClusterCIDR     = "10.244.0.0/16"
+	DefaultNodePrefixLen   = 24
+	DefaultMTUHint         = 1420
+	DefaultSweepInterval   = 15 * time.Second
+	maxOutstandingChallenges = 10000
+)
+
+// Config configures a Server.
+type Config struct {
+	// Policy is what joining nodes must satisfy; it also sets the trust domain.
+	Policy *attest.Policy
+	// Provider produces the control plane's own evidence (real SNP or sim).
+	Provider attest.Provider
+	// Store keeps nodes, the CA, allocations and revocations.
+	Store store.Store
+	// ClusterCIDR is the pod network; each node gets a NodePrefixLen slice.
+	ClusterCIDR   string
+	NodePrefixLen int
+	// MTUHint is sent to agents (underlay MTU - 80 on a 1500 underlay).
+	MTUHint uint32
+	// SVIDTTL is the node SVID lifetime; agents renew at half of it.
+	SVIDTTL time.Duration
+	// WorkloadTTL is the workload SVID lifetime.
+	WorkloadTTL time.Duration
+	// ChallengeTTL is how long an issued challenge stays usable.
+	ChallengeTTL time.Duration
+	// SweepInterval is how often every node is re-evaluated.
+	SweepInterval time.Duration
+	// DNSNames and IPAddresses go into the serving certificate.
+	DNSNames    []string
+	IPAddresses []net.IP
+	// Logger; slog.Default() when nil.
+	Logger *slog.Logger
+	// Now replaces the clock (tests).
+	Now func() time.Time
+	// VerifierOptions pass through to attest.NewVerifier (e.g. a KDS fetcher).
+	VerifierOptions attest.Options
+}
+
+// Server is the control plane. Mutations (join, renew, revoke, sweep) are
+// serialised by mu so uniqueness checks and allocation are atomic.
+type Server struct {
+	cpv1.UnimplementedControlPlaneServer
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	store store.Store
+	alloc *ipam.Allocator
+	ca    *identity.CA
+	td    spiffeid.TrustDomain
+	id    spiffeid.ID
+
+	tlsKey  crypto.Signer
+	tlsCert *x509.Certificate
+	tlsHash []byte
+
+	mu       sync.Mutex // serialises state changes
+	verifier *attest.Verifier
+	policy   *attest.Policy
+
+	challenges *challengeSet
+	hub        *hub
+	metrics    *metrics
+}
+
+// New opens (or creates) the CA in the store and prepares the serving
+// identity. It does not listen; see Serve.
+func New(cfg Config) (*Server, error) {
+	if cfg.Policy == nil || cfg.Provider == nil || cfg.Store == nil {
+		return nil, errors.New("controlplane: Policy, Provider and Store are required")
+	}
+	if cfg.ClusterCIDR == "" {
+		cfg.ClusterCIDR = DefaultClusterCIDR
+	}
+	if cfg.NodePrefixLen == 0 {
+		cfg.NodePrefixLen = DefaultNodePrefixLen
+	}
+	if cfg.MTUHint == 0 {
+		cfg.MTUHint = DefaultMTUHint
+	}
+	if cfg.SVIDTTL == 0 {
+		cfg.SVIDTTL = DefaultSVIDTTL
+	}
+	if cfg.WorkloadTTL == 0 {
+		cfg.WorkloadTTL = DefaultWorkloadTTL
+	}
+	if cfg.ChallengeTTL == 0 {
+		cfg.ChallengeTTL = DefaultChallengeTTL
+	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	alloc, err := ipam.New(cfg.ClusterCIDR, cfg.NodePrefixLen)
+	if err != nil {
+		return nil, err
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.Policy.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", cfg.Policy.TrustDomain, err)
+	}
+	vopts := cfg.VerifierOptions
+	vopts.Logger = log
+	if vopts.Now == nil {
+		vopts.Now = now
+	}
+	cfg.VerifierOptions = vopts
+	v, err := attest.NewVerifier(cfg.Policy, vopts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: log, now: now, store: cfg.Store, alloc: alloc, td: td,
+		id:         identity.ControlPlaneID(td),
+		verifier:   v,
+		policy:     cfg.Policy,
+		challenges: newChallengeSet(cfg.ChallengeTTL, maxOutstandingChallenges),
+		metrics:    newMetrics(),
+	}
+	if s.ca, err = s.loadOrCreateCA(); err != nil {
+		return nil, err
+	}
+	if err := s.issueServingCert(); err != nil {
+		return nil, err
+	}
+	rev, err := s.store.Revision()
+	if err != nil {
+		return nil, err
+	}
+	s.hub = newHub(rev)
+	s.metrics.revision.Set(float64(rev))
+	if err := s.refreshNodeGauge(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+const (
+	secretCACert = "ca.crt"
+	secretCAKey  = "ca.key"
+)
+
+func (s *Server) loadOrCreateCA() (*identity.CA, error) {
+	certDER, err := s.store.GetSecret(secretCACert)
+	if err == nil {
+		keyDER, err := s.store.GetSecret(secretCAKey)
+		if err != nil {
+			return nil, fmt.Errorf("CA certificate stored without its key: %w", err)
+		}
+		ca, err := identity.LoadCA(certDER, keyDER)
+		if err != nil {
+			return nil, fmt.Errorf("load CA: %w", err)
+		}
+		if ca.TrustDomain() != s.td {
+			return nil, fmt.Errorf("stored CA is for trust domain %q, policy says %q", ca.TrustDomain(), s.td)
+		}
+		return ca, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	ca, err := identity.NewCA(s.td, s.now())
+	if err != nil {
+		return nil, err
+	}
+	certDER, keyDER, err := ca.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.PutSecret(secretCAKey, keyDER); err != nil {
+		return nil, err
+	}
+	if err := s.store.PutSecret(secretCACert, certDER); err != nil {
+		return nil, err
+	}
+	s.log.Info("created SPIFFE CA", "trustDomain", s.td.String())
+	return ca, nil
+}
+
+// issueServingCert makes a fresh TLS key at every start; the agents pin it
+// through the control plane's evidence, not through a long-lived secret.
+func (s *Server) issueServingCert() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	cert, err := s.ca.IssueSVID(identity.IssueRequest{
+		PublicKey: key.Public(), ID: s.id, TTL: 365 * 24 * time.Hour, Now: s.now(),
+		DNSNames: s.cfg.DNSNames, IPAddresses: s.cfg.IPAddresses,
+	})
+	if err != nil {
+		return fmt.Errorf("issue serving certificate: %w", err)
+	}
+	h, err := identity.SPKIHash(key.Public())
+	if err != nil {
+		return err
+	}
+	s.tlsKey, s.tlsCert, s.tlsHash = key, cert, h
+	return nil
+}
+
+// CA returns the SPIFFE CA.
+func (s *Server) CA() *identity.CA { return s.ca }
+
+// ID returns the control plane's SPIFFE ID.
+func (s *Server) ID() spiffeid.ID { return s.id }
+
+// TrustDomain returns the trust domain.
+func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
+
+// currentVerifier returns the verifier for the policy in force.
+func (s *Server) currentVerifier() *attest.Verifier {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.verifier
+}
+
+func (s *Server) refreshNodeGauge() error {
+	nodes, err := s.store.ListNodes()
+	if err != nil {
+		return err
+	}
+	counts := map[string]int{store.StateActive: 0, store.StateRejected: 0}
+	for _, n := range nodes {
+		counts[n.State]++
+	}
+	for st, c := range counts {
+		s.metrics.nodes.WithLabelValues(st).Set(float64(c))
+	}
+	return nil
+}

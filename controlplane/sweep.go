@@ -1,0 +1,113 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/confmesh/confmesh/controlplane/store"
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/identity"
+)
+
+// SetPolicy swaps in a new policy and re-evaluates every node at once. An
+// invalid policy (or one for another trust domain) is refused and the old
+// one stays in force.
+func (s *Server) SetPolicy(p *attest.Policy) error {
+	if p.TrustDomain != s.td.String() {
+		return fmt.Errorf("policy trust domain %q differs from the running %q; restart with a new state to change it", p.TrustDomain, s.td)
+	}
+	v, err := attest.NewVerifier(p, s.cfg.VerifierOptions)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.policy, s.verifier = p, v
+	s.mu.Unlock()
+	s.log.Info("policy loaded; re-evaluating every node", "measurements", len(p.Measurements))
+	return s.Sweep()
+}
+
+// Sweep re-evaluates every node under the policy in force: a node whose
+// evidence no longer passes (policy tightened, evidence too old, SVID
+// expired) leaves the peer set; a rejected node that passes again (policy
+// relaxed) returns.
+func (s *Server) Sweep() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	nodes, err := s.store.ListNodes()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range nodes {
+		verr := s.evaluateLocked(n)
+		switch {
+		case n.State == store.StateActive && verr != nil:
+			n.State, n.Reason = store.StateRejected, verr.Error()
+			s.log.Warn("node left the peer set", "node", n.Name, "reason", n.Reason)
+		case n.State == store.StateRejected && verr == nil:
+			n.State, n.Reason = store.StateActive, ""
+			s.log.Info("node passes the policy again", "node", n.Name)
+		default:
+			continue
+		}
+		if err := s.putAndPublish(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// evaluateLocked re-verifies a node's stored evidence against its record.
+func (s *Server) evaluateLocked(n *store.NodeRecord) error {
+	if !s.now().Before(n.ExpiresAt) {
+		return fmt.Errorf("node SVID expired at %s without renewal", n.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	ev, err := attest.UnmarshalEvidence(n.Evidence)
+	if err != nil {
+		return err
+	}
+	leaf, err := parseLeaf(n.SVID)
+	if err != nil {
+		return fmt.Errorf("SVID on record: %w", err)
+	}
+	idHash, err := identity.SPKIHash(leaf.PublicKey)
+	if err != nil {
+		return err
+	}
+	purpose := attest.Purpose(ev.GetBinding().GetPurpose())
+	if purpose != attest.PurposeJoin && purpose != attest.PurposeRenew {
+		return fmt.Errorf("stored evidence has purpose %q", purpose)
+	}
+	_, err = s.verifier.Verify(ev, attest.Expect{Purpose: purpose, Key: n.WireGuardKey, IdentityKeyHash: idHash, Name: n.Name})
+	if err != nil {
+		return fmt.Errorf("%s: %w", attest.Reason(err), err)
+	}
+	return nil
+}
+
+// Run re-evaluates every node each SweepInterval until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.Sweep(); err != nil {
+				s.log.Error("sweep", "err", err)
+			}
+		}
+	}
+}
+
+func shortHex(b []byte) string {
+	if len(b) > 8 {
+		b = b[:8]
+	}
+	return hex.EncodeToString(b)
+}

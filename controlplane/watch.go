@@ -1,0 +1,85 @@
+package controlplane
+
+import (
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Watch streams the peer set to an admitted node: a snapshot (or the
+// deltas since the revision it resumes from), then every change. The
+// caller's own record is not sent; if the caller leaves the peer set its
+// stream ends with PermissionDenied.
+func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchServer) error {
+	// Check and subscribe under the state lock, so a revocation cannot land
+	// between the check and the subscription and leave the stream open.
+	s.mu.Lock()
+	rec, err := s.activeCaller(stream.Context())
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	me := rec.Name
+	initial, sub := s.hub.subscribe(me, req.GetRevision(), func() []*cpv1.Peer { return s.snapshotLocked(me) })
+	s.mu.Unlock()
+	defer s.hub.unsubscribe(sub)
+	s.metrics.watchers.Set(float64(s.hub.watchers()))
+	defer func() { s.metrics.watchers.Set(float64(s.hub.watchers() - 1)) }()
+
+	for _, ev := range initial {
+		if err := s.sendFor(stream, me, ev); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		case ev, ok := <-sub.ch:
+			if !ok {
+				return status.Error(codes.Unavailable, "watch fell behind; reconnect and resume from the last revision")
+			}
+			if err := s.sendFor(stream, me, ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// sendFor sends ev to node me, leaving out me's own record.
+func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, ev *cpv1.WatchEvent) error {
+	switch e := ev.Event.(type) {
+	case *cpv1.WatchEvent_Upsert:
+		if e.Upsert.GetName() == me {
+			return stream.Send(&cpv1.WatchEvent{Revision: ev.Revision}) // a revision marker only
+		}
+	case *cpv1.WatchEvent_Delete:
+		if e.Delete == me {
+			return status.Errorf(codes.PermissionDenied, "node %q left the peer set at revision %d", me, ev.Revision)
+		}
+	}
+	return stream.Send(ev)
+}
+
+// snapshotLocked lists the active peers other than me; the caller holds s.mu.
+func (s *Server) snapshotLocked(me string) []*cpv1.Peer {
+	nodes, err := s.store.ListNodes()
+	if err != nil {
+		s.log.Error("snapshot: list nodes", "err", err)
+		return nil
+	}
+	var out []*cpv1.Peer
+	for _, n := range nodes {
+		if n.Name == me || n.State != store.StateActive {
+			continue
+		}
+		p, err := peerFromRecord(n)
+		if err != nil {
+			s.log.Error("snapshot: skipping node", "node", n.Name, "err", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
