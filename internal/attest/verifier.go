@@ -3,8 +3,8 @@ package attest
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"sync"

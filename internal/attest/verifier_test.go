@@ -167,7 +167,9 @@ func TestBadEvidence(t *testing.T) {
 		{name: "SNP TCB below minimum", want: attest.ErrTCBSNP, build: fromNode(sim.NodeConfig{TCB: kds.TCBParts{BlSpl: 9, TeeSpl: 9, SnpSpl: 7, UcodeSpl: 9}}),
 			policy: func(p *attest.Policy) { p.MinimumTCB = attest.TCBMinimum{Bootloader: 1, TEE: 1, SNP: 8, Microcode: 1} }},
 		{name: "microcode TCB below minimum", want: attest.ErrTCBMicrocode, build: fromNode(sim.NodeConfig{TCB: kds.TCBParts{BlSpl: 9, TeeSpl: 9, SnpSpl: 9, UcodeSpl: 200}}),
-			policy: func(p *attest.Policy) { p.MinimumTCB = attest.TCBMinimum{Bootloader: 1, TEE: 1, SNP: 1, Microcode: 210} }},
+			policy: func(p *attest.Policy) {
+				p.MinimumTCB = attest.TCBMinimum{Bootloader: 1, TEE: 1, SNP: 1, Microcode: 210}
+			}},
 		{name: "chip ID not in the allowlist", want: attest.ErrChipID, build: fromNode(sim.NodeConfig{}),
 			policy: func(p *attest.Policy) { p.ChipIDs = []attest.HexBytes{good.ChipID()} }},
 		{name: "SMT when forbidden", want: attest.ErrSMT, build: fromNode(sim.NodeConfig{SMT: true}),

@@ -22,7 +22,7 @@ type fakeQuote struct {
 	table []byte
 }
 
-func (f *fakeQuote) IsSupported() bool         { return true }
+func (f *fakeQuote) IsSupported() bool        { return true }
 func (f *fakeQuote) Product() *spb.SevProduct { return abi.DefaultSevProduct() }
 func (f *fakeQuote) GetRawQuote(rd [64]byte) ([]uint8, error) {
 	r, err := f.node.RawReport(rd)
