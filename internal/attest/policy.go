@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"path/filepath"
 	"strings"
 	"time"
@@ -154,6 +155,19 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	if err := yaml.UnmarshalStrict(data, &p); err != nil {
 		return nil, fmt.Errorf("decode policy: %w", err)
 	}
+	// JSON field matching ignores case, so "allowdebug: true" would
+	// silently override "allowDebug: false". Keys must be spelled exactly.
+	raw, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("decode policy: %w", err)
+	}
+	var generic any
+	if err := json.Unmarshal(raw, &generic); err != nil {
+		return nil, fmt.Errorf("decode policy: %w", err)
+	}
+	if err := exactKeys(generic, reflect.TypeOf(p), ""); err != nil {
+		return nil, err
+	}
 	p.applyDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -292,4 +306,47 @@ func containsBytes(list []HexBytes, v []byte) bool {
 		}
 	}
 	return false
+}
+
+// exactKeys checks that every object key in v is spelled exactly as a json
+// tag of the struct type t (recursing into nested structs and slices).
+func exactKeys(v any, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil // type errors are reported by the decoder
+		}
+		fields := map[string]reflect.Type{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name != "" && name != "-" {
+				fields[name] = f.Type
+			}
+		}
+		for k, sub := range m {
+			ft, ok := fields[k]
+			if !ok {
+				return fmt.Errorf("unknown field %q (field names are case-sensitive)", path+k)
+			}
+			if err := exactKeys(sub, ft, path+k+"."); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice:
+		items, ok := v.([]any)
+		if !ok {
+			return nil
+		}
+		for i, it := range items {
+			if err := exactKeys(it, t.Elem(), fmt.Sprintf("%s[%d].", strings.TrimSuffix(path, "."), i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

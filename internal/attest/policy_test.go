@@ -99,6 +99,9 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"duplicate root", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: amd}, {kind: amd}]\n", "listed twice"},
 		{"trust domain with scheme", "trustDomain: spiffe://x\nmeasurements: [" + m1 + "]\n", "trustDomain"},
 		{"wrong type", "measurements: " + m1 + "\n", "decode policy"},
+		{"case-variant key overriding", "measurements: [" + m1 + "]\nallowDebug: false\nallowdebug: true\n", `unknown field "allowdebug"`},
+		{"case-variant nested key", "measurements: [" + m1 + "]\nminimumTCB: {SNP: 3}\n", `unknown field "minimumTCB.SNP"`},
+		{"case-variant root key", "measurements: [" + m1 + "]\ntrustedRoots: [{Kind: amd}]\n", `unknown field "trustedRoots[0].Kind"`},
 		{"unquoted digits", "measurements: [" + strings.Repeat("12", 48) + "]\n", "quote it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

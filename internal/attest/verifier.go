@@ -225,6 +225,11 @@ func ParseReport(raw []byte) (*spb.Report, error) {
 	if version < abi.MinSupportedReportVersion || version > abi.MaxSupportedReportVersion {
 		return nil, fmt.Errorf("%w: version %d (supported %d-%d)", ErrUnsupportedVersion, version, abi.MinSupportedReportVersion, abi.MaxSupportedReportVersion)
 	}
+	// CPUID stepping is 4 bits; go-sev-guest keeps only those, so a set high
+	// nibble would let two different reports decode to the same claims.
+	if version >= 3 && raw[0x18A]&0xf0 != 0 {
+		return nil, fmt.Errorf("%w: CPUID stepping byte 0x%02x has reserved high bits set", ErrMalformedReport, raw[0x18A])
+	}
 	report, err := abi.ReportToProto(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedReport, err)
