@@ -1,0 +1,710 @@
+// Package agent is the node agent: it installs strict fail-closed rules,
+// owns the WireGuard device, joins the control plane after verifying it,
+// verifies every peer itself before configuring it, renews its identity,
+// and serves the local API for the CNI plugin and `confmesh status`.
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/confmesh/confmesh/agent/cpclient"
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/identity"
+	"github.com/confmesh/confmesh/internal/netfilter"
+	"github.com/confmesh/confmesh/internal/wg"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultDevice      = "cm0"
+	DefaultListenPort  = 51820
+	DefaultUnderlayMTU = 1500
+	// WireGuardOverhead is what encapsulation costs: MTU = underlay - 80.
+	WireGuardOverhead  = 80
+	DefaultClusterCIDR = "10.244.0.0/16"
+	DefaultTable       = "confmesh"
+	tickInterval       = 2 * time.Second
+	recheckInterval    = 30 * time.Second
+)
+
+// Config configures an Agent.
+type Config struct {
+	NodeName     string
+	ControlPlane string // host:port
+	Policy       *attest.Policy
+	Provider     attest.Provider
+	StateDir     string
+	// Endpoint is this node's underlay address:port that peers send to.
+	Endpoint    netip.AddrPort
+	Device      string
+	ListenPort  int
+	UnderlayMTU int
+	// ClusterCIDR is known before joining, so strict mode can be installed
+	// before anything else happens.
+	ClusterCIDR netip.Prefix
+	StrictMode  bool
+	Table       string
+	// DatapathCommand starts the userspace datapath when the kernel has no WireGuard.
+	DatapathCommand []string
+	ForceUserspace  bool
+	// KeyRotation rotates the WireGuard key on this period (0: never).
+	KeyRotation time.Duration
+	Logger      *slog.Logger
+	Now         func() time.Time
+}
+
+// Agent is one node's agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	td      spiffeid.TrustDomain
+	metrics *metrics
+
+	verifier *attest.Verifier
+	svidKey  crypto.Signer
+	dev      *wg.Device
+
+	mu          sync.Mutex // guards everything below
+	wgKey       wgtypes.Key
+	keyCreated  time.Time
+	joined      bool
+	svid        [][]byte
+	svidExpiry  time.Time
+	svidIssued  time.Time
+	spiffeID    string
+	bundle      *x509bundle.Bundle
+	podCIDR     netip.Prefix
+	clusterCIDR netip.Prefix
+	mtu         int
+	revision    uint64
+	records     map[string]*cpv1.Peer // as the control plane sent them
+	peerState   map[string]peerStatus
+	haveSnap    bool
+	strict      bool
+	readyReason string
+	own         *identity.Claims // this node's claims, from its SVID
+	pods        *podStore
+
+	reconcileMu sync.Mutex
+}
+
+type peerStatus struct {
+	record *cpv1.Peer
+	err    error
+	key    wgtypes.Key
+}
+
+// New validates the configuration and loads the node's keys.
+func New(cfg Config) (*Agent, error) {
+	if cfg.NodeName == "" || cfg.ControlPlane == "" || cfg.Policy == nil || cfg.Provider == nil || cfg.StateDir == "" {
+		return nil, errors.New("agent: NodeName, ControlPlane, Policy, Provider and StateDir are required")
+	}
+	if err := identity.ValidateNodeName(cfg.NodeName); err != nil {
+		return nil, fmt.Errorf("node name: %w", err)
+	}
+	if !cfg.Endpoint.IsValid() {
+		return nil, errors.New("agent: Endpoint (underlay address:port) is required")
+	}
+	if cfg.Device == "" {
+		cfg.Device = DefaultDevice
+	}
+	if cfg.ListenPort == 0 {
+		cfg.ListenPort = DefaultListenPort
+	}
+	if cfg.UnderlayMTU == 0 {
+		cfg.UnderlayMTU = DefaultUnderlayMTU
+	}
+	if cfg.UnderlayMTU-WireGuardOverhead < 576 {
+		return nil, fmt.Errorf("underlay MTU %d leaves %d for pods; need at least 576", cfg.UnderlayMTU, cfg.UnderlayMTU-WireGuardOverhead)
+	}
+	if !cfg.ClusterCIDR.IsValid() {
+		cfg.ClusterCIDR = netip.MustParsePrefix(DefaultClusterCIDR)
+	}
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.Policy.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust domain: %w", err)
+	}
+	v, err := attest.NewVerifier(cfg.Policy, attest.Options{Logger: log, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	wgKey, err := loadOrCreateWireGuardKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	svidKey, err := loadOrCreateSVIDKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := openPodStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg: cfg, log: log, now: now, td: td, metrics: newMetrics(), verifier: v, svidKey: svidKey,
+		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - WireGuardOverhead,
+		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods,
+	}, nil
+}
+
+// InstallStrictRules programs the fail-closed rules: before the agent does
+// anything else, and again whenever the local pod CIDR is known.
+func (a *Agent) InstallStrictRules() error {
+	if !a.cfg.StrictMode {
+		a.log.Warn("strict mode is OFF: pod traffic may leave in plaintext if a route is missing")
+		return nil
+	}
+	a.mu.Lock()
+	r := netfilter.Rules{Table: a.cfg.Table, ClusterCIDRs: uniquePrefixes(a.cfg.ClusterCIDR, a.clusterCIDR), Device: a.cfg.Device}
+	if a.podCIDR.IsValid() {
+		r.LocalCIDRs = []netip.Prefix{a.podCIDR}
+	}
+	a.mu.Unlock()
+	if err := netfilter.Install(r); err != nil {
+		return fmt.Errorf("install strict rules: %w", err)
+	}
+	a.mu.Lock()
+	a.strict = true
+	a.mu.Unlock()
+	return nil
+}
+
+func uniquePrefixes(ps ...netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	seen := map[netip.Prefix]bool{}
+	for _, p := range ps {
+		if p.IsValid() && !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Run is the agent's life: strict rules first, then the device, the join,
+// and the watch/renew loop until ctx ends. The device and the rules are
+// left in place on exit: an agent restart costs no traffic.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.InstallStrictRules(); err != nil {
+		return err
+	}
+	if err := a.ensureDevice(ctx); err != nil {
+		return err
+	}
+	if err := a.joinWithRetry(ctx); err != nil {
+		return err
+	}
+	go a.watchLoop(ctx)
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	lastRecheck := a.now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := a.dev.Healthy(); err != nil {
+			a.log.Warn("WireGuard device unhealthy; restoring", "err", err)
+			a.setReady("datapath down: " + err.Error())
+			if err := a.ensureDevice(ctx); err != nil {
+				a.log.Error("restore device", "err", err)
+				continue
+			}
+			a.reconcile()
+			a.refreshReady()
+		}
+		if a.now().Sub(lastRecheck) >= recheckInterval {
+			lastRecheck = a.now()
+			a.reconcile() // evidence ages out, SVIDs expire
+		}
+		a.collectDeviceMetrics()
+		if a.renewDue() {
+			if err := a.renew(ctx); err != nil {
+				a.log.Error("renewal failed", "err", err)
+				a.metrics.renewals.WithLabelValues("failed").Inc()
+			} else {
+				a.metrics.renewals.WithLabelValues("ok").Inc()
+			}
+		}
+	}
+}
+
+func (a *Agent) ensureDevice(ctx context.Context) error {
+	a.mu.Lock()
+	var addrs []netip.Prefix
+	if a.podCIDR.IsValid() {
+		addrs = []netip.Prefix{netip.PrefixFrom(a.podCIDR.Addr(), a.podCIDR.Addr().BitLen())}
+	}
+	key := a.wgKey
+	a.mu.Unlock()
+	dev, err := wg.Ensure(ctx, wg.Config{
+		Name: a.cfg.Device, MTU: a.mtu, Addresses: addrs, DatapathCommand: a.cfg.DatapathCommand,
+		PIDFile: a.cfg.StateDir + "/datapath.pid", Logger: a.log, ForceUserspace: a.cfg.ForceUserspace,
+	})
+	if err != nil {
+		return fmt.Errorf("WireGuard device: %w", err)
+	}
+	if a.dev != nil && a.dev != dev {
+		a.dev.Close()
+	}
+	a.dev = dev
+	if err := dev.Configure(key, a.cfg.ListenPort); err != nil {
+		return fmt.Errorf("configure WireGuard device: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) dial(ctx context.Context) (*cpclient.Conn, error) {
+	a.mu.Lock()
+	cfg := cpclient.Config{Addr: a.cfg.ControlPlane, Verifier: a.verifier, TrustDomain: a.td, Bundle: a.bundle, Now: a.now}
+	if a.joined {
+		cfg.ClientCertificate = func() (*tls.Certificate, error) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return &tls.Certificate{Certificate: a.svid, PrivateKey: a.svidKey}, nil
+		}
+	}
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return cpclient.Dial(ctx, cfg)
+}
+
+func (a *Agent) nodeSpec() cpclient.Node {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	pub := a.wgKey.PublicKey()
+	return cpclient.Node{Name: a.cfg.NodeName, Endpoint: a.cfg.Endpoint.String(), WireGuardKey: pub[:], SVIDKey: a.svidKey, Provider: a.cfg.Provider}
+}
+
+func (a *Agent) joinWithRetry(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		err := a.join(ctx)
+		if err == nil {
+			return nil
+		}
+		a.setReady("not attested: " + err.Error())
+		a.log.Error("join failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		if backoff < 30*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func (a *Agent) join(ctx context.Context) error {
+	conn, err := a.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	jctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	resp, err := conn.Join(jctx, a.nodeSpec())
+	if err != nil {
+		return err
+	}
+	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
+		return err
+	}
+	pod, err := netip.ParsePrefix(resp.GetPodCidr())
+	if err != nil {
+		return fmt.Errorf("control plane sent pod CIDR %q: %w", resp.GetPodCidr(), err)
+	}
+	cluster, err := netip.ParsePrefix(resp.GetClusterCidr())
+	if err != nil || !cluster.Contains(pod.Addr()) {
+		return fmt.Errorf("control plane sent cluster CIDR %q that does not hold pod CIDR %s", resp.GetClusterCidr(), pod)
+	}
+	a.mu.Lock()
+	a.podCIDR, a.clusterCIDR, a.joined = pod, cluster, true
+	if hint := int(resp.GetMtuHint()); hint > 0 && hint < a.mtu {
+		a.mtu = hint
+	}
+	a.mu.Unlock()
+	if cluster != a.cfg.ClusterCIDR {
+		a.log.Warn("control plane's cluster CIDR differs from the configured one; strict mode covers both", "configured", a.cfg.ClusterCIDR, "controlplane", cluster)
+	}
+	if err := a.InstallStrictRules(); err != nil {
+		return err
+	}
+	if err := a.ensureDevice(ctx); err != nil {
+		return err
+	}
+	a.log.Info("joined", "spiffeID", resp.GetSpiffeId(), "podCIDR", pod, "datapath", a.dev.Kind())
+	a.refreshReady()
+	a.registerPendingPods(ctx)
+	return nil
+}
+
+// adopt takes a new node SVID and bundle.
+func (a *Agent) adopt(svid, bundle [][]byte) error {
+	chain, err := identity.ParseChain(svid)
+	if err != nil {
+		return fmt.Errorf("node SVID: %w", err)
+	}
+	b, err := cpclient.ParseBundle(a.td, bundle)
+	if err != nil {
+		return err
+	}
+	id, err := identity.VerifySVID(chain, b, a.now())
+	if err != nil {
+		return fmt.Errorf("node SVID does not verify against the bundle: %w", err)
+	}
+	claims, err := identity.ClaimsFromCert(chain[0])
+	if err != nil {
+		return fmt.Errorf("node SVID claims: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	pub := a.wgKey.PublicKey()
+	if string(claims.WireGuardKey) != string(pub[:]) {
+		return errors.New("node SVID binds another WireGuard key than ours")
+	}
+	a.svid, a.bundle, a.spiffeID = svid, b, id.String()
+	a.svidExpiry, a.svidIssued = chain[0].NotAfter, a.now()
+	a.own = claims
+	return nil
+}
+
+// watchLoop follows the peer set, reconnecting (and re-attesting the
+// control plane) whenever the stream breaks. Existing tunnels are left
+// alone while the control plane is away.
+func (a *Agent) watchLoop(ctx context.Context) {
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		err := a.watchOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if status.Code(err) == codes.PermissionDenied {
+			a.log.Error("control plane says this node left the peer set; joining again", "err", err)
+			a.setReady("not in the peer set: " + err.Error())
+			if jerr := a.join(ctx); jerr != nil {
+				a.log.Error("re-join failed", "err", jerr)
+			}
+		} else if err != nil {
+			a.log.Warn("watch interrupted; reconnecting", "err", err, "in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 10*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func (a *Agent) watchOnce(ctx context.Context) error {
+	conn, err := a.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	a.mu.Lock()
+	from := a.revision
+	a.mu.Unlock()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := conn.Client.Watch(wctx, &cpv1.WatchRequest{Revision: from})
+	if err != nil {
+		return err
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		a.applyEvent(ev)
+		a.reconcile()
+	}
+}
+
+func (a *Agent) applyEvent(ev *cpv1.WatchEvent) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch e := ev.Event.(type) {
+	case *cpv1.WatchEvent_Snapshot:
+		a.records = map[string]*cpv1.Peer{}
+		for _, p := range e.Snapshot.GetPeers() {
+			a.records[p.GetName()] = p
+		}
+		a.haveSnap = true
+	case *cpv1.WatchEvent_Upsert:
+		if e.Upsert.GetName() != a.cfg.NodeName {
+			a.records[e.Upsert.GetName()] = e.Upsert
+		}
+	case *cpv1.WatchEvent_Delete:
+		delete(a.records, e.Delete)
+	}
+	a.revision = ev.GetRevision()
+}
+
+// reconcile verifies every peer record locally and brings the device to
+// exactly the verified set: the pure Reconcile plan applied incrementally.
+func (a *Agent) reconcile() {
+	a.reconcileMu.Lock()
+	defer a.reconcileMu.Unlock()
+	a.mu.Lock()
+	if !a.haveSnap || a.bundle == nil {
+		a.mu.Unlock()
+		return // never tear down peers before the first snapshot
+	}
+	checker := &PeerChecker{TrustDomain: a.td, Bundle: a.bundle, Verifier: a.verifier, ClusterCIDR: a.clusterCIDR, LocalCIDR: a.podCIDR, Now: a.now}
+	records := make([]*cpv1.Peer, 0, len(a.records))
+	for _, r := range a.records {
+		records = append(records, r)
+	}
+	mtu := a.mtu
+	a.mu.Unlock()
+	sort.Slice(records, func(i, j int) bool { return records[i].GetName() < records[j].GetName() })
+
+	states := map[string]peerStatus{}
+	var desired []DesiredPeer
+	claimed := map[netip.Prefix]string{}
+	for _, r := range records {
+		d, _, err := checker.Check(r)
+		if err == nil {
+			for _, p := range d.AllowedIPs {
+				for q, owner := range claimed {
+					if p.Overlaps(q) {
+						err = fmt.Errorf("%w: pod CIDR %s overlaps %s of peer %s", ErrPeerAddressing, p, q, owner)
+					}
+				}
+			}
+		}
+		if err != nil {
+			prev, seen := a.peerStateOf(r.GetName())
+			if !seen || prev.err == nil || prev.err.Error() != err.Error() {
+				a.log.Warn("peer refused", "peer", r.GetName(), "reason", PeerReason(err), "err", err)
+				a.metrics.refusals.WithLabelValues(PeerReason(err)).Inc()
+			}
+			states[r.GetName()] = peerStatus{record: r, err: err}
+			continue
+		}
+		for _, p := range d.AllowedIPs {
+			claimed[p] = d.Name
+		}
+		desired = append(desired, d)
+		states[r.GetName()] = peerStatus{record: r, key: d.PublicKey}
+	}
+	a.mu.Lock()
+	a.peerState = states
+	a.mu.Unlock()
+	verified := len(desired)
+	a.metrics.peers.WithLabelValues("verified").Set(float64(verified))
+	a.metrics.peers.WithLabelValues("refused").Set(float64(len(records) - verified))
+
+	state, err := a.dev.State()
+	if err != nil {
+		a.log.Error("read device", "err", err)
+		return
+	}
+	plan := Reconcile(desired, state.Peers)
+	if len(plan.Changes) > 0 {
+		if err := a.dev.ApplyPeers(plan.Changes); err != nil {
+			a.log.Error("apply peers", "err", err)
+			return
+		}
+		a.log.Info("peers applied", "changes", len(plan.Changes), "verified", verified)
+	}
+	if err := a.dev.SyncRoutes(plan.Routes, mtu); err != nil {
+		a.log.Error("sync routes", "err", err)
+	}
+}
+
+func (a *Agent) peerStateOf(name string) (peerStatus, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.peerState[name]
+	return s, ok
+}
+
+func (a *Agent) renewDue() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.joined {
+		return false
+	}
+	half := a.svidIssued.Add(a.svidExpiry.Sub(a.svidIssued) / 2)
+	rotate := a.cfg.KeyRotation > 0 && a.now().Sub(a.keyCreated) >= a.cfg.KeyRotation
+	return !a.now().Before(half) || rotate
+}
+
+// renew re-attests with fresh evidence, rotating the WireGuard key when its
+// period is over. The new key goes live on the device only after the
+// control plane accepted it; peers switch when its upsert reaches them.
+func (a *Agent) renew(ctx context.Context) error {
+	conn, err := a.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var newKey *wgtypes.Key
+	a.mu.Lock()
+	if a.cfg.KeyRotation > 0 && a.now().Sub(a.keyCreated) >= a.cfg.KeyRotation {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			a.mu.Unlock()
+			return err
+		}
+		newKey = &k
+	}
+	a.mu.Unlock()
+	var newPub []byte
+	if newKey != nil {
+		p := newKey.PublicKey()
+		newPub = p[:]
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	resp, err := conn.Renew(rctx, a.nodeSpec(), newPub)
+	if err != nil {
+		return err
+	}
+	if newKey != nil {
+		if err := saveWireGuardKey(a.cfg.StateDir, *newKey); err != nil {
+			return fmt.Errorf("persist rotated WireGuard key: %w", err)
+		}
+		if err := a.dev.Configure(*newKey, a.cfg.ListenPort); err != nil {
+			return fmt.Errorf("switch device to the rotated key: %w", err)
+		}
+		a.mu.Lock()
+		a.wgKey, a.keyCreated = *newKey, a.now()
+		a.mu.Unlock()
+		a.log.Info("WireGuard key rotated")
+	}
+	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
+		return err
+	}
+	a.log.Info("node SVID renewed", "expires", a.svidExpiry)
+	return nil
+}
+
+func (a *Agent) setReady(reason string) {
+	a.mu.Lock()
+	a.readyReason = reason
+	a.mu.Unlock()
+}
+
+// refreshReady recomputes readiness: attested, rules installed, datapath up.
+func (a *Agent) refreshReady() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case !a.joined:
+		a.readyReason = "not attested yet"
+	case a.cfg.StrictMode && !a.strict:
+		a.readyReason = "strict rules not installed"
+	case a.dev == nil:
+		a.readyReason = "datapath not up"
+	default:
+		a.readyReason = ""
+	}
+}
+
+// Ready reports whether pods may be networked, and if not, why.
+func (a *Agent) Ready() (bool, string) {
+	if a.dev != nil {
+		if err := a.dev.Healthy(); err != nil {
+			return false, "datapath down: " + err.Error()
+		}
+	}
+	if a.cfg.StrictMode {
+		if ok, err := netfilter.Installed(a.cfg.Table); err != nil || !ok {
+			return false, "strict rules are not installed"
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.readyReason == "", a.readyReason
+}
+
+func (a *Agent) collectDeviceMetrics() {
+	if a.dev == nil {
+		return
+	}
+	st, err := a.dev.State()
+	if err != nil {
+		return
+	}
+	a.mu.Lock()
+	names := map[wgtypes.Key]string{}
+	for n, s := range a.peerState {
+		if s.err == nil {
+			names[s.key] = n
+		}
+	}
+	a.mu.Unlock()
+	for _, p := range st.Peers {
+		n, ok := names[p.PublicKey]
+		if !ok {
+			continue
+		}
+		a.metrics.rx.WithLabelValues(n).Set(float64(p.ReceiveBytes))
+		a.metrics.tx.WithLabelValues(n).Set(float64(p.TransmitBytes))
+		if !p.LastHandshakeTime.IsZero() {
+			a.metrics.handshake.WithLabelValues(n).Set(float64(p.LastHandshakeTime.Unix()))
+		}
+	}
+}
+
+// SetPolicy swaps in a new local policy and re-verifies every peer at once:
+// a peer that no longer passes is removed from the device.
+func (a *Agent) SetPolicy(p *attest.Policy) error {
+	if p.TrustDomain != a.td.String() {
+		return fmt.Errorf("policy trust domain %q differs from the running %q", p.TrustDomain, a.td)
+	}
+	v, err := attest.NewVerifier(p, attest.Options{Logger: a.log, Now: a.now})
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.verifier = v
+	a.mu.Unlock()
+	a.log.Info("agent policy loaded; re-verifying peers")
+	a.reconcile()
+	return nil
+}
+
+// Metrics returns the agent's Prometheus registry.
+func (a *Agent) Metrics() *prometheus.Registry { return a.metrics.reg }

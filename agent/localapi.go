@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// localAPI serves the agent's unix socket. The socket is 0600 and owned by
+// root: only the container runtime (running the CNI plugin) and operators
+// on the node reach it.
+type localAPI struct {
+	agentv1.UnimplementedAgentServer
+	a *Agent
+}
+
+// ServeLocal serves the local API on the unix socket at path until ctx ends.
+func (a *Agent) ServeLocal(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	_ = os.Remove(path)
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return err
+	}
+	g := grpc.NewServer()
+	agentv1.RegisterAgentServer(g, &localAPI{a: a})
+	go func() {
+		<-ctx.Done()
+		g.Stop()
+	}()
+	return g.Serve(lis)
+}
+
+func (l *localAPI) Ready(context.Context, *agentv1.ReadyRequest) (*agentv1.ReadyResponse, error) {
+	ok, reason := l.a.Ready()
+	return &agentv1.ReadyResponse{Ready: ok, Reason: reason}, nil
+}
+
+func (l *localAPI) NodeInfo(context.Context, *agentv1.NodeInfoRequest) (*agentv1.NodeInfoResponse, error) {
+	a := l.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.joined {
+		return nil, status.Error(codes.Unavailable, "node not attested yet: "+a.readyReason)
+	}
+	return &agentv1.NodeInfoResponse{
+		NodeName: a.cfg.NodeName, PodCidr: a.podCIDR.String(), ClusterCidr: a.clusterCIDR.String(),
+		Mtu: uint32(a.mtu), Gateway: a.podCIDR.Addr().String(),
+	}, nil
+}
+
+func (l *localAPI) RegisterPod(ctx context.Context, req *agentv1.RegisterPodRequest) (*agentv1.RegisterPodResponse, error) {
+	p := req.GetPod()
+	if p == nil || p.GetContainerId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "pod container_id is required")
+	}
+	if p.GetIp() != "" {
+		if _, err := netip.ParseAddr(p.GetIp()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "pod ip %q: %v", p.GetIp(), err)
+		}
+	}
+	if err := l.a.RegisterPod(ctx, p); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "register pod: %v", err)
+	}
+	return &agentv1.RegisterPodResponse{}, nil
+}
+
+func (l *localAPI) UnregisterPod(ctx context.Context, req *agentv1.UnregisterPodRequest) (*agentv1.UnregisterPodResponse, error) {
+	if err := l.a.UnregisterPod(ctx, req.GetContainerId()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "unregister pod: %v", err)
+	}
+	return &agentv1.UnregisterPodResponse{}, nil
+}
+
+func (l *localAPI) Status(context.Context, *agentv1.StatusRequest) (*agentv1.StatusResponse, error) {
+	return l.a.Status(), nil
+}
+
+// Status is what `confmesh status` shows.
+func (a *Agent) Status() *agentv1.StatusResponse {
+	ready, reason := a.Ready()
+	var devPeers = map[string]*agentv1.PeerStatus{}
+	kind := ""
+	if a.dev != nil {
+		kind = string(a.dev.Kind())
+	}
+	a.mu.Lock()
+	pub := a.wgKey.PublicKey()
+	resp := &agentv1.StatusResponse{
+		NodeName: a.cfg.NodeName, Attested: a.joined, SpiffeId: a.spiffeID, Datapath: kind,
+		StrictMode: a.cfg.StrictMode && a.strict, Device: a.cfg.Device, Ready: ready, ReadyReason: reason,
+		TrustsSimulatedRoot: a.verifier.TrustsSimulated(), Revision: a.revision, WireguardPublicKey: pub[:],
+	}
+	if a.podCIDR.IsValid() {
+		resp.PodCidr = a.podCIDR.String()
+	}
+	if !a.svidExpiry.IsZero() {
+		resp.SvidExpiry = timestamppb.New(a.svidExpiry)
+	}
+	if a.own != nil {
+		resp.Tee, resp.Measurement = a.own.TEE, a.own.Measurement
+	}
+	for name, s := range a.peerState {
+		ps := &agentv1.PeerStatus{Name: name, Endpoint: s.record.GetEndpoint(), PodCidrs: s.record.GetPodCidrs(), WireguardPublicKey: s.record.GetWireguardPublicKey()}
+		if s.err != nil {
+			ps.State, ps.Reason = "refused", PeerReason(s.err)+": "+s.err.Error()
+		} else {
+			ps.State = "verified"
+		}
+		devPeers[string(s.record.GetWireguardPublicKey())] = ps
+		resp.Peers = append(resp.Peers, ps)
+	}
+	a.mu.Unlock()
+	if a.dev != nil {
+		if st, err := a.dev.State(); err == nil {
+			for _, p := range st.Peers {
+				if ps, ok := devPeers[string(p.PublicKey[:])]; ok && ps.State == "verified" {
+					ps.RxBytes, ps.TxBytes = p.ReceiveBytes, p.TransmitBytes
+					if !p.LastHandshakeTime.IsZero() {
+						ps.LatestHandshake = timestamppb.New(p.LastHandshakeTime)
+					}
+				}
+			}
+		}
+	}
+	sortPeers(resp.Peers)
+	return resp
+}
+
+func sortPeers(ps []*agentv1.PeerStatus) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && ps[j].Name < ps[j-1].Name; j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}

@@ -1,0 +1,40 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	reg       *prometheus.Registry
+	peers     *prometheus.GaugeVec
+	refusals  *prometheus.CounterVec
+	handshake *prometheus.GaugeVec
+	rx, tx    *prometheus.GaugeVec
+	renewals  *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "confmesh_agent_peers", Help: "Peers by state (verified, refused).",
+		}, []string{"state"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "confmesh_agent_peer_refusals_total", Help: "Peer verifications that failed, by reason.",
+		}, []string{"reason"}),
+		handshake: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "confmesh_agent_peer_last_handshake_seconds", Help: "Unix time of the latest WireGuard handshake per peer.",
+		}, []string{"peer"}),
+		rx: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "confmesh_agent_peer_receive_bytes", Help: "Bytes received from each peer.",
+		}, []string{"peer"}),
+		tx: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "confmesh_agent_peer_transmit_bytes", Help: "Bytes sent to each peer.",
+		}, []string{"peer"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "confmesh_agent_renewals_total", Help: "Node SVID renewals by result.",
+		}, []string{"result"}),
+	}
+	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals)
+	return m
+}
