@@ -1,0 +1,30 @@
+//go:build !linux
+
+package netfilter
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+)
+
+// ErrUnsupported is returned by the kernel-facing functions on systems
+// without nftables.
+var ErrUnsupported = fmt.Errorf("netfilter: nftables strict mode needs Linux, not %s: %w", runtime.GOOS, errors.ErrUnsupported)
+
+// Install is unavailable off Linux.
+func Install(r Rules) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	return ErrUnsupported
+}
+
+// Remove is unavailable off Linux.
+func Remove(table string) error { return ErrUnsupported }
+
+// Installed is unavailable off Linux.
+func Installed(table string) (bool, error) { return false, ErrUnsupported }
+
+// Counters is unavailable off Linux.
+func Counters(table string) (out, in uint64, err error) { return 0, 0, ErrUnsupported }
