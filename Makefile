@@ -61,7 +61,7 @@ fuzz:
 	if [ -z "$$targets" ]; then echo "fuzz: no Fuzz targets found"; exit 0; fi; \
 	while read -r pkg name; do \
 		echo "== $$pkg $$name ($(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+		go test -run "^$$" -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s "$$pkg"; \
 	done <<< "$$targets"
 
 # Generated code is committed: only run this after editing a .proto file.

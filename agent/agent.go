@@ -266,7 +266,8 @@ func (a *Agent) ensureDevice(ctx context.Context) error {
 	a.mu.Lock()
 	var addrs []netip.Prefix
 	if a.podCIDR.IsValid() {
-		addrs = []netip.Prefix{netip.PrefixFrom(a.podCIDR.Addr(), a.podCIDR.Addr().BitLen())}
+		gw := Gateway(a.podCIDR)
+		addrs = []netip.Prefix{netip.PrefixFrom(gw, gw.BitLen())}
 	}
 	key := a.wgKey
 	a.mu.Unlock()

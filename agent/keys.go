@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,6 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/confmesh/confmesh/internal/wg"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -105,4 +109,12 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// RemoveDevice deletes the node's WireGuard device (stopping a userspace
+// datapath): `confmesh agent cleanup`.
+func RemoveDevice(name, pidFile string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return wg.Remove(ctx, name, pidFile)
 }

@@ -59,7 +59,7 @@ func (l *localAPI) NodeInfo(context.Context, *agentv1.NodeInfoRequest) (*agentv1
 	}
 	return &agentv1.NodeInfoResponse{
 		NodeName: a.cfg.NodeName, PodCidr: a.podCIDR.String(), ClusterCidr: a.clusterCIDR.String(),
-		Mtu: uint32(a.mtu), Gateway: a.podCIDR.Addr().String(),
+		Mtu: uint32(a.mtu), Gateway: Gateway(a.podCIDR).String(),
 	}, nil
 }
 

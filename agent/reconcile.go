@@ -117,3 +117,7 @@ func samePrefixes(have []net.IPNet, want []netip.Prefix) bool {
 	}
 	return true
 }
+
+// Gateway is the node-side address of pod veths and of the WireGuard
+// device: the first host address of the node's pod CIDR.
+func Gateway(podCIDR netip.Prefix) netip.Addr { return podCIDR.Masked().Addr().Next() }

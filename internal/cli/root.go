@@ -64,7 +64,8 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		Short: "confmesh: a confidential service mesh for SEV-SNP nodes",
 		Long: `confmesh puts pod-to-pod traffic between confidential VMs into WireGuard
 tunnels that exist only after both sides verified each other's hardware
-attestation. These verbs inspect evidence and policies and measure the verifier.
+attestation. These verbs run the control plane, manage its nodes, inspect
+evidence and policies and measure the verifier.
 
 Exit codes: 0 success; 1 rejected / invalid / failed; 2 usage error or an
 input file that cannot be read or parsed.`,
@@ -78,7 +79,9 @@ input file that cannot be read or parsed.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: ExitUsage, err: err}
 	})
-	root.AddCommand(newAttestCmd(), newPolicyCmd(), newBenchCmd())
+	root.AddCommand(newAttestCmd(), newPolicyCmd(), newBenchCmd(), newControlPlaneCmd(), newNodesCmd())
+	root.AddCommand(newDatapathCmd())
+	root.AddCommand(newAgentCmd(), newStatusCmd(), newPeersCmd())
 	return root
 }
 

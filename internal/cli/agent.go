@@ -1,0 +1,259 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/confmesh/confmesh/agent"
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/attest/sim"
+	"github.com/confmesh/confmesh/internal/netfilter"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+)
+
+// Agent defaults.
+const (
+	defaultAgentStateDir = "/var/lib/confmesh/agent"
+	defaultAgentSocket   = "/run/confmesh/agent.sock"
+)
+
+type agentFlags struct {
+	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
+	metricsListen, logFormat, logLevel                                          string
+	listenPort, underlayMTU                                                     int
+	strict, forceUserspace                                                      bool
+	keyRotation                                                                 time.Duration
+	simDir, simName, simMeasurement                                             string
+	simDebug                                                                    bool
+	simVMPL                                                                     uint32
+}
+
+func newAgentCmd() *cobra.Command {
+	var f agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "run the node agent: strict rules, WireGuard device, attested join, peer verification",
+		Long: `The node agent installs the strict fail-closed nftables rules first, brings up
+the WireGuard device (kernel when available, else the userspace datapath as a
+separate process), verifies the control plane's attestation, joins, and then
+configures a peer only after verifying that peer's evidence under its own
+--policy. Its local API (for the CNI plugin and 'confmesh status') is a unix
+socket. The device, the datapath and the rules survive agent restarts;
+'confmesh agent cleanup' removes them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			return runAgent(ctx, cmd.ErrOrStderr(), f, hup)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "node `NAME` (RFC 1123); required")
+	fl.StringVar(&f.controlPlane, "control-plane", "", "control plane agent endpoint `HOST:PORT`; required")
+	fl.StringVar(&f.policy, "policy", "", "attestation policy `FILE` this agent applies to the control plane and every peer; required")
+	fl.StringVar(&f.stateDir, "state-dir", defaultAgentStateDir, "`DIR` for keys (0600) and pod records")
+	fl.StringVar(&f.endpoint, "endpoint", "", "this node's underlay `IP:PORT` peers send WireGuard to; required")
+	fl.StringVar(&f.device, "device", agent.DefaultDevice, "WireGuard device `NAME`")
+	fl.IntVar(&f.listenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP `PORT`")
+	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device and pod routes get this minus 80")
+	fl.StringVar(&f.clusterCIDR, "cluster-cidr", agent.DefaultClusterCIDR, "cluster pod `CIDR` (strict mode covers it from the first instant)")
+	fl.BoolVar(&f.strict, "strict", true, "strict fail-closed nftables rules (never turn off in production)")
+	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
+	fl.DurationVar(&f.keyRotation, "key-rotation", 24*time.Hour, "rotate the WireGuard key on this period through a re-attested renewal (0: never)")
+	fl.StringVar(&f.socket, "socket", defaultAgentSocket, "local API unix socket `PATH` (CNI plugin, confmesh status)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&f.simDir, "sim-dir", "", "run on the SIMULATED TEE whose CA is in `DIR`; development and CI only")
+	fl.StringVar(&f.simName, "sim-name", "", "simulated node name under DIR/nodes (default: --name)")
+	fl.StringVar(&f.simMeasurement, "sim-measurement", "", "simulated launch measurement, 96 `HEX` digits")
+	fl.BoolVar(&f.simDebug, "sim-debug", false, "simulated guest has the debug policy bit set (a rogue node)")
+	fl.Uint32Var(&f.simVMPL, "sim-vmpl", 0, "simulated VMPL")
+	for _, req := range []string{"name", "control-plane", "policy", "endpoint"} {
+		_ = cmd.MarkFlagRequired(req)
+	}
+	cmd.AddCommand(newAgentCleanupCmd())
+	return cmd
+}
+
+func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os.Signal) error {
+	log := newLogger(stderr, f.logFormat, f.logLevel)
+	pol, err := attest.LoadPolicy(f.policy)
+	if err != nil {
+		return failf("agent: %v", err)
+	}
+	ep, err := netip.ParseAddrPort(f.endpoint)
+	if err != nil {
+		return usageErrorf("--endpoint %q: want IP:PORT: %v", f.endpoint, err)
+	}
+	cluster, err := netip.ParsePrefix(f.clusterCIDR)
+	if err != nil {
+		return usageErrorf("--cluster-cidr %q: %v", f.clusterCIDR, err)
+	}
+	prov, err := openAgentProvider(f, log)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return failf("agent: locate own binary for the datapath: %v", err)
+	}
+	a, err := agent.New(agent.Config{
+		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
+		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
+		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log,
+		DatapathCommand: []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
+			"--pid-file", filepath.Join(f.stateDir, "datapath.pid")},
+	})
+	if err != nil {
+		return failf("agent: %v", err)
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- a.ServeLocal(ctx, f.socket) }()
+	if f.metricsListen != "" {
+		lis, err := net.Listen("tcp", f.metricsListen)
+		if err != nil {
+			return failf("agent: metrics listener: %v", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics(), promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if ok, reason := a.Ready(); !ok {
+				http.Error(w, reason, http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { <-ctx.Done(); srv.Close() }()
+		go func() {
+			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	go func() { errc <- a.Run(ctx) }()
+	go reloadAgentPolicy(ctx, log, f.policy, a, hup)
+	select {
+	case <-ctx.Done():
+		log.Info("agent stopping; the device, datapath and strict rules stay in place")
+		return nil
+	case err := <-errc:
+		if ctx.Err() != nil {
+			return nil
+		}
+		return failf("agent: %v", err)
+	}
+}
+
+// reloadAgentPolicy re-reads the policy on SIGHUP or when the file changes;
+// an invalid file is logged and the policy in force stays.
+func reloadAgentPolicy(ctx context.Context, log *slog.Logger, path string, a *agent.Agent, hup <-chan os.Signal) {
+	stamp := func() string {
+		st, err := os.Stat(path)
+		if err != nil {
+			return ""
+		}
+		return fmt.Sprint(st.ModTime().UnixNano(), st.Size())
+	}
+	last := stamp()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		case <-t.C:
+			if s := stamp(); s == last {
+				continue
+			}
+		}
+		last = stamp()
+		p, err := attest.LoadPolicy(path)
+		if err == nil {
+			err = a.SetPolicy(p)
+		}
+		if err != nil {
+			log.Error("policy reload refused; the policy in force stays", "file", path, "err", err)
+		}
+	}
+}
+
+func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) {
+	if f.simDir == "" {
+		p, err := NewHardwareProvider()
+		if err != nil {
+			return nil, failf("agent: cannot attest: %v (development and CI only: --sim-dir)", err)
+		}
+		return p, nil
+	}
+	var m []byte
+	if f.simMeasurement != "" {
+		var err error
+		if m, err = parseHexFlag("sim-measurement", f.simMeasurement, 48); err != nil {
+			return nil, err
+		}
+	}
+	name := f.simName
+	if name == "" {
+		name = f.name
+	}
+	ca, err := sim.OpenCA(f.simDir, "")
+	if err != nil {
+		return nil, failf("agent: --sim-dir: %v", err)
+	}
+	n, err := ca.OpenNode(name, sim.NodeConfig{Measurement: m, Debug: f.simDebug, VMPL: f.simVMPL})
+	if err != nil {
+		return nil, failf("agent: simulated node %q: %v", name, err)
+	}
+	log.Warn("!!! THIS NODE RUNS ON A SIMULATED TEE: its evidence proves nothing about hardware; development and CI only !!!",
+		"root", ca.RootPath(), "node", name, "debug", f.simDebug)
+	return n, nil
+}
+
+func newAgentCleanupCmd() *cobra.Command {
+	var device, table, stateDir string
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "remove what the agent leaves in place: strict rules, WireGuard device, datapath",
+		Long: `Removes the strict nftables table (pod traffic to other nodes is then no longer
+forced through WireGuard), stops the userspace datapath and deletes the
+WireGuard device. Run it only when uninstalling confmesh from the node.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var errs []error
+			if err := netfilter.Remove(table); err != nil {
+				errs = append(errs, fmt.Errorf("strict rules: %w", err))
+			}
+			if err := agent.RemoveDevice(device, filepath.Join(stateDir, "datapath.pid")); err != nil {
+				errs = append(errs, fmt.Errorf("device: %w", err))
+			}
+			if err := errors.Join(errs...); err != nil {
+				return failf("cleanup: %v", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed table %s and device %s\n", table, device)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&device, "device", agent.DefaultDevice, "WireGuard device `NAME`")
+	cmd.Flags().StringVar(&table, "table", agent.DefaultTable, "nftables `TABLE`")
+	cmd.Flags().StringVar(&stateDir, "state-dir", defaultAgentStateDir, "agent state `DIR` (holds datapath.pid)")
+	return cmd
+}

@@ -1,0 +1,167 @@
+package cli
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// fetchStatus asks the agent on its local socket (root-only, 0600: the
+// socket's file mode is the access control, so no TLS).
+func fetchStatus(ctx context.Context, socket string) (*agentv1.StatusResponse, error) {
+	cc, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, failf("agent socket %s: %v", socket, err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := agentv1.NewAgentClient(cc).Status(ctx, &agentv1.StatusRequest{})
+	if err != nil {
+		return nil, failf("agent socket %s: %v (is the agent running?)", socket, err)
+	}
+	return st, nil
+}
+
+type peerJSON struct {
+	Name            string   `json:"name"`
+	Endpoint        string   `json:"endpoint"`
+	State           string   `json:"state"`
+	Reason          string   `json:"reason,omitempty"`
+	PodCIDRs        []string `json:"podCIDRs"`
+	WireGuardKey    string   `json:"wireguardKey"`
+	LatestHandshake string   `json:"latestHandshake,omitempty"`
+	RxBytes         int64    `json:"rxBytes"`
+	TxBytes         int64    `json:"txBytes"`
+}
+
+type statusJSON struct {
+	Node                string     `json:"node"`
+	Attested            bool       `json:"attested"`
+	Ready               bool       `json:"ready"`
+	ReadyReason         string     `json:"readyReason,omitempty"`
+	TEE                 string     `json:"tee"`
+	Measurement         string     `json:"measurement"`
+	SPIFFEID            string     `json:"spiffeID"`
+	SVIDExpiry          string     `json:"svidExpiry,omitempty"`
+	Datapath            string     `json:"datapath"`
+	Device              string     `json:"device"`
+	StrictMode          bool       `json:"strictMode"`
+	PodCIDR             string     `json:"podCIDR"`
+	WireGuardKey        string     `json:"wireguardKey"`
+	TrustsSimulatedRoot bool       `json:"trustsSimulatedRoot"`
+	Revision            uint64     `json:"revision"`
+	Peers               []peerJSON `json:"peers"`
+}
+
+func ts(t interface{ AsTime() time.Time }, valid bool) string {
+	if !valid {
+		return ""
+	}
+	return t.AsTime().UTC().Format(time.RFC3339)
+}
+
+func toPeerJSON(p *agentv1.PeerStatus) peerJSON {
+	return peerJSON{Name: p.Name, Endpoint: p.Endpoint, State: p.State, Reason: p.Reason, PodCIDRs: p.PodCidrs,
+		WireGuardKey: hex.EncodeToString(p.WireguardPublicKey), LatestHandshake: ts(p.LatestHandshake, p.LatestHandshake != nil),
+		RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+}
+
+func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
+	out := statusJSON{Node: st.NodeName, Attested: st.Attested, Ready: st.Ready, ReadyReason: st.ReadyReason, TEE: st.Tee,
+		Measurement: hex.EncodeToString(st.Measurement), SPIFFEID: st.SpiffeId, SVIDExpiry: ts(st.SvidExpiry, st.SvidExpiry != nil),
+		Datapath: st.Datapath, Device: st.Device, StrictMode: st.StrictMode, PodCIDR: st.PodCidr,
+		WireGuardKey: hex.EncodeToString(st.WireguardPublicKey), TrustsSimulatedRoot: st.TrustsSimulatedRoot, Revision: st.Revision,
+		Peers: []peerJSON{}}
+	for _, p := range st.Peers {
+		out.Peers = append(out.Peers, toPeerJSON(p))
+	}
+	return out
+}
+
+func newStatusCmd() *cobra.Command {
+	var socket, format string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "show this node's attestation, datapath, strict mode and peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			st, err := fetchStatus(cmd.Context(), socket)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if format == formatJSON {
+				return writeJSON(out, toStatusJSON(st))
+			}
+			s := toStatusJSON(st)
+			fmt.Fprintf(out, "node:        %s\n", s.Node)
+			fmt.Fprintf(out, "attested:    %v (%s, measurement %s)\n", s.Attested, s.TEE, shorten(s.Measurement))
+			fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
+			fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
+			fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)
+			fmt.Fprintf(out, "strict mode: %v\n", s.StrictMode)
+			fmt.Fprintf(out, "pod CIDR:    %s\n", s.PodCIDR)
+			if s.TrustsSimulatedRoot {
+				fmt.Fprintln(out, "WARNING:     this agent's policy trusts a SIMULATED TEE root (development only)")
+			}
+			return writePeers(out, st.Peers)
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", defaultAgentSocket, "agent local API `PATH`")
+	cmd.Flags().StringVarP(&format, "output", "o", formatText, "output format: text or json")
+	return cmd
+}
+
+func newPeersCmd() *cobra.Command {
+	var socket, format string
+	cmd := &cobra.Command{
+		Use:   "peers",
+		Short: "list peers: verified or the reason they were refused, handshakes, bytes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			st, err := fetchStatus(cmd.Context(), socket)
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeJSON(cmd.OutOrStdout(), toStatusJSON(st).Peers)
+			}
+			return writePeers(cmd.OutOrStdout(), st.Peers)
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", defaultAgentSocket, "agent local API `PATH`")
+	cmd.Flags().StringVarP(&format, "output", "o", formatText, "output format: text or json")
+	return cmd
+}
+
+func writePeers(out io.Writer, peers []*agentv1.PeerStatus) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tENDPOINT\tPOD-CIDRS\tHANDSHAKE\tRX\tTX\tREASON")
+	for _, p := range peers {
+		j := toPeerJSON(p)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\t%s\n", j.Name, j.State, j.Endpoint, j.PodCIDRs, j.LatestHandshake, j.RxBytes, j.TxBytes, j.Reason)
+	}
+	return tw.Flush()
+}
+
+func shorten(h string) string {
+	if len(h) > 16 {
+		return h[:16] + "…"
+	}
+	return h
+}
