@@ -86,6 +86,9 @@ func (s *Server) Revoke(name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, rev, err := s.store.RevokeNode(name, s.now())
+	if err == nil && !chipKnown(r.ChipID) {
+		s.log.Warn("revoked node had a masked chip ID; its WireGuard key is blocked, the machine can re-join with a new key", "node", name)
+	}
 	if err != nil {
 		return err
 	}

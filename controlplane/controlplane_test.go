@@ -376,7 +376,7 @@ func TestDuplicateKeyAndNameTakeover(t *testing.T) {
 		t.Fatalf("duplicate WireGuard key: err = %v", err)
 	}
 	thief := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	if _, err := thief.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another chip") {
+	if _, err := thief.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
 		t.Fatalf("name takeover: err = %v", err)
 	}
 	// After revocation the name is free for another chip.
@@ -533,5 +533,35 @@ func TestMetricsAndHealth(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestMaskedChipIDs: hosts may mask the chip ID (all zero). Then a name is
+// bound to the node's identity key, and revoking one masked node does not
+// block every other masked node.
+func TestMaskedChipIDs(t *testing.T) {
+	c := startCP(t, cpOptions{})
+	zero := make([]byte, 64)
+	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	a.join(t, c)
+	// The same agent again (restart: same identity key) keeps its name.
+	a.join(t, c)
+	thief := newAgent(t, "node-a", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	if _, err := thief.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
+		t.Fatalf("masked-chip name takeover: err = %v", err)
+	}
+	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	b.join(t, c)
+	if _, err := adminClient(t, c).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-b"}); err != nil {
+		t.Fatal(err)
+	}
+	other := newAgent(t, "node-c", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	if _, err := other.tryJoin(t, c); err != nil {
+		t.Fatalf("a masked node was blocked by another masked node's revocation: %v", err)
+	}
+	// The revoked node's WireGuard key stays blocked.
+	b.name = "node-b2"
+	if _, err := b.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("revoked WireGuard key rejoined: err = %v", err)
 	}
 }

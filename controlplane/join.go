@@ -3,6 +3,7 @@ package controlplane
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -39,19 +40,22 @@ func evidenceRefusal(err error) *refusal {
 // key and the agent's nonce, and a single-use challenge for the agent.
 func (s *Server) Challenge(_ context.Context, req *cpv1.ChallengeRequest) (*cpv1.ChallengeResponse, error) {
 	now := s.now()
+	// The cap on outstanding challenges is checked before the (on real
+	// hardware, costly) report is produced for an unauthenticated caller.
+	ch, err := s.challenges.issue(now)
+	if err != nil {
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	}
 	ev, err := attest.Attest(s.cfg.Provider, attest.Binding{
 		Purpose: attest.PurposeControlPlane, Challenge: req.GetAgentNonce(),
 		IdentityKeyHash: s.tlsHash, Name: s.id.String(), Key: s.tlsHash,
 	}, now)
 	if err != nil {
+		s.challenges.consume(ch, now)
 		if errors.Is(err, attest.ErrStaleChallenge) || errors.Is(err, attest.ErrMalformedBinding) {
 			return nil, status.Errorf(codes.InvalidArgument, "agent nonce: %v", err)
 		}
 		return nil, status.Errorf(codes.Internal, "control plane attestation: %v", err)
-	}
-	ch, err := s.challenges.issue(now)
-	if err != nil {
-		return nil, status.Error(codes.ResourceExhausted, err.Error())
 	}
 	return &cpv1.ChallengeResponse{Evidence: ev, Challenge: ch, SpiffeId: s.id.String(), TrustDomain: s.td.String()}, nil
 }
@@ -132,8 +136,8 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	}
 	var podCIDR netip.Prefix
 	if prev != nil {
-		if !bytes.Equal(prev.ChipID, claims.ChipID) {
-			return nil, refuse("name_taken", codes.AlreadyExists, "node name %q is held by another chip; revoke it first (confmesh nodes revoke %s)", req.GetName(), req.GetName())
+		if !sameMachine(prev, claims.ChipID, csr.PublicKey) {
+			return nil, refuse("name_taken", codes.AlreadyExists, "node name %q is held by another machine; revoke it first (confmesh nodes revoke %s)", req.GetName(), req.GetName())
 		}
 		podCIDR, err = netip.ParsePrefix(prev.PodCIDR)
 		if err != nil || !s.alloc.Contains(podCIDR) {
@@ -179,7 +183,37 @@ func parseCSR(der []byte) (*x509.CertificateRequest, []byte, *refusal) {
 	return csr, h, nil
 }
 
+// chipKnown is false for an all-zero chip ID: hosts may mask it
+// (MASK_CHIP_ID), and then it identifies nothing.
+func chipKnown(chipID []byte) bool {
+	for _, b := range chipID {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// sameMachine decides whether a join for an existing name comes from the
+// machine that holds it: the same chip when chip IDs are known, else the
+// same identity key (agents keep it across restarts).
+func sameMachine(prev *store.NodeRecord, chipID []byte, svidKey crypto.PublicKey) bool {
+	if chipKnown(prev.ChipID) || chipKnown(chipID) {
+		return bytes.Equal(prev.ChipID, chipID)
+	}
+	leaf, err := parseLeaf(prev.SVID)
+	if err != nil {
+		return false
+	}
+	want, err1 := identity.SPKIHash(leaf.PublicKey)
+	got, err2 := identity.SPKIHash(svidKey)
+	return err1 == nil && err2 == nil && bytes.Equal(want, got)
+}
+
 func (s *Server) checkRevoked(chipID, wgKey []byte) *refusal {
+	if !chipKnown(chipID) {
+		chipID = nil // a masked chip ID must not match every masked node's revocation
+	}
 	if r, ok, err := s.store.Revoked(chipID); err == nil && ok {
 		return refuse("revoked", codes.PermissionDenied, "chip was revoked (as node %q at %s)", r.Name, r.RevokedAt.UTC().Format(time.RFC3339))
 	} else if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -79,7 +80,7 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if err != nil {
 		return nil, name, refuse("revoked", codes.PermissionDenied, "node %q is no longer admitted", name)
 	}
-	if !bytes.Equal(rec.ChipID, claims.ChipID) {
+	if !sameMachine(rec, claims.ChipID, csr.PublicKey) {
 		return nil, name, refuse("chip_changed", codes.PermissionDenied, "renewal evidence comes from another chip than node %q joined with", name)
 	}
 	if rf := s.checkRevoked(claims.ChipID, key); rf != nil {
@@ -102,6 +103,9 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	}
 	rec.WireGuardKey, rec.SVID, rec.AttestedAt, rec.ExpiresAt = key, [][]byte{svid.Raw}, claims.IssuedAt, svid.NotAfter
 	rec.TEE, rec.Measurement = claims.TEE, claims.Measurement
+	// Fresh evidence just passed the policy in force: a sweep that rejected
+	// the node while this renewal was in flight is overtaken.
+	rec.State, rec.Reason = store.StateActive, ""
 	if rec.Evidence, err = attest.MarshalEvidence(ev); err != nil {
 		return nil, name, err
 	}

@@ -94,7 +94,8 @@ func (s *Server) WriteAdminCredential(dir string) error {
 	certPath := filepath.Join(dir, AdminCertFile)
 	if data, err := os.ReadFile(certPath); err == nil {
 		if b, _ := pem.Decode(data); b != nil {
-			if c, err := x509.ParseCertificate(b.Bytes); err == nil && c.NotAfter.After(s.now().Add(24*time.Hour)) &&
+			_, keyErr := tls.LoadX509KeyPair(certPath, filepath.Join(dir, AdminKeyFile))
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil && keyErr == nil && c.NotAfter.After(s.now().Add(24*time.Hour)) &&
 				c.CheckSignatureFrom(s.ca.Certificate()) == nil {
 				return s.writeBundle(dir)
 			}

@@ -27,7 +27,12 @@ func (s *Server) SetPolicy(p *attest.Policy) error {
 	s.policy, s.verifier = p, v
 	s.mu.Unlock()
 	s.log.Info("policy loaded; re-evaluating every node", "measurements", len(p.Measurements))
-	return s.Sweep()
+	// The policy is in force now; a failure to store a sweep result is
+	// logged, not returned, so callers can tell refusal from application.
+	if err := s.Sweep(); err != nil {
+		s.log.Error("sweep after policy change", "err", err)
+	}
+	return nil
 }
 
 // Sweep re-evaluates every node under the policy in force: a node whose

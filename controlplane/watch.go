@@ -23,9 +23,11 @@ func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchSer
 	me := rec.Name
 	initial, sub := s.hub.subscribe(me, req.GetRevision(), func() []*cpv1.Peer { return s.snapshotLocked(me) })
 	s.mu.Unlock()
-	defer s.hub.unsubscribe(sub)
 	s.metrics.watchers.Set(float64(s.hub.watchers()))
-	defer func() { s.metrics.watchers.Set(float64(s.hub.watchers() - 1)) }()
+	defer func() {
+		s.hub.unsubscribe(sub)
+		s.metrics.watchers.Set(float64(s.hub.watchers()))
+	}()
 
 	for _, ev := range initial {
 		if err := s.sendFor(stream, me, ev); err != nil {
