@@ -2,8 +2,8 @@ package agent
 
 import (
 	"bytes"
-	"crypto/x509"
 	"context"
+	"crypto/x509"
 	"net/netip"
 	"os"
 	"path/filepath"
