@@ -172,8 +172,12 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	m := newMetrics()
+	if cfg.StrictMode {
+		m.registerStrictDrops(cfg.Table)
+	}
 	return &Agent{
-		cfg: cfg, log: log, now: now, td: td, metrics: newMetrics(), verifier: v, svidKey: svidKey,
+		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey,
 		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - WireGuardOverhead,
 		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods,
 	}, nil

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -37,4 +38,26 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals)
 	return m
+}
+
+// registerStrictDrops exports the strict-mode drop counters of the nftables
+// table: packets that would have left (out) or entered (in) in plaintext.
+func (m *metrics) registerStrictDrops(table string) {
+	for _, dir := range []string{"out", "in"} {
+		dir := dir
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "confmesh_agent_strict_drops_total",
+			Help:        "Packets strict mode dropped because they would have bypassed WireGuard.",
+			ConstLabels: prometheus.Labels{"direction": dir},
+		}, func() float64 {
+			out, in, err := netfilter.Counters(table)
+			if err != nil {
+				return 0
+			}
+			if dir == "out" {
+				return float64(out)
+			}
+			return float64(in)
+		}))
+	}
 }
