@@ -240,7 +240,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if err := a.dev.Healthy(); err != nil {
+		if err := a.device().Healthy(); err != nil {
 			a.log.Warn("WireGuard device unhealthy; restoring", "err", err)
 			a.setReady("datapath down: " + err.Error())
 			if err := a.ensureDevice(ctx); err != nil {
@@ -282,10 +282,13 @@ func (a *Agent) ensureDevice(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("WireGuard device: %w", err)
 	}
-	if a.dev != nil && a.dev != dev {
-		a.dev.Close()
-	}
+	a.mu.Lock()
+	old := a.dev
 	a.dev = dev
+	a.mu.Unlock()
+	if old != nil && old != dev {
+		old.Close()
+	}
 	if err := dev.Configure(key, a.cfg.ListenPort); err != nil {
 		return fmt.Errorf("configure WireGuard device: %w", err)
 	}
@@ -373,7 +376,7 @@ func (a *Agent) join(ctx context.Context) error {
 	if err := a.ensureDevice(ctx); err != nil {
 		return err
 	}
-	a.log.Info("joined", "spiffeID", resp.GetSpiffeId(), "podCIDR", pod, "datapath", a.dev.Kind())
+	a.log.Info("joined", "spiffeID", resp.GetSpiffeId(), "podCIDR", pod, "datapath", a.device().Kind())
 	a.refreshReady()
 	a.registerPendingPods(ctx)
 	return nil
@@ -539,20 +542,21 @@ func (a *Agent) reconcile() {
 	a.metrics.peers.WithLabelValues("verified").Set(float64(verified))
 	a.metrics.peers.WithLabelValues("refused").Set(float64(len(records) - verified))
 
-	state, err := a.dev.State()
+	dev := a.device()
+	state, err := dev.State()
 	if err != nil {
 		a.log.Error("read device", "err", err)
 		return
 	}
 	plan := Reconcile(desired, state.Peers)
 	if len(plan.Changes) > 0 {
-		if err := a.dev.ApplyPeers(plan.Changes); err != nil {
+		if err := dev.ApplyPeers(plan.Changes); err != nil {
 			a.log.Error("apply peers", "err", err)
 			return
 		}
 		a.log.Info("peers applied", "changes", len(plan.Changes), "verified", verified)
 	}
-	if err := a.dev.SyncRoutes(plan.Routes, mtu); err != nil {
+	if err := dev.SyncRoutes(plan.Routes, mtu); err != nil {
 		a.log.Error("sync routes", "err", err)
 	}
 }
@@ -610,7 +614,7 @@ func (a *Agent) renew(ctx context.Context) error {
 		if err := saveWireGuardKey(a.cfg.StateDir, *newKey); err != nil {
 			return fmt.Errorf("persist rotated WireGuard key: %w", err)
 		}
-		if err := a.dev.Configure(*newKey, a.cfg.ListenPort); err != nil {
+		if err := a.device().Configure(*newKey, a.cfg.ListenPort); err != nil {
 			return fmt.Errorf("switch device to the rotated key: %w", err)
 		}
 		a.mu.Lock()
@@ -649,8 +653,8 @@ func (a *Agent) refreshReady() {
 
 // Ready reports whether pods may be networked, and if not, why.
 func (a *Agent) Ready() (bool, string) {
-	if a.dev != nil {
-		if err := a.dev.Healthy(); err != nil {
+	if dev := a.device(); dev != nil {
+		if err := dev.Healthy(); err != nil {
 			return false, "datapath down: " + err.Error()
 		}
 	}
@@ -665,10 +669,11 @@ func (a *Agent) Ready() (bool, string) {
 }
 
 func (a *Agent) collectDeviceMetrics() {
-	if a.dev == nil {
+	dev := a.device()
+	if dev == nil {
 		return
 	}
-	st, err := a.dev.State()
+	st, err := dev.State()
 	if err != nil {
 		return
 	}
@@ -713,3 +718,10 @@ func (a *Agent) SetPolicy(p *attest.Policy) error {
 
 // Metrics returns the agent's Prometheus registry.
 func (a *Agent) Metrics() *prometheus.Registry { return a.metrics.reg }
+
+// device returns the current WireGuard device (nil before the first Ensure).
+func (a *Agent) device() *wg.Device {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.dev
+}

@@ -95,8 +95,9 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 	ready, reason := a.Ready()
 	var devPeers = map[string]*agentv1.PeerStatus{}
 	kind := ""
-	if a.dev != nil {
-		kind = string(a.dev.Kind())
+	dev := a.device()
+	if dev != nil {
+		kind = string(dev.Kind())
 	}
 	a.mu.Lock()
 	pub := a.wgKey.PublicKey()
@@ -125,8 +126,8 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 		resp.Peers = append(resp.Peers, ps)
 	}
 	a.mu.Unlock()
-	if a.dev != nil {
-		if st, err := a.dev.State(); err == nil {
+	if dev != nil {
+		if st, err := dev.State(); err == nil {
 			for _, p := range st.Peers {
 				if ps, ok := devPeers[string(p.PublicKey[:])]; ok && ps.State == "verified" {
 					ps.RxBytes, ps.TxBytes = p.ReceiveBytes, p.TransmitBytes
