@@ -154,3 +154,24 @@ func TestKeysPersistAndArePrivate(t *testing.T) {
 		t.Fatalf("SVID key not stable: %v", err)
 	}
 }
+
+func TestNetStateRemembered(t *testing.T) {
+	dir := t.TempDir()
+	if st, err := loadNetState(dir); err != nil || st.PodCIDR.IsValid() {
+		t.Fatalf("empty dir: %+v %v", st, err)
+	}
+	want := netState{PodCIDR: netip.MustParsePrefix("10.244.3.0/24"), ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	if err := saveNetState(dir, want); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := loadNetState(dir); err != nil || got != want {
+		t.Fatalf("got %+v %v, want %+v", got, err, want)
+	}
+	bad := netState{PodCIDR: netip.MustParsePrefix("10.9.0.0/24"), ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	if err := saveNetState(dir, bad); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadNetState(dir); err == nil {
+		t.Fatal("inconsistent remembered state accepted")
+	}
+}

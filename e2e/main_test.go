@@ -1,0 +1,31 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		// Leftovers of earlier runs that ended without cleaning up
+		// (killed, timed out): only names with the harness prefix whose
+		// run no longer holds its lock.
+		removed, errs := Sweep()
+		for _, r := range removed {
+			fmt.Fprintf(os.Stderr, "e2e: swept leftover %s\n", r)
+		}
+		for _, err := range errs {
+			fmt.Fprintf(os.Stderr, "e2e: sweep: %v\n", err)
+		}
+	}
+	code := m.Run()
+	if binTook > 0 && testing.Verbose() {
+		fmt.Fprintf(os.Stderr, "e2e: confmesh binary built in %s\n", binTook.Round(1e6))
+	}
+	removeBinary()
+	releaseRun()
+	os.Exit(code)
+}

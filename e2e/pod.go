@@ -1,0 +1,74 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/confmesh/confmesh/agent"
+)
+
+// podMTU is the underlay MTU (1500) minus WireGuard's 80, as the CNI
+// plugin sets it.
+const podMTU = 1500 - agent.WireGuardOverhead
+
+// Pod is a hand-made pod: a network namespace with a veth whose pod end,
+// eth0, holds the pod IP (/32) and routes everything via the node's pod
+// gateway; the node end has a /32 route to the pod IP.
+type Pod struct {
+	Name   string // <node>/pod-<k>
+	NS     string
+	IP     netip.Addr
+	Node   *Node
+	HostIf string // node end of the veth
+}
+
+// AddPod makes the next pod on node n (n must be attested: its pod CIDR is
+// known). Pod k gets the (9+k)-th host address of the pod CIDR; the first
+// is the gateway, which lives on the WireGuard device.
+func (c *Cluster) AddPod(n *Node) *Pod {
+	t := c.T
+	t.Helper()
+	n.mu.Lock()
+	n.pods++
+	k := n.pods
+	cidr := n.PodCIDR
+	n.mu.Unlock()
+	if !cidr.IsValid() {
+		t.Fatalf("e2e: AddPod(%s): the node has no pod CIDR yet (WaitReady first)", n.Name)
+	}
+	addr := cidr.Masked().Addr()
+	for range 9 + k {
+		addr = addr.Next()
+	}
+	if !cidr.Contains(addr) {
+		t.Fatalf("e2e: AddPod(%s): pod CIDR %s too small", n.Name, cidr)
+	}
+	gw := agent.Gateway(cidr).String()
+	p := &Pod{Name: fmt.Sprintf("%s/pod-%d", n.Name, k), NS: fmt.Sprintf("%sp%d", n.NS, k), IP: addr, Node: n, HostIf: fmt.Sprintf("pod%d", k)}
+	c.trackNS(p.NS)
+	if err := addNetns(p.NS); err != nil {
+		t.Fatalf("e2e: pod %s: %v", p.Name, err)
+	}
+	for _, step := range []struct {
+		ns   string
+		args []string
+	}{
+		{p.NS, []string{"link", "add", "eth0", "mtu", fmt.Sprint(podMTU), "type", "veth", "peer", "name", p.HostIf, "netns", n.NS}},
+		{p.NS, []string{"addr", "add", addr.String() + "/32", "dev", "eth0"}},
+		{p.NS, []string{"link", "set", "eth0", "up"}},
+		{p.NS, []string{"route", "add", gw, "dev", "eth0", "scope", "link"}},
+		{p.NS, []string{"route", "add", "default", "via", gw, "dev", "eth0"}},
+		{n.NS, []string{"link", "set", p.HostIf, "up"}},
+		{n.NS, []string{"route", "add", addr.String() + "/32", "dev", p.HostIf}},
+	} {
+		if err := ipIn(step.ns, step.args...); err != nil {
+			t.Fatalf("e2e: pod %s: %v", p.Name, err)
+		}
+	}
+	c.mu.Lock()
+	c.pods = append(c.pods, p)
+	c.mu.Unlock()
+	return p
+}

@@ -1,0 +1,71 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/confmesh/confmesh/internal/attest/sim"
+)
+
+// ZeroMeasurement is what a simulated node reports unless told otherwise.
+var ZeroMeasurement = strings.Repeat("00", 48)
+
+// OtherMeasurement is a measurement no harness policy accepts.
+var OtherMeasurement = strings.Repeat("ab", 48)
+
+// Policy is the part of an attestation policy the tests vary. The rest is
+// fixed: the cluster's simulated root, VMPL 0, no SMT, no migration agent.
+type Policy struct {
+	// AllowDebug accepts debug guests (a lax policy).
+	AllowDebug bool
+	// Measurements accepted, 96 hex digits each; ZeroMeasurement when empty.
+	Measurements []string
+}
+
+// yaml renders the policy trusting the simulated root file root.
+func (p Policy) yaml(root string) string {
+	ms := p.Measurements
+	if len(ms) == 0 {
+		ms = []string{ZeroMeasurement}
+	}
+	var b strings.Builder
+	b.WriteString("# written by the e2e harness\ntrustDomain: confmesh.local\nmeasurements:\n")
+	for _, m := range ms {
+		fmt.Fprintf(&b, "  - %q\n", m) // quoted: YAML reads all-digit hex as a number
+	}
+	fmt.Fprintf(&b, "allowDebug: %v\nallowSMT: false\nallowMigrationAgent: false\nallowedVMPLs: [0]\nmaxEvidenceAge: 90m\n", p.AllowDebug)
+	fmt.Fprintf(&b, "trustedRoots:\n  - kind: simulated\n    file: %q\n", root)
+	return b.String()
+}
+
+func writePolicy(path, root string, p Policy) error {
+	return os.WriteFile(path, []byte(p.yaml(root)), 0o644)
+}
+
+// The simulated CA (RSA-2048 test keys) is generated once per test binary
+// and saved into each cluster's directory.
+var (
+	caOnce sync.Once
+	caMu   sync.Mutex // Save records the directory in the CA
+	simCA  *sim.CA
+	caErr  error
+)
+
+// saveSimCA writes the run's simulated CA into dir and returns its root file.
+func saveSimCA(dir string) (string, error) {
+	caOnce.Do(func() { simCA, caErr = sim.NewTestCA("") })
+	if caErr != nil {
+		return "", caErr
+	}
+	caMu.Lock()
+	defer caMu.Unlock()
+	if err := simCA.Save(dir); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, sim.RootFile), nil
+}

@@ -1,0 +1,201 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// observeFor is how long the rogue tests keep watching that a refused node
+// stays refused.
+const observeFor = 3 * time.Second
+
+// TestRogueNodeRefusedByControlPlane: a node whose simulated TEE has the
+// debug bit, and one with a measurement the policy does not list, are
+// refused by the control plane: their status says attested=false with a
+// ready reason naming the refusal, and no honest node ever has them as a
+// WireGuard peer.
+func TestRogueNodeRefusedByControlPlane(t *testing.T) {
+	c := NewCluster(t, Options{Nodes: 2})
+	honest := append([]*Node(nil), c.Nodes...)
+	rogues := map[*Node]string{
+		c.AddNode(NodeOptions{SimDebug: true}):                   "debug",
+		c.AddNode(NodeOptions{SimMeasurement: OtherMeasurement}): "measurement",
+	}
+	for r, want := range rogues {
+		var last *Status
+		err := Eventually(20*time.Second, pollEvery, func() error {
+			if done, werr := r.Agent().Exited(); done {
+				return Permanent(fmt.Errorf("agent exited: %v", werr))
+			}
+			st, err := r.Status()
+			if err != nil {
+				return err
+			}
+			last = st
+			if st.Attested {
+				return Permanent(fmt.Errorf("attested (ready=%v %q)", st.Ready, st.ReadyReason))
+			}
+			if !strings.Contains(st.ReadyReason, want) {
+				return fmt.Errorf("ready reason %q does not name %q yet", st.ReadyReason, want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s (%s): %v", r.Name, want, err)
+		}
+		t.Logf("%s (%s): attested=%v ready=%v reason=%q", r.Name, want, last.Attested, last.Ready, last.ReadyReason)
+		if last.Ready {
+			t.Errorf("%s (%s): ready=true while not attested", r.Name, want)
+		}
+		if r.Key, err = keyFromHex(last.WireGuardKey); err != nil {
+			t.Fatalf("%s: status wireguardKey: %v", r.Name, err)
+		}
+	}
+
+	// For a while: the rogues stay unattested and no honest node has them.
+	deadline := time.Now().Add(observeFor)
+	for time.Now().Before(deadline) {
+		for r, want := range rogues {
+			st, err := r.Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Attested {
+				t.Fatalf("%s (%s) became attested", r.Name, want)
+			}
+		}
+		for _, n := range honest {
+			if err := n.CheckPeers(others(honest, n)...); err != nil {
+				t.Fatalf("wgctrl: %v", err)
+			}
+			peers, err := n.Peers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range peers {
+				for r := range rogues {
+					if p.Name == r.Name {
+						t.Fatalf("%s lists refused node %s as a peer (%s: %s)", n.Name, r.Name, p.State, p.Reason)
+					}
+				}
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	nodes, err := c.ListNodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range nodes {
+		for r := range rogues {
+			if rec.Name == r.Name && rec.State == "active" {
+				t.Errorf("control plane lists %s as active", r.Name)
+			}
+		}
+	}
+}
+
+// TestLaxControlPlaneCannotAdmitRogue: a control plane whose policy is
+// laxer than the agents' (allowDebug: true) admits a debug node, but every
+// honest agent verifies the peer itself and refuses it: `confmesh peers`
+// says refused (debug), its key is not on their devices, and traffic from
+// an honest pod to the rogue's pod CIDR is dropped by strict mode instead
+// of leaving in clear.
+func TestLaxControlPlaneCannotAdmitRogue(t *testing.T) {
+	lax := Policy{AllowDebug: true}
+	c := NewCluster(t, Options{Nodes: 2, ControlPlanePolicy: &lax})
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	// The rogue's own policy does not matter (it must accept the control
+	// plane, which it does); what matters is the honest agents' policy.
+	rogue := c.AddNode(NodeOptions{SimDebug: true, Policy: &lax})
+	rogue.WaitReady() // attested: the lax control plane admitted it
+
+	nodes, err := c.ListNodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admitted := false
+	for _, rec := range nodes {
+		if rec.Name == rogue.Name {
+			admitted = rec.State == "active"
+			t.Logf("control plane: %s state=%s podCIDR=%s", rec.Name, rec.State, rec.PodCIDR)
+		}
+	}
+	if !admitted {
+		t.Fatalf("the lax control plane did not admit %s: %+v", rogue.Name, nodes)
+	}
+
+	for _, n := range []*Node{n1, n2} {
+		err := Eventually(15*time.Second, pollEvery, func() error {
+			peers, err := n.Peers()
+			if err != nil {
+				return err
+			}
+			for _, p := range peers {
+				if p.Name != rogue.Name {
+					continue
+				}
+				if p.State != "refused" || !strings.Contains(p.Reason, "debug") {
+					return Permanent(fmt.Errorf("peer %s: state %q reason %q, want refused naming debug", p.Name, p.State, p.Reason))
+				}
+				t.Logf("%s: peer %s %s: %s", n.Name, p.Name, p.State, p.Reason)
+				return nil
+			}
+			return fmt.Errorf("%s not in %s's peers yet", rogue.Name, n.Name)
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+		has, err := n.HasPeerKey(rogue.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has {
+			t.Errorf("%s has the rogue's WireGuard key on its device", n.Name)
+		}
+		if err := n.CheckPeers(others([]*Node{n1, n2}, n)...); err != nil {
+			t.Errorf("wgctrl: %v", err)
+		}
+	}
+
+	// Honest pod -> rogue pod: strict mode drops it on node-1.
+	a, rp := c.AddPod(n1), c.AddPod(rogue)
+	outBefore, _, err := n1.StrictCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := RandomPayload("honest pod to rogue pod", 48)
+	const count = 20
+	capt := c.StartCapture(20 * time.Second)
+	arrived, err := CountUDP(a, rp, payload, count, 20*time.Millisecond, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames, cerr := capt.Stop()
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	outAfter, _, err := n1.StrictCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("underlay while %s sent %d datagrams to %s:\n%s", a.Name, count, rp.Name, Summarize(frames))
+	if arrived != 0 {
+		t.Errorf("%d of %d datagrams reached the rogue's pod", arrived, count)
+	}
+	if n := FramesContaining(frames, payload); n > 0 {
+		t.Errorf("the payload crossed the underlay in clear in %d frames", n)
+	}
+	if bad := c.UnderlayViolations(frames); len(bad) > 0 {
+		t.Errorf("frames the underlay must not carry:\n%v", bad)
+	}
+	if d := outAfter - outBefore; d < count {
+		t.Errorf("strict_out_drop on %s rose by %d, want at least %d (the datagrams must be dropped by strict mode)", n1.Name, d, count)
+	} else {
+		t.Logf("strict_out_drop on %s rose by %d", n1.Name, d)
+	}
+}
