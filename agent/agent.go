@@ -13,17 +13,20 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/workload"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/confmesh/confmesh/internal/wg"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -66,8 +69,19 @@ type Config struct {
 	ForceUserspace  bool
 	// KeyRotation rotates the WireGuard key on this period (0: never).
 	KeyRotation time.Duration
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// WorkloadSocket is where the SPIFFE Workload API is served after the
+	// join (the CLI's default is DefaultWorkloadSocket); empty: not served.
+	WorkloadSocket string
+	Logger         *slog.Logger
+	Now            func() time.Time
+	// CNI plugin installation, done once the node is attested (see
+	// CNIInstall). CNIConfDir empty: install nothing. CNIBinary empty:
+	// copy no binary (it is already in CNIBinDir). CNIAgentSocket is
+	// written into the conflist as agentSocket (empty: the plugin default).
+	CNIBinDir      string
+	CNIConfDir     string
+	CNIBinary      string
+	CNIAgentSocket string
 }
 
 // Agent is one node's agent.
@@ -102,6 +116,9 @@ type Agent struct {
 	readyReason string
 	own         *identity.Claims // this node's claims, from its SVID
 	pods        *podStore
+	jwtBundle   *jwtbundle.Bundle // JWT-SVID keys, from the control plane
+	workload    *workload.Server  // nil when WorkloadSocket is empty
+	ipam        *IPAM
 
 	reconcileMu sync.Mutex
 }
@@ -172,15 +189,27 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	ipam, err := OpenIPAM(filepath.Join(cfg.StateDir, "ipam"), now)
+	if err != nil {
+		return nil, err
+	}
 	m := newMetrics()
 	if cfg.StrictMode {
 		m.registerStrictDrops(cfg.Table)
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey,
 		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - WireGuardOverhead,
-		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods,
-	}, nil
+		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods, ipam: ipam,
+	}
+	// What the last join said, so the first strict rules keep local pods
+	// reachable while this agent re-joins.
+	if st, err := loadNetState(cfg.StateDir); err != nil {
+		log.Warn("ignoring remembered network state", "err", err)
+	} else if st.PodCIDR.IsValid() {
+		a.podCIDR, a.clusterCIDR = st.PodCIDR, st.ClusterCIDR
+	}
+	return a, nil
 }
 
 // InstallStrictRules programs the fail-closed rules: before the agent does
@@ -230,6 +259,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.joinWithRetry(ctx); err != nil {
 		return err
 	}
+	if err := a.startWorkloadAPI(ctx); err != nil {
+		a.log.Error("SPIFFE Workload API not served", "err", err)
+	}
 	go a.watchLoop(ctx)
 	t := time.NewTicker(tickInterval)
 	defer t.Stop()
@@ -277,7 +309,8 @@ func (a *Agent) ensureDevice(ctx context.Context) error {
 	a.mu.Unlock()
 	dev, err := wg.Ensure(ctx, wg.Config{
 		Name: a.cfg.Device, MTU: a.mtu, Addresses: addrs, DatapathCommand: a.cfg.DatapathCommand,
-		PIDFile: a.cfg.StateDir + "/datapath.pid", Logger: a.log, ForceUserspace: a.cfg.ForceUserspace,
+		PIDFile: a.cfg.StateDir + "/datapath.pid", DatapathLog: a.cfg.StateDir + "/datapath.log",
+		Logger: a.log, ForceUserspace: a.cfg.ForceUserspace,
 	})
 	if err != nil {
 		return fmt.Errorf("WireGuard device: %w", err)
@@ -353,6 +386,7 @@ func (a *Agent) join(ctx context.Context) error {
 	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
 		return err
 	}
+	a.adoptJWTBundle(resp.GetJwtBundle())
 	pod, err := netip.ParsePrefix(resp.GetPodCidr())
 	if err != nil {
 		return fmt.Errorf("control plane sent pod CIDR %q: %w", resp.GetPodCidr(), err)
@@ -360,6 +394,9 @@ func (a *Agent) join(ctx context.Context) error {
 	cluster, err := netip.ParsePrefix(resp.GetClusterCidr())
 	if err != nil || !cluster.Contains(pod.Addr()) {
 		return fmt.Errorf("control plane sent cluster CIDR %q that does not hold pod CIDR %s", resp.GetClusterCidr(), pod)
+	}
+	if err := saveNetState(a.cfg.StateDir, netState{PodCIDR: pod, ClusterCIDR: cluster}); err != nil {
+		a.log.Warn("could not remember the pod CIDR for restarts", "err", err)
 	}
 	a.mu.Lock()
 	a.podCIDR, a.clusterCIDR, a.joined = pod, cluster, true
@@ -379,6 +416,9 @@ func (a *Agent) join(ctx context.Context) error {
 	a.log.Info("joined", "spiffeID", resp.GetSpiffeId(), "podCIDR", pod, "datapath", a.device().Kind())
 	a.refreshReady()
 	a.registerPendingPods(ctx)
+	if err := a.installCNI(); err != nil {
+		return fmt.Errorf("install CNI plugin: %w", err)
+	}
 	return nil
 }
 
@@ -625,6 +665,7 @@ func (a *Agent) renew(ctx context.Context) error {
 	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
 		return err
 	}
+	a.adoptJWTBundle(resp.GetJwtBundle())
 	a.log.Info("node SVID renewed", "expires", a.svidExpiry)
 	return nil
 }

@@ -3,8 +3,8 @@
 package bench
 
 import (
-	"crypto/x509"
 	"crypto/rand"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"

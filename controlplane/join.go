@@ -167,7 +167,7 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	return &cpv1.JoinResponse{
 		Svid: [][]byte{svid.Raw}, TrustBundle: s.bundleDER(), PodCidr: rec.PodCIDR,
 		ClusterCidr: s.alloc.Cluster().String(), MtuHint: s.cfg.MTUHint, SpiffeId: svid.URIs[0].String(),
-		ExpiresAt: timestamppb.New(svid.NotAfter),
+		ExpiresAt: timestamppb.New(svid.NotAfter), JwtBundle: s.JWTBundle(),
 	}, nil
 }
 

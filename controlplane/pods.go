@@ -70,30 +70,40 @@ func (s *Server) UnregisterPod(ctx context.Context, req *cpv1.UnregisterPodReque
 	return &cpv1.UnregisterPodResponse{}, nil
 }
 
-// SignWorkload issues spiffe://<td>/ns/<ns>/sa/<sa> for a pod the calling
-// node registered, carrying the node's attestation claims.
-func (s *Server) SignWorkload(ctx context.Context, req *cpv1.SignWorkloadRequest) (*cpv1.SignWorkloadResponse, error) {
+// callerPod applies the workload signing rule (SignWorkload, SignJWT): the
+// caller is an active node and p is a pod that very node registered, under
+// the same namespace, name and service account.
+func (s *Server) callerPod(ctx context.Context, p *cpv1.PodIdentity) (*store.NodeRecord, *store.PodRecord, error) {
 	rec, err := s.activeCaller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	p := req.GetPod()
 	if err := s.validatePod(p); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "pod: %v", err)
+		return nil, nil, status.Errorf(codes.InvalidArgument, "pod: %v", err)
 	}
 	reg, err := s.store.GetPod(p.GetUid())
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.PermissionDenied, "pod %s is not registered by any node", p.GetUid())
+		return nil, nil, status.Errorf(codes.PermissionDenied, "pod %s is not registered by any node", p.GetUid())
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "read pod: %v", err)
+		return nil, nil, status.Errorf(codes.Internal, "read pod: %v", err)
 	}
 	if reg.Node != rec.Name {
-		return nil, status.Errorf(codes.PermissionDenied, "pod %s runs on node %q, not on the calling node %q", p.GetUid(), reg.Node, rec.Name)
+		return nil, nil, status.Errorf(codes.PermissionDenied, "pod %s runs on node %q, not on the calling node %q", p.GetUid(), reg.Node, rec.Name)
 	}
 	if reg.Namespace != p.GetNamespace() || reg.ServiceAccount != p.GetServiceAccount() || reg.Name != p.GetName() {
-		return nil, status.Errorf(codes.PermissionDenied, "pod %s was registered as %s/%s (sa %s), not %s/%s (sa %s)",
+		return nil, nil, status.Errorf(codes.PermissionDenied, "pod %s was registered as %s/%s (sa %s), not %s/%s (sa %s)",
 			p.GetUid(), reg.Namespace, reg.Name, reg.ServiceAccount, p.GetNamespace(), p.GetName(), p.GetServiceAccount())
+	}
+	return rec, reg, nil
+}
+
+// SignWorkload issues spiffe://<td>/ns/<ns>/sa/<sa> for a pod the calling
+// node registered, carrying the node's attestation claims.
+func (s *Server) SignWorkload(ctx context.Context, req *cpv1.SignWorkloadRequest) (*cpv1.SignWorkloadResponse, error) {
+	rec, reg, err := s.callerPod(ctx, req.GetPod())
+	if err != nil {
+		return nil, err
 	}
 	csr, _, rf := parseCSR(req.GetCsr())
 	if rf != nil {

@@ -112,5 +112,5 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if err := s.putAndPublish(rec); err != nil {
 		return nil, name, err
 	}
-	return &cpv1.RenewResponse{Svid: [][]byte{svid.Raw}, TrustBundle: s.bundleDER(), ExpiresAt: timestamppb.New(svid.NotAfter)}, name, nil
+	return &cpv1.RenewResponse{Svid: [][]byte{svid.Raw}, TrustBundle: s.bundleDER(), ExpiresAt: timestamppb.New(svid.NotAfter), JwtBundle: s.JWTBundle()}, name, nil
 }

@@ -54,6 +54,9 @@ type Config struct {
 	SVIDTTL time.Duration
 	// WorkloadTTL is the workload SVID lifetime.
 	WorkloadTTL time.Duration
+	// JWTTTL is the JWT-SVID lifetime (DefaultJWTTTL when zero), capped at
+	// WorkloadTTL.
+	JWTTTL time.Duration
 	// ChallengeTTL is how long an issued challenge stays usable.
 	ChallengeTTL time.Duration
 	// SweepInterval is how often every node is re-evaluated.
@@ -79,6 +82,7 @@ type Server struct {
 	store store.Store
 	alloc *ipam.Allocator
 	ca    *identity.CA
+	jwt   *jwtSigner
 	td    spiffeid.TrustDomain
 	id    spiffeid.ID
 
@@ -157,6 +161,9 @@ func New(cfg Config) (*Server, error) {
 		metrics:    newMetrics(),
 	}
 	if s.ca, err = s.loadOrCreateCA(); err != nil {
+		return nil, err
+	}
+	if s.jwt, err = s.loadOrCreateJWTKey(); err != nil {
 		return nil, err
 	}
 	if err := s.issueServingCert(); err != nil {

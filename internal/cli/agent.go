@@ -31,7 +31,7 @@ const (
 
 type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
-	metricsListen, logFormat, logLevel                                          string
+	metricsListen, logFormat, logLevel, workloadSocket                          string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace                                                      bool
 	keyRotation                                                                 time.Duration
@@ -76,6 +76,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
 	fl.DurationVar(&f.keyRotation, "key-rotation", 24*time.Hour, "rotate the WireGuard key on this period through a re-attested renewal (0: never)")
 	fl.StringVar(&f.socket, "socket", defaultAgentSocket, "local API unix socket `PATH` (CNI plugin, confmesh status)")
+	fl.StringVar(&f.workloadSocket, "workload-socket", agent.DefaultWorkloadSocket, "SPIFFE Workload API unix socket `PATH` for the pods (empty: off)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -116,7 +117,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	a, err := agent.New(agent.Config{
 		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
-		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log,
+		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
 		DatapathCommand: []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
 			"--pid-file", filepath.Join(f.stateDir, "datapath.pid")},
 	})

@@ -17,6 +17,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Measure confmesh's hot paths",
 	}
 	cmd.AddCommand(newBenchVerifyCmd())
+	cmd.AddCommand(newBenchCNICmd())
 	return cmd
 }
 

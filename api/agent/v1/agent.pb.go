@@ -795,6 +795,359 @@ func (x *StatusResponse) GetWireguardPublicKey() []byte {
 	return nil
 }
 
+type AllocateIPRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Interface     string                 `protobuf:"bytes,2,opt,name=interface,proto3" json:"interface,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateIPRequest) Reset() {
+	*x = AllocateIPRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateIPRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateIPRequest) ProtoMessage() {}
+
+func (x *AllocateIPRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateIPRequest.ProtoReflect.Descriptor instead.
+func (*AllocateIPRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AllocateIPRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *AllocateIPRequest) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+type AllocateIPResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ip is the address alone (no prefix length); the pod gets it as a /32 (/128).
+	Ip string `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	// pod_cidr is the range it came from.
+	PodCidr       string `protobuf:"bytes,2,opt,name=pod_cidr,json=podCidr,proto3" json:"pod_cidr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateIPResponse) Reset() {
+	*x = AllocateIPResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateIPResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateIPResponse) ProtoMessage() {}
+
+func (x *AllocateIPResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateIPResponse.ProtoReflect.Descriptor instead.
+func (*AllocateIPResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AllocateIPResponse) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *AllocateIPResponse) GetPodCidr() string {
+	if x != nil {
+		return x.PodCidr
+	}
+	return ""
+}
+
+type ReleaseIPRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Interface     string                 `protobuf:"bytes,2,opt,name=interface,proto3" json:"interface,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseIPRequest) Reset() {
+	*x = ReleaseIPRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseIPRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseIPRequest) ProtoMessage() {}
+
+func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseIPRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseIPRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReleaseIPRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ReleaseIPRequest) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+type ReleaseIPResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ip is the address released, empty when the attachment held none.
+	Ip            string `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseIPResponse) Reset() {
+	*x = ReleaseIPResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseIPResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseIPResponse) ProtoMessage() {}
+
+func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseIPResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseIPResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReleaseIPResponse) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+type ListAllocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAllocationsRequest) Reset() {
+	*x = ListAllocationsRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAllocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAllocationsRequest) ProtoMessage() {}
+
+func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAllocationsRequest.ProtoReflect.Descriptor instead.
+func (*ListAllocationsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+type Allocation struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Interface   string                 `protobuf:"bytes,2,opt,name=interface,proto3" json:"interface,omitempty"`
+	Ip          string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	// allocated is when the reservation was made (GC leaves young ones
+	// alone: their ADD may still be in flight).
+	Allocated     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=allocated,proto3" json:"allocated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Allocation) Reset() {
+	*x = Allocation{}
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Allocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Allocation) ProtoMessage() {}
+
+func (x *Allocation) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Allocation.ProtoReflect.Descriptor instead.
+func (*Allocation) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Allocation) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *Allocation) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *Allocation) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *Allocation) GetAllocated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Allocated
+	}
+	return nil
+}
+
+type ListAllocationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Allocations   []*Allocation          `protobuf:"bytes,1,rep,name=allocations,proto3" json:"allocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAllocationsResponse) Reset() {
+	*x = ListAllocationsResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAllocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAllocationsResponse) ProtoMessage() {}
+
+func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAllocationsResponse.ProtoReflect.Descriptor instead.
+func (*ListAllocationsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListAllocationsResponse) GetAllocations() []*Allocation {
+	if x != nil {
+		return x.Allocations
+	}
+	return nil
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -857,13 +1210,37 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x15trusts_simulated_root\x18\r \x01(\bR\x13trustsSimulatedRoot\x12\x1a\n" +
 	"\brevision\x18\x0e \x01(\x04R\brevision\x123\n" +
 	"\x05peers\x18\x0f \x03(\v2\x1d.confmesh.agent.v1.PeerStatusR\x05peers\x120\n" +
-	"\x14wireguard_public_key\x18\x10 \x01(\fR\x12wireguardPublicKey2\xb9\x03\n" +
+	"\x14wireguard_public_key\x18\x10 \x01(\fR\x12wireguardPublicKey\"T\n" +
+	"\x11AllocateIPRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\"?\n" +
+	"\x12AllocateIPResponse\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x19\n" +
+	"\bpod_cidr\x18\x02 \x01(\tR\apodCidr\"S\n" +
+	"\x10ReleaseIPRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\"#\n" +
+	"\x11ReleaseIPResponse\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\"\x18\n" +
+	"\x16ListAllocationsRequest\"\x97\x01\n" +
+	"\n" +
+	"Allocation\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\x12\x0e\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\x128\n" +
+	"\tallocated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tallocated\"Z\n" +
+	"\x17ListAllocationsResponse\x12?\n" +
+	"\vallocations\x18\x01 \x03(\v2\x1d.confmesh.agent.v1.AllocationR\vallocations2\xd6\x05\n" +
 	"\x05Agent\x12J\n" +
 	"\x05Ready\x12\x1f.confmesh.agent.v1.ReadyRequest\x1a .confmesh.agent.v1.ReadyResponse\x12S\n" +
 	"\bNodeInfo\x12\".confmesh.agent.v1.NodeInfoRequest\x1a#.confmesh.agent.v1.NodeInfoResponse\x12\\\n" +
 	"\vRegisterPod\x12%.confmesh.agent.v1.RegisterPodRequest\x1a&.confmesh.agent.v1.RegisterPodResponse\x12b\n" +
 	"\rUnregisterPod\x12'.confmesh.agent.v1.UnregisterPodRequest\x1a(.confmesh.agent.v1.UnregisterPodResponse\x12M\n" +
-	"\x06Status\x12 .confmesh.agent.v1.StatusRequest\x1a!.confmesh.agent.v1.StatusResponseB3Z1github.com/confmesh/confmesh/api/agent/v1;agentv1b\x06proto3"
+	"\x06Status\x12 .confmesh.agent.v1.StatusRequest\x1a!.confmesh.agent.v1.StatusResponse\x12Y\n" +
+	"\n" +
+	"AllocateIP\x12$.confmesh.agent.v1.AllocateIPRequest\x1a%.confmesh.agent.v1.AllocateIPResponse\x12V\n" +
+	"\tReleaseIP\x12#.confmesh.agent.v1.ReleaseIPRequest\x1a$.confmesh.agent.v1.ReleaseIPResponse\x12h\n" +
+	"\x0fListAllocations\x12).confmesh.agent.v1.ListAllocationsRequest\x1a*.confmesh.agent.v1.ListAllocationsResponseB3Z1github.com/confmesh/confmesh/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -877,42 +1254,57 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_agent_v1_agent_proto_goTypes = []any{
-	(*ReadyRequest)(nil),          // 0: confmesh.agent.v1.ReadyRequest
-	(*ReadyResponse)(nil),         // 1: confmesh.agent.v1.ReadyResponse
-	(*NodeInfoRequest)(nil),       // 2: confmesh.agent.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),      // 3: confmesh.agent.v1.NodeInfoResponse
-	(*Pod)(nil),                   // 4: confmesh.agent.v1.Pod
-	(*RegisterPodRequest)(nil),    // 5: confmesh.agent.v1.RegisterPodRequest
-	(*RegisterPodResponse)(nil),   // 6: confmesh.agent.v1.RegisterPodResponse
-	(*UnregisterPodRequest)(nil),  // 7: confmesh.agent.v1.UnregisterPodRequest
-	(*UnregisterPodResponse)(nil), // 8: confmesh.agent.v1.UnregisterPodResponse
-	(*StatusRequest)(nil),         // 9: confmesh.agent.v1.StatusRequest
-	(*PeerStatus)(nil),            // 10: confmesh.agent.v1.PeerStatus
-	(*StatusResponse)(nil),        // 11: confmesh.agent.v1.StatusResponse
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*ReadyRequest)(nil),            // 0: confmesh.agent.v1.ReadyRequest
+	(*ReadyResponse)(nil),           // 1: confmesh.agent.v1.ReadyResponse
+	(*NodeInfoRequest)(nil),         // 2: confmesh.agent.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),        // 3: confmesh.agent.v1.NodeInfoResponse
+	(*Pod)(nil),                     // 4: confmesh.agent.v1.Pod
+	(*RegisterPodRequest)(nil),      // 5: confmesh.agent.v1.RegisterPodRequest
+	(*RegisterPodResponse)(nil),     // 6: confmesh.agent.v1.RegisterPodResponse
+	(*UnregisterPodRequest)(nil),    // 7: confmesh.agent.v1.UnregisterPodRequest
+	(*UnregisterPodResponse)(nil),   // 8: confmesh.agent.v1.UnregisterPodResponse
+	(*StatusRequest)(nil),           // 9: confmesh.agent.v1.StatusRequest
+	(*PeerStatus)(nil),              // 10: confmesh.agent.v1.PeerStatus
+	(*StatusResponse)(nil),          // 11: confmesh.agent.v1.StatusResponse
+	(*AllocateIPRequest)(nil),       // 12: confmesh.agent.v1.AllocateIPRequest
+	(*AllocateIPResponse)(nil),      // 13: confmesh.agent.v1.AllocateIPResponse
+	(*ReleaseIPRequest)(nil),        // 14: confmesh.agent.v1.ReleaseIPRequest
+	(*ReleaseIPResponse)(nil),       // 15: confmesh.agent.v1.ReleaseIPResponse
+	(*ListAllocationsRequest)(nil),  // 16: confmesh.agent.v1.ListAllocationsRequest
+	(*Allocation)(nil),              // 17: confmesh.agent.v1.Allocation
+	(*ListAllocationsResponse)(nil), // 18: confmesh.agent.v1.ListAllocationsResponse
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: confmesh.agent.v1.RegisterPodRequest.pod:type_name -> confmesh.agent.v1.Pod
-	12, // 1: confmesh.agent.v1.PeerStatus.latest_handshake:type_name -> google.protobuf.Timestamp
-	12, // 2: confmesh.agent.v1.StatusResponse.svid_expiry:type_name -> google.protobuf.Timestamp
+	19, // 1: confmesh.agent.v1.PeerStatus.latest_handshake:type_name -> google.protobuf.Timestamp
+	19, // 2: confmesh.agent.v1.StatusResponse.svid_expiry:type_name -> google.protobuf.Timestamp
 	10, // 3: confmesh.agent.v1.StatusResponse.peers:type_name -> confmesh.agent.v1.PeerStatus
-	0,  // 4: confmesh.agent.v1.Agent.Ready:input_type -> confmesh.agent.v1.ReadyRequest
-	2,  // 5: confmesh.agent.v1.Agent.NodeInfo:input_type -> confmesh.agent.v1.NodeInfoRequest
-	5,  // 6: confmesh.agent.v1.Agent.RegisterPod:input_type -> confmesh.agent.v1.RegisterPodRequest
-	7,  // 7: confmesh.agent.v1.Agent.UnregisterPod:input_type -> confmesh.agent.v1.UnregisterPodRequest
-	9,  // 8: confmesh.agent.v1.Agent.Status:input_type -> confmesh.agent.v1.StatusRequest
-	1,  // 9: confmesh.agent.v1.Agent.Ready:output_type -> confmesh.agent.v1.ReadyResponse
-	3,  // 10: confmesh.agent.v1.Agent.NodeInfo:output_type -> confmesh.agent.v1.NodeInfoResponse
-	6,  // 11: confmesh.agent.v1.Agent.RegisterPod:output_type -> confmesh.agent.v1.RegisterPodResponse
-	8,  // 12: confmesh.agent.v1.Agent.UnregisterPod:output_type -> confmesh.agent.v1.UnregisterPodResponse
-	11, // 13: confmesh.agent.v1.Agent.Status:output_type -> confmesh.agent.v1.StatusResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	19, // 4: confmesh.agent.v1.Allocation.allocated:type_name -> google.protobuf.Timestamp
+	17, // 5: confmesh.agent.v1.ListAllocationsResponse.allocations:type_name -> confmesh.agent.v1.Allocation
+	0,  // 6: confmesh.agent.v1.Agent.Ready:input_type -> confmesh.agent.v1.ReadyRequest
+	2,  // 7: confmesh.agent.v1.Agent.NodeInfo:input_type -> confmesh.agent.v1.NodeInfoRequest
+	5,  // 8: confmesh.agent.v1.Agent.RegisterPod:input_type -> confmesh.agent.v1.RegisterPodRequest
+	7,  // 9: confmesh.agent.v1.Agent.UnregisterPod:input_type -> confmesh.agent.v1.UnregisterPodRequest
+	9,  // 10: confmesh.agent.v1.Agent.Status:input_type -> confmesh.agent.v1.StatusRequest
+	12, // 11: confmesh.agent.v1.Agent.AllocateIP:input_type -> confmesh.agent.v1.AllocateIPRequest
+	14, // 12: confmesh.agent.v1.Agent.ReleaseIP:input_type -> confmesh.agent.v1.ReleaseIPRequest
+	16, // 13: confmesh.agent.v1.Agent.ListAllocations:input_type -> confmesh.agent.v1.ListAllocationsRequest
+	1,  // 14: confmesh.agent.v1.Agent.Ready:output_type -> confmesh.agent.v1.ReadyResponse
+	3,  // 15: confmesh.agent.v1.Agent.NodeInfo:output_type -> confmesh.agent.v1.NodeInfoResponse
+	6,  // 16: confmesh.agent.v1.Agent.RegisterPod:output_type -> confmesh.agent.v1.RegisterPodResponse
+	8,  // 17: confmesh.agent.v1.Agent.UnregisterPod:output_type -> confmesh.agent.v1.UnregisterPodResponse
+	11, // 18: confmesh.agent.v1.Agent.Status:output_type -> confmesh.agent.v1.StatusResponse
+	13, // 19: confmesh.agent.v1.Agent.AllocateIP:output_type -> confmesh.agent.v1.AllocateIPResponse
+	15, // 20: confmesh.agent.v1.Agent.ReleaseIP:output_type -> confmesh.agent.v1.ReleaseIPResponse
+	18, // 21: confmesh.agent.v1.Agent.ListAllocations:output_type -> confmesh.agent.v1.ListAllocationsResponse
+	14, // [14:22] is the sub-list for method output_type
+	6,  // [6:14] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -926,7 +1318,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

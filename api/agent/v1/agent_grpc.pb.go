@@ -22,11 +22,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Ready_FullMethodName         = "/confmesh.agent.v1.Agent/Ready"
-	Agent_NodeInfo_FullMethodName      = "/confmesh.agent.v1.Agent/NodeInfo"
-	Agent_RegisterPod_FullMethodName   = "/confmesh.agent.v1.Agent/RegisterPod"
-	Agent_UnregisterPod_FullMethodName = "/confmesh.agent.v1.Agent/UnregisterPod"
-	Agent_Status_FullMethodName        = "/confmesh.agent.v1.Agent/Status"
+	Agent_Ready_FullMethodName           = "/confmesh.agent.v1.Agent/Ready"
+	Agent_NodeInfo_FullMethodName        = "/confmesh.agent.v1.Agent/NodeInfo"
+	Agent_RegisterPod_FullMethodName     = "/confmesh.agent.v1.Agent/RegisterPod"
+	Agent_UnregisterPod_FullMethodName   = "/confmesh.agent.v1.Agent/UnregisterPod"
+	Agent_Status_FullMethodName          = "/confmesh.agent.v1.Agent/Status"
+	Agent_AllocateIP_FullMethodName      = "/confmesh.agent.v1.Agent/AllocateIP"
+	Agent_ReleaseIP_FullMethodName       = "/confmesh.agent.v1.Agent/ReleaseIP"
+	Agent_ListAllocations_FullMethodName = "/confmesh.agent.v1.Agent/ListAllocations"
 )
 
 // AgentClient is the client API for Agent service.
@@ -41,6 +44,17 @@ type AgentClient interface {
 	RegisterPod(ctx context.Context, in *RegisterPodRequest, opts ...grpc.CallOption) (*RegisterPodResponse, error)
 	UnregisterPod(ctx context.Context, in *UnregisterPodRequest, opts ...grpc.CallOption) (*UnregisterPodResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// AllocateIP reserves a pod address from the node's pod CIDR for one
+	// attachment (container_id, interface). It is idempotent: asking again
+	// for the same attachment returns the same address. The reservation is
+	// persisted in the agent's state dir before the answer is sent.
+	AllocateIP(ctx context.Context, in *AllocateIPRequest, opts ...grpc.CallOption) (*AllocateIPResponse, error)
+	// ReleaseIP frees the attachment's address. Releasing an attachment that
+	// holds none succeeds (ip is then empty).
+	ReleaseIP(ctx context.Context, in *ReleaseIPRequest, opts ...grpc.CallOption) (*ReleaseIPResponse, error)
+	// ListAllocations lists every reserved address (CNI GC compares it with
+	// the runtime's valid attachments).
+	ListAllocations(ctx context.Context, in *ListAllocationsRequest, opts ...grpc.CallOption) (*ListAllocationsResponse, error)
 }
 
 type agentClient struct {
@@ -101,6 +115,36 @@ func (c *agentClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *agentClient) AllocateIP(ctx context.Context, in *AllocateIPRequest, opts ...grpc.CallOption) (*AllocateIPResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AllocateIPResponse)
+	err := c.cc.Invoke(ctx, Agent_AllocateIP_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ReleaseIP(ctx context.Context, in *ReleaseIPRequest, opts ...grpc.CallOption) (*ReleaseIPResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseIPResponse)
+	err := c.cc.Invoke(ctx, Agent_ReleaseIP_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ListAllocations(ctx context.Context, in *ListAllocationsRequest, opts ...grpc.CallOption) (*ListAllocationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAllocationsResponse)
+	err := c.cc.Invoke(ctx, Agent_ListAllocations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -113,6 +157,17 @@ type AgentServer interface {
 	RegisterPod(context.Context, *RegisterPodRequest) (*RegisterPodResponse, error)
 	UnregisterPod(context.Context, *UnregisterPodRequest) (*UnregisterPodResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// AllocateIP reserves a pod address from the node's pod CIDR for one
+	// attachment (container_id, interface). It is idempotent: asking again
+	// for the same attachment returns the same address. The reservation is
+	// persisted in the agent's state dir before the answer is sent.
+	AllocateIP(context.Context, *AllocateIPRequest) (*AllocateIPResponse, error)
+	// ReleaseIP frees the attachment's address. Releasing an attachment that
+	// holds none succeeds (ip is then empty).
+	ReleaseIP(context.Context, *ReleaseIPRequest) (*ReleaseIPResponse, error)
+	// ListAllocations lists every reserved address (CNI GC compares it with
+	// the runtime's valid attachments).
+	ListAllocations(context.Context, *ListAllocationsRequest) (*ListAllocationsResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -137,6 +192,15 @@ func (UnimplementedAgentServer) UnregisterPod(context.Context, *UnregisterPodReq
 }
 func (UnimplementedAgentServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAgentServer) AllocateIP(context.Context, *AllocateIPRequest) (*AllocateIPResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AllocateIP not implemented")
+}
+func (UnimplementedAgentServer) ReleaseIP(context.Context, *ReleaseIPRequest) (*ReleaseIPResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseIP not implemented")
+}
+func (UnimplementedAgentServer) ListAllocations(context.Context, *ListAllocationsRequest) (*ListAllocationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAllocations not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -249,6 +313,60 @@ func _Agent_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_AllocateIP_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AllocateIPRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).AllocateIP(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_AllocateIP_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).AllocateIP(ctx, req.(*AllocateIPRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ReleaseIP_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseIPRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ReleaseIP(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ReleaseIP_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ReleaseIP(ctx, req.(*ReleaseIPRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ListAllocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAllocationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ListAllocations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ListAllocations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ListAllocations(ctx, req.(*ListAllocationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -275,6 +393,18 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Agent_Status_Handler,
+		},
+		{
+			MethodName: "AllocateIP",
+			Handler:    _Agent_AllocateIP_Handler,
+		},
+		{
+			MethodName: "ReleaseIP",
+			Handler:    _Agent_ReleaseIP_Handler,
+		},
+		{
+			MethodName: "ListAllocations",
+			Handler:    _Agent_ListAllocations_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -227,12 +227,15 @@ type JoinResponse struct {
 	// svid is the node SVID chain, leaf first, DER.
 	Svid [][]byte `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"`
 	// trust_bundle holds the X.509 authorities of the trust domain, DER.
-	TrustBundle   [][]byte               `protobuf:"bytes,2,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
-	PodCidr       string                 `protobuf:"bytes,3,opt,name=pod_cidr,json=podCidr,proto3" json:"pod_cidr,omitempty"`
-	ClusterCidr   string                 `protobuf:"bytes,4,opt,name=cluster_cidr,json=clusterCidr,proto3" json:"cluster_cidr,omitempty"`
-	MtuHint       uint32                 `protobuf:"varint,5,opt,name=mtu_hint,json=mtuHint,proto3" json:"mtu_hint,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,6,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	TrustBundle [][]byte               `protobuf:"bytes,2,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	PodCidr     string                 `protobuf:"bytes,3,opt,name=pod_cidr,json=podCidr,proto3" json:"pod_cidr,omitempty"`
+	ClusterCidr string                 `protobuf:"bytes,4,opt,name=cluster_cidr,json=clusterCidr,proto3" json:"cluster_cidr,omitempty"`
+	MtuHint     uint32                 `protobuf:"varint,5,opt,name=mtu_hint,json=mtuHint,proto3" json:"mtu_hint,omitempty"`
+	SpiffeId    string                 `protobuf:"bytes,6,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// jwt_bundle is the trust domain's JWT bundle: an RFC 7517 JWKS (JSON)
+	// holding the public keys that sign JWT-SVIDs.
+	JwtBundle     []byte `protobuf:"bytes,8,opt,name=jwt_bundle,json=jwtBundle,proto3" json:"jwt_bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -312,6 +315,13 @@ func (x *JoinResponse) GetSpiffeId() string {
 func (x *JoinResponse) GetExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetJwtBundle() []byte {
+	if x != nil {
+		return x.JwtBundle
 	}
 	return nil
 }
@@ -675,10 +685,12 @@ func (x *RenewRequest) GetEvidence() *v1.Evidence {
 }
 
 type RenewResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Svid          [][]byte               `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"`
-	TrustBundle   [][]byte               `protobuf:"bytes,2,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Svid        [][]byte               `protobuf:"bytes,1,rep,name=svid,proto3" json:"svid,omitempty"`
+	TrustBundle [][]byte               `protobuf:"bytes,2,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// jwt_bundle is the JWKS of the JWT-SVID signing keys (see JoinResponse).
+	JwtBundle     []byte `protobuf:"bytes,4,opt,name=jwt_bundle,json=jwtBundle,proto3" json:"jwt_bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +742,13 @@ func (x *RenewResponse) GetTrustBundle() [][]byte {
 func (x *RenewResponse) GetExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetJwtBundle() []byte {
+	if x != nil {
+		return x.JwtBundle
 	}
 	return nil
 }
@@ -1074,6 +1093,121 @@ func (x *SignWorkloadResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type SignJWTRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pod   *PodIdentity           `protobuf:"bytes,1,opt,name=pod,proto3" json:"pod,omitempty"`
+	// audience is the JWT "aud" claim: at least one, each non-empty.
+	Audience      []string `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTRequest) Reset() {
+	*x = SignJWTRequest{}
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTRequest) ProtoMessage() {}
+
+func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SignJWTRequest) GetPod() *PodIdentity {
+	if x != nil {
+		return x.Pod
+	}
+	return nil
+}
+
+func (x *SignJWTRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type SignJWTResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the JWT-SVID, JWS compact serialization.
+	Token     string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// jwt_bundle is the JWKS that verifies token (see JoinResponse).
+	JwtBundle     []byte `protobuf:"bytes,3,opt,name=jwt_bundle,json=jwtBundle,proto3" json:"jwt_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTResponse) Reset() {
+	*x = SignJWTResponse{}
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTResponse) ProtoMessage() {}
+
+func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SignJWTResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SignJWTResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *SignJWTResponse) GetJwtBundle() []byte {
+	if x != nil {
+		return x.JwtBundle
+	}
+	return nil
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1082,7 +1216,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[17]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1228,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[17]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1241,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
 }
 
 type Node struct {
@@ -1131,7 +1265,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[18]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1277,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[18]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1290,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Node) GetName() string {
@@ -1246,7 +1380,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[19]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1392,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[19]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1405,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1297,7 +1431,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[20]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1443,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[20]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1456,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{20}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeNodeRequest) GetName() string {
@@ -1340,7 +1474,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[21]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1486,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[21]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1499,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{21}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
 }
 
 type GetPolicyRequest struct {
@@ -1376,7 +1510,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[22]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1522,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[22]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1535,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{22}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
 }
 
 type GetPolicyResponse struct {
@@ -1414,7 +1548,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[23]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1560,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[23]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1573,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetPolicyResponse) GetPolicy() string {
@@ -1467,7 +1601,7 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x120\n" +
 	"\x14wireguard_public_key\x18\x03 \x01(\fR\x12wireguardPublicKey\x12\x10\n" +
 	"\x03csr\x18\x04 \x01(\fR\x03csr\x128\n" +
-	"\bevidence\x18\x05 \x01(\v2\x1c.confmesh.attest.v1.EvidenceR\bevidence\"\xf6\x01\n" +
+	"\bevidence\x18\x05 \x01(\v2\x1c.confmesh.attest.v1.EvidenceR\bevidence\"\x95\x02\n" +
 	"\fJoinResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\x12!\n" +
 	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\x12\x19\n" +
@@ -1476,7 +1610,9 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\bmtu_hint\x18\x05 \x01(\rR\amtuHint\x12\x1b\n" +
 	"\tspiffe_id\x18\x06 \x01(\tR\bspiffeId\x129\n" +
 	"\n" +
-	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"*\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"jwt_bundle\x18\b \x01(\fR\tjwtBundle\"*\n" +
 	"\fWatchRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"\xc7\x01\n" +
 	"\n" +
@@ -1502,12 +1638,14 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\fRenewRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x127\n" +
 	"\x18new_wireguard_public_key\x18\x02 \x01(\fR\x15newWireguardPublicKey\x128\n" +
-	"\bevidence\x18\x03 \x01(\v2\x1c.confmesh.attest.v1.EvidenceR\bevidence\"\x81\x01\n" +
+	"\bevidence\x18\x03 \x01(\v2\x1c.confmesh.attest.v1.EvidenceR\bevidence\"\xa0\x01\n" +
 	"\rRenewResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\x12!\n" +
 	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"z\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"jwt_bundle\x18\x04 \x01(\fR\tjwtBundle\"z\n" +
 	"\vPodIdentity\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
@@ -1526,7 +1664,16 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\x12!\n" +
 	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x12\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"e\n" +
+	"\x0eSignJWTRequest\x127\n" +
+	"\x03pod\x18\x01 \x01(\v2%.confmesh.controlplane.v1.PodIdentityR\x03pod\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\"\x81\x01\n" +
+	"\x0fSignJWTResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"jwt_bundle\x18\x03 \x01(\fR\tjwtBundle\"\x12\n" +
 	"\x10ListNodesRequest\"\xf6\x02\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
@@ -1551,7 +1698,7 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x12RevokeNodeResponse\"\x12\n" +
 	"\x10GetPolicyRequest\"+\n" +
 	"\x11GetPolicyResponse\x12\x16\n" +
-	"\x06policy\x18\x01 \x01(\tR\x06policy2\xcb\x05\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy2\xab\x06\n" +
 	"\fControlPlane\x12d\n" +
 	"\tChallenge\x12*.confmesh.controlplane.v1.ChallengeRequest\x1a+.confmesh.controlplane.v1.ChallengeResponse\x12U\n" +
 	"\x04Join\x12%.confmesh.controlplane.v1.JoinRequest\x1a&.confmesh.controlplane.v1.JoinResponse\x12W\n" +
@@ -1559,7 +1706,8 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\x05Renew\x12&.confmesh.controlplane.v1.RenewRequest\x1a'.confmesh.controlplane.v1.RenewResponse\x12j\n" +
 	"\vRegisterPod\x12,.confmesh.controlplane.v1.RegisterPodRequest\x1a-.confmesh.controlplane.v1.RegisterPodResponse\x12p\n" +
 	"\rUnregisterPod\x12..confmesh.controlplane.v1.UnregisterPodRequest\x1a/.confmesh.controlplane.v1.UnregisterPodResponse\x12m\n" +
-	"\fSignWorkload\x12-.confmesh.controlplane.v1.SignWorkloadRequest\x1a..confmesh.controlplane.v1.SignWorkloadResponse2\xbc\x02\n" +
+	"\fSignWorkload\x12-.confmesh.controlplane.v1.SignWorkloadRequest\x1a..confmesh.controlplane.v1.SignWorkloadResponse\x12^\n" +
+	"\aSignJWT\x12(.confmesh.controlplane.v1.SignJWTRequest\x1a).confmesh.controlplane.v1.SignJWTResponse2\xbc\x02\n" +
 	"\x05Admin\x12d\n" +
 	"\tListNodes\x12*.confmesh.controlplane.v1.ListNodesRequest\x1a+.confmesh.controlplane.v1.ListNodesResponse\x12g\n" +
 	"\n" +
@@ -1578,7 +1726,7 @@ func file_controlplane_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_controlplane_v1_controlplane_proto_rawDescData
 }
 
-var file_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*ChallengeRequest)(nil),      // 0: confmesh.controlplane.v1.ChallengeRequest
 	(*ChallengeResponse)(nil),     // 1: confmesh.controlplane.v1.ChallengeResponse
@@ -1597,59 +1745,65 @@ var file_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*UnregisterPodResponse)(nil), // 14: confmesh.controlplane.v1.UnregisterPodResponse
 	(*SignWorkloadRequest)(nil),   // 15: confmesh.controlplane.v1.SignWorkloadRequest
 	(*SignWorkloadResponse)(nil),  // 16: confmesh.controlplane.v1.SignWorkloadResponse
-	(*ListNodesRequest)(nil),      // 17: confmesh.controlplane.v1.ListNodesRequest
-	(*Node)(nil),                  // 18: confmesh.controlplane.v1.Node
-	(*ListNodesResponse)(nil),     // 19: confmesh.controlplane.v1.ListNodesResponse
-	(*RevokeNodeRequest)(nil),     // 20: confmesh.controlplane.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),    // 21: confmesh.controlplane.v1.RevokeNodeResponse
-	(*GetPolicyRequest)(nil),      // 22: confmesh.controlplane.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 23: confmesh.controlplane.v1.GetPolicyResponse
-	(*v1.Evidence)(nil),           // 24: confmesh.attest.v1.Evidence
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*SignJWTRequest)(nil),        // 17: confmesh.controlplane.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),       // 18: confmesh.controlplane.v1.SignJWTResponse
+	(*ListNodesRequest)(nil),      // 19: confmesh.controlplane.v1.ListNodesRequest
+	(*Node)(nil),                  // 20: confmesh.controlplane.v1.Node
+	(*ListNodesResponse)(nil),     // 21: confmesh.controlplane.v1.ListNodesResponse
+	(*RevokeNodeRequest)(nil),     // 22: confmesh.controlplane.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),    // 23: confmesh.controlplane.v1.RevokeNodeResponse
+	(*GetPolicyRequest)(nil),      // 24: confmesh.controlplane.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 25: confmesh.controlplane.v1.GetPolicyResponse
+	(*v1.Evidence)(nil),           // 26: confmesh.attest.v1.Evidence
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
 }
 var file_controlplane_v1_controlplane_proto_depIdxs = []int32{
-	24, // 0: confmesh.controlplane.v1.ChallengeResponse.evidence:type_name -> confmesh.attest.v1.Evidence
-	24, // 1: confmesh.controlplane.v1.JoinRequest.evidence:type_name -> confmesh.attest.v1.Evidence
-	25, // 2: confmesh.controlplane.v1.JoinResponse.expires_at:type_name -> google.protobuf.Timestamp
+	26, // 0: confmesh.controlplane.v1.ChallengeResponse.evidence:type_name -> confmesh.attest.v1.Evidence
+	26, // 1: confmesh.controlplane.v1.JoinRequest.evidence:type_name -> confmesh.attest.v1.Evidence
+	27, // 2: confmesh.controlplane.v1.JoinResponse.expires_at:type_name -> google.protobuf.Timestamp
 	6,  // 3: confmesh.controlplane.v1.WatchEvent.snapshot:type_name -> confmesh.controlplane.v1.Snapshot
 	7,  // 4: confmesh.controlplane.v1.WatchEvent.upsert:type_name -> confmesh.controlplane.v1.Peer
 	7,  // 5: confmesh.controlplane.v1.Snapshot.peers:type_name -> confmesh.controlplane.v1.Peer
-	24, // 6: confmesh.controlplane.v1.Peer.evidence:type_name -> confmesh.attest.v1.Evidence
-	25, // 7: confmesh.controlplane.v1.Peer.attested_at:type_name -> google.protobuf.Timestamp
-	25, // 8: confmesh.controlplane.v1.Peer.expires_at:type_name -> google.protobuf.Timestamp
-	24, // 9: confmesh.controlplane.v1.RenewRequest.evidence:type_name -> confmesh.attest.v1.Evidence
-	25, // 10: confmesh.controlplane.v1.RenewResponse.expires_at:type_name -> google.protobuf.Timestamp
+	26, // 6: confmesh.controlplane.v1.Peer.evidence:type_name -> confmesh.attest.v1.Evidence
+	27, // 7: confmesh.controlplane.v1.Peer.attested_at:type_name -> google.protobuf.Timestamp
+	27, // 8: confmesh.controlplane.v1.Peer.expires_at:type_name -> google.protobuf.Timestamp
+	26, // 9: confmesh.controlplane.v1.RenewRequest.evidence:type_name -> confmesh.attest.v1.Evidence
+	27, // 10: confmesh.controlplane.v1.RenewResponse.expires_at:type_name -> google.protobuf.Timestamp
 	10, // 11: confmesh.controlplane.v1.RegisterPodRequest.pod:type_name -> confmesh.controlplane.v1.PodIdentity
 	10, // 12: confmesh.controlplane.v1.SignWorkloadRequest.pod:type_name -> confmesh.controlplane.v1.PodIdentity
-	25, // 13: confmesh.controlplane.v1.SignWorkloadResponse.expires_at:type_name -> google.protobuf.Timestamp
-	25, // 14: confmesh.controlplane.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	25, // 15: confmesh.controlplane.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 16: confmesh.controlplane.v1.ListNodesResponse.nodes:type_name -> confmesh.controlplane.v1.Node
-	0,  // 17: confmesh.controlplane.v1.ControlPlane.Challenge:input_type -> confmesh.controlplane.v1.ChallengeRequest
-	2,  // 18: confmesh.controlplane.v1.ControlPlane.Join:input_type -> confmesh.controlplane.v1.JoinRequest
-	4,  // 19: confmesh.controlplane.v1.ControlPlane.Watch:input_type -> confmesh.controlplane.v1.WatchRequest
-	8,  // 20: confmesh.controlplane.v1.ControlPlane.Renew:input_type -> confmesh.controlplane.v1.RenewRequest
-	11, // 21: confmesh.controlplane.v1.ControlPlane.RegisterPod:input_type -> confmesh.controlplane.v1.RegisterPodRequest
-	13, // 22: confmesh.controlplane.v1.ControlPlane.UnregisterPod:input_type -> confmesh.controlplane.v1.UnregisterPodRequest
-	15, // 23: confmesh.controlplane.v1.ControlPlane.SignWorkload:input_type -> confmesh.controlplane.v1.SignWorkloadRequest
-	17, // 24: confmesh.controlplane.v1.Admin.ListNodes:input_type -> confmesh.controlplane.v1.ListNodesRequest
-	20, // 25: confmesh.controlplane.v1.Admin.RevokeNode:input_type -> confmesh.controlplane.v1.RevokeNodeRequest
-	22, // 26: confmesh.controlplane.v1.Admin.GetPolicy:input_type -> confmesh.controlplane.v1.GetPolicyRequest
-	1,  // 27: confmesh.controlplane.v1.ControlPlane.Challenge:output_type -> confmesh.controlplane.v1.ChallengeResponse
-	3,  // 28: confmesh.controlplane.v1.ControlPlane.Join:output_type -> confmesh.controlplane.v1.JoinResponse
-	5,  // 29: confmesh.controlplane.v1.ControlPlane.Watch:output_type -> confmesh.controlplane.v1.WatchEvent
-	9,  // 30: confmesh.controlplane.v1.ControlPlane.Renew:output_type -> confmesh.controlplane.v1.RenewResponse
-	12, // 31: confmesh.controlplane.v1.ControlPlane.RegisterPod:output_type -> confmesh.controlplane.v1.RegisterPodResponse
-	14, // 32: confmesh.controlplane.v1.ControlPlane.UnregisterPod:output_type -> confmesh.controlplane.v1.UnregisterPodResponse
-	16, // 33: confmesh.controlplane.v1.ControlPlane.SignWorkload:output_type -> confmesh.controlplane.v1.SignWorkloadResponse
-	19, // 34: confmesh.controlplane.v1.Admin.ListNodes:output_type -> confmesh.controlplane.v1.ListNodesResponse
-	21, // 35: confmesh.controlplane.v1.Admin.RevokeNode:output_type -> confmesh.controlplane.v1.RevokeNodeResponse
-	23, // 36: confmesh.controlplane.v1.Admin.GetPolicy:output_type -> confmesh.controlplane.v1.GetPolicyResponse
-	27, // [27:37] is the sub-list for method output_type
-	17, // [17:27] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	27, // 13: confmesh.controlplane.v1.SignWorkloadResponse.expires_at:type_name -> google.protobuf.Timestamp
+	10, // 14: confmesh.controlplane.v1.SignJWTRequest.pod:type_name -> confmesh.controlplane.v1.PodIdentity
+	27, // 15: confmesh.controlplane.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
+	27, // 16: confmesh.controlplane.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	27, // 17: confmesh.controlplane.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 18: confmesh.controlplane.v1.ListNodesResponse.nodes:type_name -> confmesh.controlplane.v1.Node
+	0,  // 19: confmesh.controlplane.v1.ControlPlane.Challenge:input_type -> confmesh.controlplane.v1.ChallengeRequest
+	2,  // 20: confmesh.controlplane.v1.ControlPlane.Join:input_type -> confmesh.controlplane.v1.JoinRequest
+	4,  // 21: confmesh.controlplane.v1.ControlPlane.Watch:input_type -> confmesh.controlplane.v1.WatchRequest
+	8,  // 22: confmesh.controlplane.v1.ControlPlane.Renew:input_type -> confmesh.controlplane.v1.RenewRequest
+	11, // 23: confmesh.controlplane.v1.ControlPlane.RegisterPod:input_type -> confmesh.controlplane.v1.RegisterPodRequest
+	13, // 24: confmesh.controlplane.v1.ControlPlane.UnregisterPod:input_type -> confmesh.controlplane.v1.UnregisterPodRequest
+	15, // 25: confmesh.controlplane.v1.ControlPlane.SignWorkload:input_type -> confmesh.controlplane.v1.SignWorkloadRequest
+	17, // 26: confmesh.controlplane.v1.ControlPlane.SignJWT:input_type -> confmesh.controlplane.v1.SignJWTRequest
+	19, // 27: confmesh.controlplane.v1.Admin.ListNodes:input_type -> confmesh.controlplane.v1.ListNodesRequest
+	22, // 28: confmesh.controlplane.v1.Admin.RevokeNode:input_type -> confmesh.controlplane.v1.RevokeNodeRequest
+	24, // 29: confmesh.controlplane.v1.Admin.GetPolicy:input_type -> confmesh.controlplane.v1.GetPolicyRequest
+	1,  // 30: confmesh.controlplane.v1.ControlPlane.Challenge:output_type -> confmesh.controlplane.v1.ChallengeResponse
+	3,  // 31: confmesh.controlplane.v1.ControlPlane.Join:output_type -> confmesh.controlplane.v1.JoinResponse
+	5,  // 32: confmesh.controlplane.v1.ControlPlane.Watch:output_type -> confmesh.controlplane.v1.WatchEvent
+	9,  // 33: confmesh.controlplane.v1.ControlPlane.Renew:output_type -> confmesh.controlplane.v1.RenewResponse
+	12, // 34: confmesh.controlplane.v1.ControlPlane.RegisterPod:output_type -> confmesh.controlplane.v1.RegisterPodResponse
+	14, // 35: confmesh.controlplane.v1.ControlPlane.UnregisterPod:output_type -> confmesh.controlplane.v1.UnregisterPodResponse
+	16, // 36: confmesh.controlplane.v1.ControlPlane.SignWorkload:output_type -> confmesh.controlplane.v1.SignWorkloadResponse
+	18, // 37: confmesh.controlplane.v1.ControlPlane.SignJWT:output_type -> confmesh.controlplane.v1.SignJWTResponse
+	21, // 38: confmesh.controlplane.v1.Admin.ListNodes:output_type -> confmesh.controlplane.v1.ListNodesResponse
+	23, // 39: confmesh.controlplane.v1.Admin.RevokeNode:output_type -> confmesh.controlplane.v1.RevokeNodeResponse
+	25, // 40: confmesh.controlplane.v1.Admin.GetPolicy:output_type -> confmesh.controlplane.v1.GetPolicyResponse
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_v1_controlplane_proto_init() }
@@ -1668,7 +1822,7 @@ func file_controlplane_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_v1_controlplane_proto_rawDesc), len(file_controlplane_v1_controlplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -30,6 +30,7 @@ const (
 	ControlPlane_RegisterPod_FullMethodName   = "/confmesh.controlplane.v1.ControlPlane/RegisterPod"
 	ControlPlane_UnregisterPod_FullMethodName = "/confmesh.controlplane.v1.ControlPlane/UnregisterPod"
 	ControlPlane_SignWorkload_FullMethodName  = "/confmesh.controlplane.v1.ControlPlane/SignWorkload"
+	ControlPlane_SignJWT_FullMethodName       = "/confmesh.controlplane.v1.ControlPlane/SignJWT"
 )
 
 // ControlPlaneClient is the client API for ControlPlane service.
@@ -52,6 +53,9 @@ type ControlPlaneClient interface {
 	UnregisterPod(ctx context.Context, in *UnregisterPodRequest, opts ...grpc.CallOption) (*UnregisterPodResponse, error)
 	// SignWorkload issues a workload SVID for a pod the calling node registered.
 	SignWorkload(ctx context.Context, in *SignWorkloadRequest, opts ...grpc.CallOption) (*SignWorkloadResponse, error)
+	// SignJWT issues a JWT-SVID (ES256, signed with the control plane's JWT
+	// key) for a pod the calling node registered; same rule as SignWorkload.
+	SignJWT(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error)
 }
 
 type controlPlaneClient struct {
@@ -141,6 +145,16 @@ func (c *controlPlaneClient) SignWorkload(ctx context.Context, in *SignWorkloadR
 	return out, nil
 }
 
+func (c *controlPlaneClient) SignJWT(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTResponse)
+	err := c.cc.Invoke(ctx, ControlPlane_SignJWT_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlPlaneServer is the server API for ControlPlane service.
 // All implementations must embed UnimplementedControlPlaneServer
 // for forward compatibility.
@@ -161,6 +175,9 @@ type ControlPlaneServer interface {
 	UnregisterPod(context.Context, *UnregisterPodRequest) (*UnregisterPodResponse, error)
 	// SignWorkload issues a workload SVID for a pod the calling node registered.
 	SignWorkload(context.Context, *SignWorkloadRequest) (*SignWorkloadResponse, error)
+	// SignJWT issues a JWT-SVID (ES256, signed with the control plane's JWT
+	// key) for a pod the calling node registered; same rule as SignWorkload.
+	SignJWT(context.Context, *SignJWTRequest) (*SignJWTResponse, error)
 	mustEmbedUnimplementedControlPlaneServer()
 }
 
@@ -191,6 +208,9 @@ func (UnimplementedControlPlaneServer) UnregisterPod(context.Context, *Unregiste
 }
 func (UnimplementedControlPlaneServer) SignWorkload(context.Context, *SignWorkloadRequest) (*SignWorkloadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignWorkload not implemented")
+}
+func (UnimplementedControlPlaneServer) SignJWT(context.Context, *SignJWTRequest) (*SignJWTResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWT not implemented")
 }
 func (UnimplementedControlPlaneServer) mustEmbedUnimplementedControlPlaneServer() {}
 func (UnimplementedControlPlaneServer) testEmbeddedByValue()                      {}
@@ -332,6 +352,24 @@ func _ControlPlane_SignWorkload_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlPlane_SignJWT_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlPlaneServer).SignJWT(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlPlane_SignJWT_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlPlaneServer).SignJWT(ctx, req.(*SignJWTRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControlPlane_ServiceDesc is the grpc.ServiceDesc for ControlPlane service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -362,6 +400,10 @@ var ControlPlane_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignWorkload",
 			Handler:    _ControlPlane_SignWorkload_Handler,
+		},
+		{
+			MethodName: "SignJWT",
+			Handler:    _ControlPlane_SignJWT_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
