@@ -17,7 +17,7 @@ PROTOS          = $(shell find api -name '*.proto' | LC_ALL=C sort)
 SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint demo bench fuzz generate clean
+.PHONY: help deps build test lint demo bench fuzz generate clean
 
 help:
 	@echo "make demo      local multi-node demo (network namespaces, simulated TEE)"
@@ -29,11 +29,25 @@ help:
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
 	@echo "make clean     remove $(BIN)/"
 
+# Runtime tools the namespace tests and the demo drive: ip (iproute2) and
+# nft (nftables, which the reference portmap plugin chained in the CNI tests
+# needs). Installed only when missing.
+deps:
+	@missing=""; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# confmesh-cni is copied onto hosts whose libc is unknown: build it static.
 build:
 	go build ./...
-	@if [ -d cmd ]; then mkdir -p $(BIN) && go build -o $(BIN)/ ./cmd/...; fi
+	@if [ -d cmd ]; then mkdir -p $(BIN) && go build -o $(BIN)/ ./cmd/confmesh && \
+		CGO_ENABLED=0 go build -o $(BIN)/ ./cmd/confmesh-cni; fi
 
-test: lint
+test: deps lint
 	go test -count=1 -timeout 15m ./...
 
 # Generated files (marked "Code generated ... DO NOT EDIT.") are exempt from gofmt.

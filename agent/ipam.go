@@ -166,7 +166,9 @@ func OpenIPAM(dir string, now func() time.Time) (*IPAM, error) {
 
 // Allocate returns the attachment's address in prefix, reserving a new one
 // if it holds none. A reservation outside prefix (the node's pod CIDR
-// changed) is dropped and replaced.
+// changed) is dropped and replaced. The address is chosen and reserved
+// under the lock, and persisted after it, so parallel ADDs wait for each
+// other's choice but not for each other's fsync.
 func (m *IPAM) Allocate(prefix netip.Prefix, k Attachment) (netip.Addr, error) {
 	if err := k.Validate(); err != nil {
 		return netip.Addr{}, err
@@ -176,33 +178,46 @@ func (m *IPAM) Allocate(prefix netip.Prefix, k Attachment) (netip.Addr, error) {
 	}
 	prefix = prefix.Masked()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if a, ok := m.byKey[k]; ok {
 		if prefix.Contains(a) {
+			m.mu.Unlock()
 			return a, nil
 		}
 		if err := m.removeLocked(a); err != nil {
+			m.mu.Unlock()
 			return netip.Addr{}, err
 		}
 	}
 	a, ok := NextFree(prefix, m.last, func(a netip.Addr) bool { _, t := m.byAddr[a]; return t }, 0)
 	if !ok {
-		return netip.Addr{}, fmt.Errorf("%w: all usable addresses of %s are reserved (%d reservations)", ErrPoolExhausted, prefix, len(m.byAddr))
+		n := len(m.byAddr)
+		m.mu.Unlock()
+		return netip.Addr{}, fmt.Errorf("%w: all usable addresses of %s are reserved (%d reservations)", ErrPoolExhausted, prefix, n)
 	}
 	r := record{Attachment: k, Allocated: m.now().UTC()}
+	m.byKey[k], m.byAddr[a], m.last = a, r, a
+	m.mu.Unlock()
+
 	data, err := json.Marshal(r)
-	if err != nil {
-		return netip.Addr{}, err
+	if err == nil {
+		err = writeSynced(m.dir, a.String(), data)
 	}
-	if err := writeSynced(m.dir, a.String(), data); err != nil {
+	if err != nil {
+		m.mu.Lock()
+		if cur, ok := m.byAddr[a]; ok && cur == r {
+			delete(m.byKey, k)
+			delete(m.byAddr, a)
+		}
+		m.mu.Unlock()
 		return netip.Addr{}, fmt.Errorf("persist reservation of %s: %w", a, err)
 	}
-	m.byKey[k], m.byAddr[a], m.last = a, r, a
 	return a, nil
 }
 
 // Release frees the attachment's address and reports which one it was
-// (the zero Addr when it held none: releasing twice is not an error).
+// (the zero Addr when it held none: releasing twice is not an error). The
+// file goes under the lock, before the address can be handed out again;
+// it is not synced: a release lost in a crash is a leak GC reclaims.
 func (m *IPAM) Release(k Attachment) (netip.Addr, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

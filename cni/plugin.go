@@ -392,7 +392,11 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	}
 	nd, err := nodeInfo(ctx, agent, conf.AgentSocket)
 	if err != nil {
-		return unavailable("%s", err.(*types.Error).Msg)
+		var e *types.Error
+		if errors.As(err, &e) {
+			return unavailable("%s", e.Msg)
+		}
+		return unavailable("%v", err)
 	}
 	la, err := agent.ListAllocations(ctx, &agentv1.ListAllocationsRequest{})
 	if err != nil {

@@ -73,6 +73,9 @@ func build(dir string) error {
 		{"build", "-o", filepath.Join(dir, "portmap"), "github.com/containernetworking/plugins/plugins/meta/portmap"},
 	} {
 		cmd := exec.Command(goTool(), c...)
+		// Static, as shipped: the agent copies the plugin onto hosts whose
+		// libc it does not know.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go %s: %v\n%s", strings.Join(c, " "), err, out)
 		}

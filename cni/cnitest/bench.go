@@ -29,9 +29,24 @@ type BenchConfig struct {
 	Dir string
 }
 
-// BenchResult holds the wall time of every ADD and DEL exec.
+// BenchResult holds the wall time of every ADD and DEL exec, and the CPU
+// time (user + system) each plugin process used: on a machine with fewer
+// cores than Concurrency, wall time is mostly waiting for a CPU.
 type BenchResult struct {
-	Add, Del []time.Duration
+	Add, Del       []time.Duration
+	AddCPU, DelCPU []time.Duration
+}
+
+// Mean is the average of ds.
+func Mean(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	var t time.Duration
+	for _, d := range ds {
+		t += d
+	}
+	return t / time.Duration(len(ds))
 }
 
 // Percentile is the nearest-rank q-quantile (0 < q <= 1) of ds.
@@ -99,8 +114,8 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 	}
 	conf := []byte(fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "confmesh-bench", "type": "confmesh-cni", "agentSocket": %q}`, sock))
 
-	run := func(cmd string) ([]time.Duration, error) {
-		ds := make([]time.Duration, cfg.Pods)
+	run := func(cmd string) ([]time.Duration, []time.Duration, error) {
+		ds, cpu := make([]time.Duration, cfg.Pods), make([]time.Duration, cfg.Pods)
 		errs := make([]error, cfg.Pods)
 		next := make(chan int)
 		var wg sync.WaitGroup
@@ -111,7 +126,7 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 				for i := range next {
 					errs[i] = hostNS.Do(func(ns.NetNS) error {
 						var err error
-						ds[i], err = execPlugin(cfg.Plugin, cmd, fmt.Sprintf("bench%05d", i), pods[i].Path(), conf)
+						ds[i], cpu[i], err = execPlugin(cfg.Plugin, cmd, fmt.Sprintf("bench%05d", i), pods[i].Path(), conf)
 						return err
 					})
 				}
@@ -122,14 +137,14 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 		}
 		close(next)
 		wg.Wait()
-		return ds, errors.Join(errs...)
+		return ds, cpu, errors.Join(errs...)
 	}
 	var res BenchResult
-	if res.Add, err = run("ADD"); err != nil {
-		_, _ = run("DEL")
+	if res.Add, res.AddCPU, err = run("ADD"); err != nil {
+		_, _, _ = run("DEL")
 		return res, err
 	}
-	if res.Del, err = run("DEL"); err != nil {
+	if res.Del, res.DelCPU, err = run("DEL"); err != nil {
 		return res, err
 	}
 	if left := fa.Allocations(); len(left) != 0 {
@@ -138,20 +153,20 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 	return res, nil
 }
 
-func execPlugin(plugin, command, id, netns string, conf []byte) (time.Duration, error) {
+func execPlugin(plugin, command, id, netns string, conf []byte) (wall, cpu time.Duration, err error) {
 	var out bytes.Buffer
 	cmd := exec.Command(plugin)
 	cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns, "CNI_IFNAME=eth0",
 		"CNI_PATH=" + filepath.Dir(plugin), "PATH=" + os.Getenv("PATH")}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(conf), &out, &out
 	start := time.Now()
-	err := cmd.Run()
-	d := time.Since(start)
-	if os.Getenv("CMBENCH_DEBUG") != "" && cmd.ProcessState != nil {
-		fmt.Fprintf(os.Stderr, "%s wall %v user %v sys %v\n", command, d, cmd.ProcessState.UserTime(), cmd.ProcessState.SystemTime())
+	err = cmd.Run()
+	wall = time.Since(start)
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	if err != nil {
-		return d, fmt.Errorf("%s %s: %v: %s", command, id, err, bytes.TrimSpace(out.Bytes()))
+		return wall, cpu, fmt.Errorf("%s %s: %v: %s", command, id, err, bytes.TrimSpace(out.Bytes()))
 	}
-	return d, nil
+	return wall, cpu, nil
 }

@@ -32,6 +32,7 @@ const (
 type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
 	metricsListen, logFormat, logLevel, workloadSocket                          string
+	cniBinDir, cniConfDir, cniBinary                                            string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace                                                      bool
 	keyRotation                                                                 time.Duration
@@ -76,6 +77,9 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
 	fl.DurationVar(&f.keyRotation, "key-rotation", 24*time.Hour, "rotate the WireGuard key on this period through a re-attested renewal (0: never)")
 	fl.StringVar(&f.socket, "socket", defaultAgentSocket, "local API unix socket `PATH` (CNI plugin, confmesh status)")
+	fl.StringVar(&f.cniBinDir, "cni-bin-dir", agent.DefaultCNIBinDir, "`DIR` the confmesh-cni plugin is installed into once the node is attested")
+	fl.StringVar(&f.cniConfDir, "cni-conf-dir", agent.DefaultCNIConfDir, "`DIR` the conflist is written into once the node is attested (empty: install nothing)")
+	fl.StringVar(&f.cniBinary, "cni-binary", "", "confmesh-cni binary `PATH` to install (default: confmesh-cni next to this binary, if present)")
 	fl.StringVar(&f.workloadSocket, "workload-socket", agent.DefaultWorkloadSocket, "SPIFFE Workload API unix socket `PATH` for the pods (empty: off)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -118,6 +122,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
+		CNIBinDir: f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
 			"--pid-file", filepath.Join(f.stateDir, "datapath.pid")},
 	})
@@ -257,4 +262,17 @@ WireGuard device. Run it only when uninstalling confmesh from the node.`,
 	cmd.Flags().StringVar(&table, "table", agent.DefaultTable, "nftables `TABLE`")
 	cmd.Flags().StringVar(&stateDir, "state-dir", defaultAgentStateDir, "agent state `DIR` (holds datapath.pid)")
 	return cmd
+}
+
+// cniBinary is the plugin to install: the flag, else confmesh-cni beside
+// this binary when it exists, else nothing (already in the CNI bin dir).
+func cniBinary(flag, self string) string {
+	if flag != "" {
+		return flag
+	}
+	p := filepath.Join(filepath.Dir(self), "confmesh-cni")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return ""
 }
