@@ -15,8 +15,10 @@ import (
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/identity"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -84,13 +86,20 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	if err := identity.ValidateNodeName(req.GetName()); err != nil {
 		return nil, refuse("bad_request", codes.InvalidArgument, "name: %v", err)
 	}
+	if len(req.GetEndpoint()) > 64 {
+		return nil, refuse("bad_request", codes.InvalidArgument, "endpoint is %d characters; want ip:port", len(req.GetEndpoint()))
+	}
 	if _, err := netip.ParseAddrPort(req.GetEndpoint()); err != nil {
 		return nil, refuse("bad_request", codes.InvalidArgument, "endpoint %q: want ip:port: %v", req.GetEndpoint(), err)
 	}
 	if len(req.GetWireguardPublicKey()) != attest.KeySize {
 		return nil, refuse("bad_request", codes.InvalidArgument, "WireGuard public key is %d bytes, want %d", len(req.GetWireguardPublicKey()), attest.KeySize)
 	}
-	csr, idHash, rf := parseCSR(req.GetCsr())
+	nodeID, err := identity.NodeID(s.td, req.GetName())
+	if err != nil {
+		return nil, refuse("bad_request", codes.InvalidArgument, "name: %v", err)
+	}
+	csr, idHash, rf := parseCSR(req.GetCsr(), nodeID)
 	if rf != nil {
 		return nil, rf
 	}
@@ -98,31 +107,33 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	if ev == nil {
 		return nil, refuse("bad_request", codes.InvalidArgument, "no evidence")
 	}
+	if rf := checkEvidenceSize(ev); rf != nil {
+		return nil, rf
+	}
 	if !s.challenges.consume(ev.GetBinding().GetChallenge(), now) {
 		return nil, refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that is unknown, expired or already used; ask for a new one")
 	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	start := time.Now()
-	claims, err := s.verifier.Verify(ev, attest.Expect{
+	want := attest.Expect{
 		Purpose: attest.PurposeJoin, Key: req.GetWireguardPublicKey(), IdentityKeyHash: idHash,
 		Name: req.GetName(), Challenge: ev.GetBinding().GetChallenge(),
-	})
-	s.metrics.verify.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, evidenceRefusal(err)
+	}
+	// Verification runs outside the state lock, so joins verify in parallel.
+	res, rf := s.verifyEvidence(ev, want)
+	if rf != nil {
+		return nil, rf
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	claims, rf := s.reverifyIfPolicyChanged(res, ev, want)
+	if rf != nil {
+		return nil, rf
 	}
 	if rf := s.checkRevoked(claims.ChipID, req.GetWireguardPublicKey()); rf != nil {
 		return nil, rf
 	}
-	nodes, err := s.store.ListNodes()
-	if err != nil {
-		return nil, err
-	}
 	var prev *store.NodeRecord
 	var used []netip.Prefix
-	for _, n := range nodes {
+	for _, n := range s.nodes.recs {
 		if n.Name == req.GetName() {
 			prev = n
 			continue
@@ -139,6 +150,7 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 		if !sameMachine(prev, claims.ChipID, csr.PublicKey) {
 			return nil, refuse("name_taken", codes.AlreadyExists, "node name %q is held by another machine; revoke it first (confmesh nodes revoke %s)", req.GetName(), req.GetName())
 		}
+		var err error
 		podCIDR, err = netip.ParsePrefix(prev.PodCIDR)
 		if err != nil || !s.alloc.Contains(podCIDR) {
 			podCIDR = netip.Prefix{}
@@ -171,16 +183,45 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	}, nil
 }
 
-func parseCSR(der []byte) (*x509.CertificateRequest, []byte, *refusal) {
+// maxCSRSize bounds a CSR; a P-256 or P-384 request is well under 1 KiB.
+const maxCSRSize = 8 << 10
+
+// parseCSR checks a CSR for the identity the control plane will issue: only
+// its public key is used, so a request naming anything (DNS names, IPs,
+// e-mail addresses, or a URI other than want) is refused rather than
+// silently ignored.
+func parseCSR(der []byte, want spiffeid.ID) (*x509.CertificateRequest, []byte, *refusal) {
+	if len(der) > maxCSRSize {
+		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR is %d bytes, limit %d", len(der), maxCSRSize)
+	}
 	csr, err := identity.ParseCSR(der)
 	if err != nil {
 		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR: %v", err)
+	}
+	if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
+		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR requests DNS/IP/e-mail SANs (%v %v %v); the control plane sets the identity", csr.DNSNames, csr.IPAddresses, csr.EmailAddresses)
+	}
+	for _, u := range csr.URIs {
+		if want.IsZero() || u.String() != want.String() {
+			return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR requests URI SAN %s; this call issues %s", u, want)
+		}
+	}
+	if len(csr.URIs) > 1 {
+		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR requests %d URI SANs; an SVID has exactly one", len(csr.URIs))
 	}
 	h, err := identity.SPKIHash(csr.PublicKey)
 	if err != nil {
 		return nil, nil, refuse("bad_request", codes.InvalidArgument, "CSR key: %v", err)
 	}
 	return csr, h, nil
+}
+
+// checkEvidenceSize refuses evidence larger than attest.MaxEvidenceSize.
+func checkEvidenceSize(ev *attestv1.Evidence) *refusal {
+	if n := proto.Size(ev); n > attest.MaxEvidenceSize {
+		return refuse("bad_request", codes.InvalidArgument, "evidence is %d bytes, limit %d", n, attest.MaxEvidenceSize)
+	}
+	return nil
 }
 
 // chipKnown is false for an all-zero chip ID: hosts may mask it
@@ -244,12 +285,11 @@ func (s *Server) putAndPublish(rec *store.NodeRecord) error {
 	if err != nil {
 		return err
 	}
+	if err := s.nodes.put(rec); err != nil {
+		return err
+	}
 	ev := &cpv1.WatchEvent{Revision: rev}
-	if rec.State == store.StateActive {
-		p, err := peerFromRecord(rec)
-		if err != nil {
-			return err
-		}
+	if p := s.nodes.peers[rec.Name]; p != nil {
 		ev.Event = &cpv1.WatchEvent_Upsert{Upsert: p}
 	} else {
 		ev.Event = &cpv1.WatchEvent_Delete{Delete: rec.Name}
@@ -262,6 +302,7 @@ func (s *Server) putAndPublish(rec *store.NodeRecord) error {
 // deleteAndPublish tells watchers a node left; the caller holds s.mu and
 // has already removed it from the store at rev.
 func (s *Server) publishDelete(name string, rev uint64) error {
+	s.nodes.remove(name)
 	s.hub.publish(&cpv1.WatchEvent{Revision: rev, Event: &cpv1.WatchEvent_Delete{Delete: name}})
 	s.metrics.revision.Set(float64(rev))
 	return s.refreshNodeGauge()
@@ -279,4 +320,37 @@ func peerFromRecord(n *store.NodeRecord) (*cpv1.Peer, error) {
 		Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, PodCidrs: []string{n.PodCIDR},
 		Svid: n.SVID, Evidence: ev, AttestedAt: timestamppb.New(n.AttestedAt), ExpiresAt: timestamppb.New(n.ExpiresAt),
 	}, nil
+}
+
+// verified is a verification result and the verifier (policy) that made it.
+type verified struct {
+	claims *attest.Claims
+	by     *attest.Verifier
+}
+
+// verifyEvidence verifies under the policy in force, timing it. It runs
+// without the state lock, so joins and renewals verify in parallel.
+func (s *Server) verifyEvidence(ev *attestv1.Evidence, want attest.Expect) (verified, *refusal) {
+	start := time.Now()
+	v := s.currentVerifier()
+	claims, err := v.Verify(ev, want)
+	s.metrics.verify.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return verified{}, evidenceRefusal(err)
+	}
+	return verified{claims: claims, by: v}, nil
+}
+
+// reverifyIfPolicyChanged re-checks a result under the lock when a policy
+// change landed since it was made, so nothing admitted under an old policy
+// slips past the sweep that the change ran. The caller holds s.mu.
+func (s *Server) reverifyIfPolicyChanged(v verified, ev *attestv1.Evidence, want attest.Expect) (*attest.Claims, *refusal) {
+	if v.by == s.verifier {
+		return v.claims, nil
+	}
+	claims, err := s.verifier.Verify(ev, want)
+	if err != nil {
+		return nil, evidenceRefusal(err)
+	}
+	return claims, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/store"
@@ -19,6 +20,12 @@ func (s *Server) validatePod(p *cpv1.PodIdentity) error {
 	}
 	if p.GetUid() == "" || p.GetName() == "" {
 		return errors.New("pod uid and name are required")
+	}
+	if len(p.GetUid()) > 128 {
+		return fmt.Errorf("pod uid is %d characters, limit 128", len(p.GetUid()))
+	}
+	if len(p.GetName()) > 253 {
+		return fmt.Errorf("pod name is %d characters, limit 253", len(p.GetName()))
 	}
 	// WorkloadID validates namespace and service account.
 	_, err := identity.WorkloadID(s.td, p.GetNamespace(), p.GetServiceAccount())
@@ -105,13 +112,13 @@ func (s *Server) SignWorkload(ctx context.Context, req *cpv1.SignWorkloadRequest
 	if err != nil {
 		return nil, err
 	}
-	csr, _, rf := parseCSR(req.GetCsr())
-	if rf != nil {
-		return nil, rf.err
-	}
 	id, err := identity.WorkloadID(s.td, reg.Namespace, reg.ServiceAccount)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "workload ID: %v", err)
+	}
+	csr, _, rf := parseCSR(req.GetCsr(), id)
+	if rf != nil {
+		return nil, rf.err
 	}
 	leaf, err := parseLeaf(rec.SVID)
 	if err != nil {

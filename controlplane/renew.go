@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/identity"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -53,7 +53,11 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 		}
 		key = nk
 	}
-	csr, idHash, rf := parseCSR(req.GetCsr())
+	nodeID, err := identity.NodeID(s.td, name)
+	if err != nil {
+		return nil, name, err
+	}
+	csr, idHash, rf := parseCSR(req.GetCsr(), nodeID)
 	if rf != nil {
 		return nil, name, rf
 	}
@@ -61,19 +65,22 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if ev == nil {
 		return nil, name, refuse("bad_request", codes.InvalidArgument, "no evidence")
 	}
+	if rf := checkEvidenceSize(ev); rf != nil {
+		return nil, name, rf
+	}
 	if !s.challenges.consume(ev.GetBinding().GetChallenge(), now) {
 		return nil, name, refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that is unknown, expired or already used; ask for a new one")
 	}
-
+	want := attest.Expect{Purpose: attest.PurposeRenew, Key: key, IdentityKeyHash: idHash, Name: name, Challenge: ev.GetBinding().GetChallenge()}
+	res, rf := s.verifyEvidence(ev, want)
+	if rf != nil {
+		return nil, name, rf
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	start := time.Now()
-	claims, err := s.verifier.Verify(ev, attest.Expect{
-		Purpose: attest.PurposeRenew, Key: key, IdentityKeyHash: idHash, Name: name, Challenge: ev.GetBinding().GetChallenge(),
-	})
-	s.metrics.verify.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, name, evidenceRefusal(err)
+	claims, rf := s.reverifyIfPolicyChanged(res, ev, want)
+	if rf != nil {
+		return nil, name, rf
 	}
 	// Re-read under the lock: a revocation may have landed meanwhile.
 	rec, err = s.store.GetNode(name)
@@ -87,11 +94,7 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 		return nil, name, rf
 	}
 	if !bytes.Equal(key, rec.WireGuardKey) {
-		nodes, err := s.store.ListNodes()
-		if err != nil {
-			return nil, name, err
-		}
-		for _, n := range nodes {
+		for _, n := range s.nodes.recs {
 			if n.Name != name && bytes.Equal(n.WireGuardKey, key) {
 				return nil, name, refuse("key_in_use", codes.AlreadyExists, "WireGuard key is already used by node %q", n.Name)
 			}

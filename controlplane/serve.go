@@ -27,6 +27,7 @@ const (
 	AdminKeyFile    = "admin.key"
 	AdminBundleFile = "bundle.crt"
 	adminTTL        = 365 * 24 * time.Hour
+	maxRecvMsgSize  = 256 << 10
 )
 
 func (s *Server) tlsConfig(clientAuth tls.ClientAuthType) *tls.Config {
@@ -46,6 +47,8 @@ func (s *Server) tlsConfig(clientAuth tls.ClientAuthType) *tls.Config {
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tlsConfig(tls.VerifyClientCertIfGiven))),
+		// Evidence, CSRs and names are small; refuse oversized messages early.
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)

@@ -94,6 +94,7 @@ type Server struct {
 	verifier *attest.Verifier
 	policy   *attest.Policy
 
+	nodes      *nodeCache // guarded by mu
 	challenges *challengeSet
 	hub        *hub
 	metrics    *metrics
@@ -174,6 +175,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.hub = newHub(rev)
+	recs, err := s.store.ListNodes()
+	if err != nil {
+		return nil, err
+	}
+	if s.nodes, err = newNodeCache(recs); err != nil {
+		return nil, err
+	}
 	s.metrics.revision.Set(float64(rev))
 	if err := s.refreshNodeGauge(); err != nil {
 		return nil, err
@@ -262,15 +270,7 @@ func (s *Server) currentVerifier() *attest.Verifier {
 }
 
 func (s *Server) refreshNodeGauge() error {
-	nodes, err := s.store.ListNodes()
-	if err != nil {
-		return err
-	}
-	counts := map[string]int{store.StateActive: 0, store.StateRejected: 0}
-	for _, n := range nodes {
-		counts[n.State]++
-	}
-	for st, c := range counts {
+	for st, c := range s.nodes.counts() {
 		s.metrics.nodes.WithLabelValues(st).Set(float64(c))
 	}
 	return nil

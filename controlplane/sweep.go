@@ -42,12 +42,8 @@ func (s *Server) SetPolicy(p *attest.Policy) error {
 func (s *Server) Sweep() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	nodes, err := s.store.ListNodes()
-	if err != nil {
-		return err
-	}
 	var errs []error
-	for _, n := range nodes {
+	for _, n := range s.nodes.list() {
 		verr := s.evaluateLocked(n)
 		switch {
 		case n.State == store.StateActive && verr != nil:

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
-	"github.com/confmesh/confmesh/controlplane/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -65,23 +64,4 @@ func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, ev *cp
 }
 
 // snapshotLocked lists the active peers other than me; the caller holds s.mu.
-func (s *Server) snapshotLocked(me string) []*cpv1.Peer {
-	nodes, err := s.store.ListNodes()
-	if err != nil {
-		s.log.Error("snapshot: list nodes", "err", err)
-		return nil
-	}
-	var out []*cpv1.Peer
-	for _, n := range nodes {
-		if n.Name == me || n.State != store.StateActive {
-			continue
-		}
-		p, err := peerFromRecord(n)
-		if err != nil {
-			s.log.Error("snapshot: skipping node", "node", n.Name, "err", err)
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
-}
+func (s *Server) snapshotLocked(me string) []*cpv1.Peer { return s.nodes.activePeers(me) }

@@ -52,6 +52,24 @@ type Conn struct {
 	Client cpv1.ControlPlaneClient
 	// Claims describe the control plane's verified TEE.
 	Claims *attest.Claims
+
+	// pending is the challenge Dial obtained while attesting the control
+	// plane; the first Join or Renew on this connection uses it instead of
+	// asking again.
+	pending   []byte
+	pendingAt time.Time
+}
+
+// freshChallenge returns the pending challenge if it is young enough to be
+// answered, else asks the control plane for a new one (re-attesting it).
+func (c *Conn) freshChallenge(ctx context.Context) ([]byte, error) {
+	if ch := c.pending; ch != nil {
+		c.pending = nil
+		if c.cfg.Now().Sub(c.pendingAt) < 30*time.Second {
+			return ch, nil
+		}
+	}
+	return c.Challenge(ctx)
 }
 
 // pin remembers the server key of the first handshake; later handshakes
@@ -117,10 +135,12 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		return nil, fmt.Errorf("dial control plane %s: %w", cfg.Addr, err)
 	}
 	c := &Conn{cc: cc, cfg: cfg, pin: p, Client: cpv1.NewControlPlaneClient(cc)}
-	if _, err := c.Challenge(ctx); err != nil {
+	ch, err := c.Challenge(ctx)
+	if err != nil {
 		cc.Close()
 		return nil, err
 	}
+	c.pending, c.pendingAt = ch, now()
 	return c, nil
 }
 

@@ -39,7 +39,7 @@ func csrFor(key crypto.Signer) ([]byte, []byte, error) {
 // Join attests the node (purpose "join", bound to its WireGuard key) and
 // asks to be admitted.
 func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
-	challenge, err := c.Challenge(ctx)
+	challenge, err := c.freshChallenge(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +61,7 @@ func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
 // Renew re-attests (purpose "renew") and asks for a new node SVID. With
 // newWireGuardKey set, the evidence binds that key and the peers switch to it.
 func (c *Conn) Renew(ctx context.Context, n Node, newWireGuardKey []byte) (*cpv1.RenewResponse, error) {
-	challenge, err := c.Challenge(ctx)
+	challenge, err := c.freshChallenge(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -200,12 +200,16 @@ func (v *Verifier) verifyReport(ev *attestv1.Evidence) (*Claims, *spb.Report, er
 	if err != nil {
 		return nil, nil, err
 	}
-	cv, err := v.chain(ev, report, info.SigningKey, ekDER)
+	cv, fresh, err := v.chain(ev, report, info.SigningKey, ekDER)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := verify.SnpReportSignature(raw, cv.cert); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrSignature, err)
+	// A fresh chain verdict came from go-sev-guest's SnpAttestation, which
+	// has just checked this report's signature; a cached one has not.
+	if !fresh {
+		if err := verify.SnpReportSignature(raw, cv.cert); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		}
 	}
 	if cv.root.Simulated != (ev.GetTee() == TEESimSnp) {
 		return nil, nil, fmt.Errorf("%w: evidence says tee %q but its chain ends at %s", ErrUntrustedRoot, ev.GetTee(), cv.root.Name)
@@ -284,7 +288,7 @@ func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
 // chain once: shipped chain links, a trusted root signs it, the product
 // matches, the certificate is valid now, and go-sev-guest's full KDS
 // certificate checks pass.
-func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, ekDER []byte) (*chainVerdict, error) {
+func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, ekDER []byte) (*chainVerdict, bool, error) {
 	now := v.now()
 	// The key covers the shipped ASK/ARK too, so a cached verdict never
 	// skips the check that the chain shipped with this report links.
@@ -302,25 +306,25 @@ func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.R
 	v.mu.Unlock()
 	if cv != nil {
 		if now.Before(cv.cert.NotBefore) || now.After(cv.cert.NotAfter) {
-			return nil, fmt.Errorf("%w: %v certificate valid %s to %s", ErrCertExpired, signer, cv.cert.NotBefore.UTC().Format(time.RFC3339), cv.cert.NotAfter.UTC().Format(time.RFC3339))
+			return nil, false, fmt.Errorf("%w: %v certificate valid %s to %s", ErrCertExpired, signer, cv.cert.NotBefore.UTC().Format(time.RFC3339), cv.cert.NotAfter.UTC().Format(time.RFC3339))
 		}
 		if err := checkReportProduct(report, cv.root.ProductLine()); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return cv, nil
+		return cv, false, nil
 	}
 
 	ek, err := x509.ParseCertificate(ekDER)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v certificate: %v", ErrMalformedChain, signer, err)
+		return nil, false, fmt.Errorf("%w: %v certificate: %v", ErrMalformedChain, signer, err)
 	}
 	exts, err := kds.CertificateExtensions(ek, signer)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v certificate extensions: %v", ErrMalformedChain, signer, err)
+		return nil, false, fmt.Errorf("%w: %v certificate extensions: %v", ErrMalformedChain, signer, err)
 	}
 	product, err := kds.ParseProductName(exts.ProductName, signer)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v certificate product %q: %v", ErrMalformedChain, signer, exts.ProductName, err)
+		return nil, false, fmt.Errorf("%w: %v certificate product %q: %v", ErrMalformedChain, signer, exts.ProductName, err)
 	}
 	certLine := kds.ProductLine(product)
 
@@ -328,19 +332,19 @@ func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.R
 	var shippedAsk *x509.Certificate
 	if der := ev.GetChain().GetAsk(); len(der) > 0 {
 		if shippedAsk, err = x509.ParseCertificate(der); err != nil {
-			return nil, fmt.Errorf("%w: ASK certificate: %v", ErrMalformedChain, err)
+			return nil, false, fmt.Errorf("%w: ASK certificate: %v", ErrMalformedChain, err)
 		}
 		if !signedBy(ek, shippedAsk) {
-			return nil, fmt.Errorf("%w: %v certificate is not signed by the ASK shipped with it", ErrBrokenChain, signer)
+			return nil, false, fmt.Errorf("%w: %v certificate is not signed by the ASK shipped with it", ErrBrokenChain, signer)
 		}
 	}
 	if der := ev.GetChain().GetArk(); len(der) > 0 && shippedAsk != nil {
 		ark, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, fmt.Errorf("%w: ARK certificate: %v", ErrMalformedChain, err)
+			return nil, false, fmt.Errorf("%w: ARK certificate: %v", ErrMalformedChain, err)
 		}
 		if !signedBy(shippedAsk, ark) {
-			return nil, fmt.Errorf("%w: shipped ASK is not signed by the shipped ARK", ErrBrokenChain)
+			return nil, false, fmt.Errorf("%w: shipped ASK is not signed by the shipped ARK", ErrBrokenChain)
 		}
 	}
 
@@ -352,17 +356,17 @@ func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.R
 		}
 	}
 	if root == nil {
-		return nil, fmt.Errorf("%w: %v certificate (product %s, issuer %q) is not signed by any root this policy trusts (%s)",
+		return nil, false, fmt.Errorf("%w: %v certificate (product %s, issuer %q) is not signed by any root this policy trusts (%s)",
 			ErrUntrustedRoot, signer, exts.ProductName, ek.Issuer.CommonName, v.rootNames())
 	}
 	if root.ProductLine() != certLine {
-		return nil, fmt.Errorf("%w: %v certificate is for %s but was issued by the %s root (%s)", ErrWrongProduct, signer, certLine, root.ProductLine(), root.Name)
+		return nil, false, fmt.Errorf("%w: %v certificate is for %s but was issued by the %s root (%s)", ErrWrongProduct, signer, certLine, root.ProductLine(), root.Name)
 	}
 	if err := checkReportProduct(report, certLine); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if now.Before(ek.NotBefore) || now.After(ek.NotAfter) {
-		return nil, fmt.Errorf("%w: %v certificate valid %s to %s, now %s", ErrCertExpired, signer,
+		return nil, false, fmt.Errorf("%w: %v certificate valid %s to %s, now %s", ErrCertExpired, signer,
 			ek.NotBefore.UTC().Format(time.RFC3339), ek.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
 
@@ -377,9 +381,9 @@ func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.R
 	}
 	if err := verify.SnpAttestation(att, opts); err != nil {
 		if serr := verify.SnpReportSignature(ev.GetReport(), ek); serr != nil {
-			return nil, fmt.Errorf("%w: %v", ErrSignature, serr)
+			return nil, false, fmt.Errorf("%w: %v", ErrSignature, serr)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrChain, err)
+		return nil, false, fmt.Errorf("%w: %v", ErrChain, err)
 	}
 	cv = &chainVerdict{cert: ek, root: root}
 	v.mu.Lock()
@@ -388,7 +392,7 @@ func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.R
 	}
 	v.chains[key] = cv
 	v.mu.Unlock()
-	return cv, nil
+	return cv, true, nil
 }
 
 func signs(r *TrustedRoot, ek *x509.Certificate, signer abi.ReportSigner) bool {

@@ -18,6 +18,7 @@ func newBenchCmd() *cobra.Command {
 	}
 	cmd.AddCommand(newBenchVerifyCmd())
 	cmd.AddCommand(newBenchCNICmd())
+	cmd.AddCommand(newBenchControlPlaneCmd())
 	return cmd
 }
 
