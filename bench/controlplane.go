@@ -55,7 +55,10 @@ type benchAgent struct {
 	svidKey crypto.Signer
 	svid    [][]byte
 	bundle  [][]byte
-	conn    *cpclient.Conn
+
+	mu   sync.Mutex
+	conn *cpclient.Conn
+	rev  uint64
 }
 
 // RunControlPlane starts a real control plane (bbolt store, gRPC over
@@ -157,7 +160,7 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (ControlPlaneR
 			defer wg.Done()
 			for i := range work {
 				a := agents[i]
-				if err := a.join(ctx, addr, verifier, td); err != nil {
+				if err := a.join(sctx, addr, verifier, td); err != nil {
 					errs <- fmt.Errorf("%s: %w", a.name, err)
 					return
 				}
@@ -166,7 +169,7 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (ControlPlaneR
 					lastReply = time.Now()
 					mu.Unlock()
 				}
-				if err := a.watch(ctx, addr, verifier, td, last, seen[i]); err != nil {
+				if err := a.watch(sctx, addr, verifier, td, last, seen[i]); err != nil {
 					errs <- fmt.Errorf("%s: watch: %w", a.name, err)
 					return
 				}
@@ -204,10 +207,9 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (ControlPlaneR
 	fanout := time.Since(lastReply)
 	mu.Unlock()
 	rss, _ := rssMiB()
+	stop() // ends the watch goroutines before their connections close
 	for _, a := range agents {
-		if a.conn != nil {
-			a.conn.Close()
-		}
+		a.setConn(nil)
 	}
 	return ControlPlaneResult{
 		Nodes: cfg.Nodes, JoinsPerSecond: float64(cfg.Nodes) / joinPhase.Seconds(),
@@ -234,48 +236,91 @@ func (a *benchAgent) join(ctx context.Context, addr string, v *attest.Verifier, 
 }
 
 // watch opens the agent's watch stream and closes seen once the stream
-// has shown node want (in the snapshot or as a delta).
+// has shown node want (in a snapshot or as a delta). Like an agent, it
+// reconnects and resumes from its last revision if the control plane cuts
+// it off as a slow watcher.
 func (a *benchAgent) watch(ctx context.Context, addr string, v *attest.Verifier, td spiffeid.TrustDomain, want string, seen chan struct{}) error {
 	b, err := cpclient.ParseBundle(td, a.bundle)
 	if err != nil {
 		return err
 	}
-	conn, err := cpclient.Dial(ctx, cpclient.Config{Addr: addr, Verifier: v, TrustDomain: td, Bundle: b,
-		ClientCertificate: func() (*tls.Certificate, error) {
-			return &tls.Certificate{Certificate: a.svid, PrivateKey: a.svidKey}, nil
-		}})
+	dial := func() (*cpclient.Conn, cpv1.ControlPlane_WatchClient, error) {
+		conn, err := cpclient.Dial(ctx, cpclient.Config{Addr: addr, Verifier: v, TrustDomain: td, Bundle: b,
+			ClientCertificate: func() (*tls.Certificate, error) {
+				return &tls.Certificate{Certificate: a.svid, PrivateKey: a.svidKey}, nil
+			}})
+		if err != nil {
+			return nil, nil, err
+		}
+		a.mu.Lock()
+		from := a.rev
+		a.mu.Unlock()
+		stream, err := conn.Client.Watch(ctx, &cpv1.WatchRequest{Revision: from})
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		return conn, stream, nil
+	}
+	conn, stream, err := dial()
 	if err != nil {
 		return err
 	}
-	a.conn = conn
-	stream, err := conn.Client.Watch(ctx, &cpv1.WatchRequest{})
-	if err != nil {
-		return err
-	}
-	if a.name == want {
+	a.setConn(conn)
+	done := a.name == want
+	if done {
 		close(seen)
 	}
 	go func() {
-		closed := a.name == want
 		for {
-			ev, err := stream.Recv()
-			if err != nil {
+			for {
+				ev, err := stream.Recv()
+				if err != nil {
+					break
+				}
+				a.mu.Lock()
+				a.rev = ev.GetRevision()
+				a.mu.Unlock()
+				if done {
+					continue
+				}
+				found := ev.GetUpsert().GetName() == want
+				for _, p := range ev.GetSnapshot().GetPeers() {
+					found = found || p.GetName() == want
+				}
+				if found {
+					close(seen)
+					done = true
+				}
+			}
+			if ctx.Err() != nil {
 				return
 			}
-			if closed {
-				continue
-			}
-			found := ev.GetUpsert().GetName() == want
-			for _, p := range ev.GetSnapshot().GetPeers() {
-				found = found || p.GetName() == want
-			}
-			if found {
-				close(seen)
-				closed = true
+			var err error
+			for {
+				if conn, stream, err = dial(); err == nil {
+					a.setConn(conn)
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
 		}
 	}()
 	return nil
+}
+
+func (a *benchAgent) setConn(c *cpclient.Conn) {
+	a.mu.Lock()
+	old := a.conn
+	a.conn = c
+	a.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
 }
 
 func rssMiB() (float64, error) {

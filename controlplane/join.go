@@ -316,6 +316,13 @@ func peerFromRecord(n *store.NodeRecord) (*cpv1.Peer, error) {
 			return nil, fmt.Errorf("stored evidence of %q: %w", n.Name, err)
 		}
 	}
+	// Peers verify against their own roots: the shipped ASK and ARK are the
+	// same for every node and are left out of the peer set (a third of each
+	// record), only the endorsement key that signed the report travels.
+	if c := ev.GetChain(); c != nil && (len(c.GetAsk()) > 0 || len(c.GetArk()) > 0) {
+		ev = proto.Clone(ev).(*attestv1.Evidence)
+		ev.Chain.Ask, ev.Chain.Ark = nil, nil
+	}
 	return &cpv1.Peer{
 		Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, PodCidrs: []string{n.PodCIDR},
 		Svid: n.SVID, Evidence: ev, AttestedAt: timestamppb.New(n.AttestedAt), ExpiresAt: timestamppb.New(n.ExpiresAt),

@@ -49,7 +49,8 @@ func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchSer
 }
 
 // sendFor sends ev to node me, leaving out me's own record.
-func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, ev *cpv1.WatchEvent) error {
+func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, he *hubEvent) error {
+	ev := he.ev
 	switch e := ev.Event.(type) {
 	case *cpv1.WatchEvent_Upsert:
 		if e.Upsert.GetName() == me {
@@ -60,7 +61,11 @@ func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, ev *cp
 			return status.Errorf(codes.PermissionDenied, "node %q left the peer set at revision %d", me, ev.Revision)
 		}
 	}
-	return stream.Send(ev)
+	msg, err := he.encoded(stream)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode peer event: %v", err)
+	}
+	return stream.SendMsg(msg)
 }
 
 // snapshotLocked lists the active peers other than me; the caller holds s.mu.
