@@ -15,6 +15,7 @@ import (
 
 	"github.com/confmesh/confmesh/agent/cpclient"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/identity"
@@ -24,10 +25,8 @@ import (
 )
 
 func TestJoinIssuesBoundSVIDAndCIDR(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	ra, rb := a.join(t, c), b.join(t, c)
+	c, a, b := joinedPair(t)
+	ra, rb := a.Joined, b.Joined
 
 	if ra.PodCidr == rb.PodCidr {
 		t.Fatalf("both nodes got %s", ra.PodCidr)
@@ -43,7 +42,7 @@ func TestJoinIssuesBoundSVIDAndCIDR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _, err := x509svid.Verify([]*x509.Certificate{leaf}, a.bundle(t))
+	id, _, err := x509svid.Verify([]*x509.Certificate{leaf}, a.Bundle(t))
 	if err != nil {
 		t.Fatalf("node SVID does not verify against the bundle: %v", err)
 	}
@@ -57,12 +56,12 @@ func TestJoinIssuesBoundSVIDAndCIDR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(claims.WireGuardKey, a.wgKey) || !bytes.Equal(claims.Measurement, goodMeas) || claims.TEE != attest.TEESimSnp ||
+	if !bytes.Equal(claims.WireGuardKey, a.WGKey) || !bytes.Equal(claims.Measurement, goodMeas) || claims.TEE != attest.TEESimSnp ||
 		claims.NodeID != id.String() || len(claims.ReportDigest) != 32 || len(claims.ChipIDDigest) != 32 {
 		t.Errorf("claims %+v do not bind the node's key and evidence", claims)
 	}
 	// Re-joining (an agent restart) keeps the pod CIDR.
-	if again := a.join(t, c); again.PodCidr != ra.PodCidr {
+	if again := a.Join(t, c); again.PodCidr != ra.PodCidr {
 		t.Errorf("re-join moved the pod CIDR from %s to %s", ra.PodCidr, again.PodCidr)
 	}
 }
@@ -70,34 +69,34 @@ func TestJoinIssuesBoundSVIDAndCIDR(t *testing.T) {
 // TestJoinRefusesBadEvidence: each class of bad evidence is refused and the
 // agent sees the reason.
 func TestJoinRefusesBadEvidence(t *testing.T) {
-	c := startCP(t, cpOptions{})
+	c := cptest.Start(t, cptest.Options{})
 	for _, tc := range []struct {
 		name   string
 		node   func() *sim.Node
 		reason string
 	}{
-		{"debug guest", func() *sim.Node { return simNode(t, sim.NodeConfig{Debug: true}) }, "debug"},
-		{"unapproved measurement", func() *sim.Node { return simNode(t, sim.NodeConfig{Measurement: altMeas}) }, "measurement"},
-		{"VMPL 1", func() *sim.Node { return simNode(t, sim.NodeConfig{VMPL: 1}) }, "vmpl"},
+		{"debug guest", func() *sim.Node { return cptest.SimNode(t, sim.NodeConfig{Debug: true}) }, "debug"},
+		{"unapproved measurement", func() *sim.Node { return cptest.SimNode(t, sim.NodeConfig{Measurement: altMeas}) }, "measurement"},
+		{"VMPL 1", func() *sim.Node { return cptest.SimNode(t, sim.NodeConfig{VMPL: 1}) }, "vmpl"},
 		{"untrusted root", func() *sim.Node {
-			n, err := otherCA.NewNode(sim.NodeConfig{Measurement: goodMeas})
+			n, err := cptest.OtherCA(t).NewNode(sim.NodeConfig{Measurement: goodMeas})
 			if err != nil {
 				t.Fatal(err)
 			}
 			return n
 		}, "untrusted_root"},
-		{"expired VCEK", func() *sim.Node { return simNode(t, sim.NodeConfig{VCEKIssued: time.Now().AddDate(-8, 0, 0)}) }, "cert_expired"},
+		{"expired VCEK", func() *sim.Node { return cptest.SimNode(t, sim.NodeConfig{VCEKIssued: time.Now().AddDate(-8, 0, 0)}) }, "cert_expired"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The agent itself tolerates anything, so only the control plane refuses.
-			a := newAgent(t, "rogue", tc.node(), nil)
-			_, err := a.tryJoin(t, c)
+			a := cptest.NewAgent(t, "rogue", tc.node(), nil)
+			_, err := a.TryJoin(t, c)
 			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.reason) {
 				t.Fatalf("err = %v, want it to name %q", err, tc.reason)
 			}
 		})
 	}
-	nodes, err := c.store.ListNodes()
+	nodes, err := c.Store.ListNodes()
 	if err != nil || len(nodes) != 0 {
 		t.Fatalf("refused joins left %d nodes (err %v)", len(nodes), err)
 	}
@@ -106,17 +105,9 @@ func TestJoinRefusesBadEvidence(t *testing.T) {
 // TestJoinWithEvidenceForAnotherKey: evidence bound to one WireGuard key
 // cannot admit another.
 func TestJoinWithEvidenceForAnotherKey(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	conn, err := a.dial(t, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Challenge(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cptest.Start(t, cptest.Options{})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	conn, ch := challenged(t, a, c)
 	req := joinRequest(t, a, ch)
 	req.WireguardPublicKey = bytes.Repeat([]byte{9}, 32)
 	if _, err := conn.Client.Join(ctxT(t), req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "wrong_key") {
@@ -124,18 +115,18 @@ func TestJoinWithEvidenceForAnotherKey(t *testing.T) {
 	}
 }
 
-func joinRequest(t *testing.T, a *agent, challenge []byte) *cpv1.JoinRequest {
+func joinRequest(t *testing.T, a *cptest.Agent, challenge []byte) *cpv1.JoinRequest {
 	t.Helper()
-	csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, a.svidKey)
+	csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, a.SVIDKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, _ := identity.SPKIHash(a.svidKey.Public())
-	ev, err := attest.Attest(a.node, attest.Binding{Purpose: attest.PurposeJoin, Challenge: challenge, IdentityKeyHash: h, Name: a.name, Key: a.wgKey}, time.Now())
+	h, _ := identity.SPKIHash(a.SVIDKey.Public())
+	ev, err := attest.Attest(a.TEE, attest.Binding{Purpose: attest.PurposeJoin, Challenge: challenge, IdentityKeyHash: h, Name: a.Name, Key: a.WGKey}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cpv1.JoinRequest{Name: a.name, Endpoint: "198.18.0.9:51820", WireguardPublicKey: a.wgKey, Csr: csr, Evidence: ev}
+	return &cpv1.JoinRequest{Name: a.Name, Endpoint: "198.18.0.9:51820", WireguardPublicKey: a.WGKey, Csr: csr, Evidence: ev}
 }
 
 func TestChallengeReplayAndExpiry(t *testing.T) {
@@ -144,18 +135,9 @@ func TestChallengeReplayAndExpiry(t *testing.T) {
 	mu <- struct{}{}
 	now := func() time.Time { <-mu; defer func() { mu <- struct{}{} }(); return clock }
 	setClock := func(t time.Time) { <-mu; clock = t; mu <- struct{}{} }
-	c := startCP(t, cpOptions{now: now})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	conn, err := a.dial(t, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-
-	ch, err := conn.Challenge(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cptest.Start(t, cptest.Options{Now: now})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	conn, ch := challenged(t, a, c)
 	req := joinRequest(t, a, ch)
 	if _, err := conn.Client.Join(ctxT(t), req); err != nil {
 		t.Fatalf("first use: %v", err)
@@ -183,7 +165,6 @@ func TestChallengeReplayAndExpiry(t *testing.T) {
 // TestAgentRefusesBadControlPlane: the agent verifies the control plane's
 // evidence under its own policy before sending anything.
 func TestAgentRefusesBadControlPlane(t *testing.T) {
-	simFixture(t)
 	for _, tc := range []struct {
 		name   string
 		node   sim.NodeConfig
@@ -194,11 +175,11 @@ func TestAgentRefusesBadControlPlane(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The control plane's own policy is lax; the agent's is not.
-			lax := policy(goodMeas, altMeas)
+			lax := cptest.Policy(t, goodMeas, altMeas)
 			lax.AllowDebug = true
-			c := startCP(t, cpOptions{policy: lax, provider: simNode(t, tc.node)})
-			a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-			_, err := a.dial(t, c)
+			c := cptest.Start(t, cptest.Options{Policy: lax, Provider: cptest.SimNode(t, tc.node)})
+			a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+			_, err := a.Dial(t, c)
 			if !errors.Is(err, cpclient.ErrControlPlaneRefused) || !strings.Contains(err.Error(), tc.reason) {
 				t.Fatalf("err = %v, want ErrControlPlaneRefused naming %q", err, tc.reason)
 			}
@@ -207,12 +188,8 @@ func TestAgentRefusesBadControlPlane(t *testing.T) {
 }
 
 func TestWatchSnapshotAndDeltas(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
-	b.join(t, c)
-	w := watch(t, a.mtls(t, c), 0)
+	c, a, b := joinedPair(t)
+	w := watch(t, a.MTLS(t, c), 0)
 	w.waitFor(t, "snapshot with node-b", func(evs []*cpv1.WatchEvent, _ error) bool {
 		ps := peers(evs)
 		return len(ps) == 1 && ps["node-b"] != nil
@@ -226,15 +203,15 @@ func TestWatchSnapshotAndDeltas(t *testing.T) {
 		t.Fatal(err)
 	}
 	idHash, _ := identity.SPKIHash(leaf.PublicKey)
-	if _, err := a.verifier.Verify(pb.Evidence, attest.Expect{Purpose: attest.PurposeJoin, Key: pb.WireguardPublicKey, IdentityKeyHash: idHash, Name: "node-b"}); err != nil {
+	if _, err := a.Verifier.Verify(pb.Evidence, attest.Expect{Purpose: attest.PurposeJoin, Key: pb.WireguardPublicKey, IdentityKeyHash: idHash, Name: "node-b"}); err != nil {
 		t.Fatalf("peer record does not re-verify under the agent's policy: %v", err)
 	}
-	if !bytes.Equal(pb.WireguardPublicKey, b.wgKey) || len(pb.PodCidrs) != 1 || pb.Endpoint == "" {
+	if !bytes.Equal(pb.WireguardPublicKey, b.WGKey) || len(pb.PodCidrs) != 1 || pb.Endpoint == "" {
 		t.Errorf("peer record incomplete: %+v", pb)
 	}
 
-	d := newAgent(t, "node-d", simNode(t, sim.NodeConfig{}), nil)
-	d.join(t, c)
+	d := cptest.NewAgent(t, "node-d", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	d.Join(t, c)
 	w.waitFor(t, "delta adding node-d", func(evs []*cpv1.WatchEvent, _ error) bool {
 		ps := peers(evs)
 		return len(ps) == 2 && ps["node-d"] != nil && evs[len(evs)-1].GetUpsert() != nil
@@ -242,9 +219,9 @@ func TestWatchSnapshotAndDeltas(t *testing.T) {
 }
 
 func TestWatchNeedsNodeSVID(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	conn, err := a.dial(t, c) // not joined: no client certificate
+	c := cptest.Start(t, cptest.Options{})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	conn, err := a.Dial(t, c) // not joined: no client certificate
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,56 +239,56 @@ func TestWatchNeedsNodeSVID(t *testing.T) {
 // revision resumes without a snapshot, an older one gets a snapshot.
 func TestResumeAfterRestart(t *testing.T) {
 	dir := t.TempDir()
-	c := startCP(t, cpOptions{dir: dir})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
-	rb := b.join(t, c)
-	w := watch(t, a.mtls(t, c), 0)
+	c := cptest.Start(t, cptest.Options{Dir: dir})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	b := cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	a.Join(t, c)
+	rb := b.Join(t, c)
+	w := watch(t, a.MTLS(t, c), 0)
 	w.waitFor(t, "snapshot", func(evs []*cpv1.WatchEvent, _ error) bool { return len(evs) > 0 })
 	rev := lastRevision(w.events)
-	addr := c.addr
-	c.stop()
+	addr := c.Addr
+	c.Stop()
 	w.waitFor(t, "stream end on shutdown", func(_ []*cpv1.WatchEvent, err error) bool { return err != nil })
 
-	c2 := startCP(t, cpOptions{dir: dir, addr: addr})
-	nodes, err := c2.store.ListNodes()
+	c2 := cptest.Start(t, cptest.Options{Dir: dir, Addr: addr})
+	nodes, err := c2.Store.ListNodes()
 	if err != nil || len(nodes) != 2 {
 		t.Fatalf("after restart: %d nodes, err %v", len(nodes), err)
 	}
 	// The agent re-attests the restarted control plane (new TLS key) and resumes.
-	w2 := watch(t, a.mtls(t, c2), rev)
-	old := watch(t, a.mtls(t, c2), rev-1)
+	w2 := watch(t, a.MTLS(t, c2), rev)
+	old := watch(t, a.MTLS(t, c2), rev-1)
 	old.waitFor(t, "snapshot for a stale revision", func(evs []*cpv1.WatchEvent, _ error) bool {
 		return len(evs) == 1 && evs[0].GetSnapshot() != nil && peers(evs)["node-b"] != nil
 	})
-	d := newAgent(t, "node-d", simNode(t, sim.NodeConfig{}), nil)
-	d.join(t, c2)
+	d := cptest.NewAgent(t, "node-d", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	d.Join(t, c2)
 	w2.waitFor(t, "delta after resume", func(evs []*cpv1.WatchEvent, _ error) bool {
 		return len(evs) == 1 && evs[0].GetUpsert().GetName() == "node-d" && evs[0].Revision == rev+1
 	})
 	// node-b's allocation survived.
-	if again := b.join(t, c2); again.PodCidr != rb.PodCidr {
+	if again := b.Join(t, c2); again.PodCidr != rb.PodCidr {
 		t.Errorf("pod CIDR changed across restart: %s -> %s", rb.PodCidr, again.PodCidr)
 	}
 }
 
 func TestRevocationReachesEveryWatcher(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	var agents []*agent
+	c := cptest.Start(t, cptest.Options{})
+	var agents []*cptest.Agent
 	for _, n := range []string{"node-a", "node-b", "node-c"} {
-		ag := newAgent(t, n, simNode(t, sim.NodeConfig{}), nil)
-		ag.join(t, c)
+		ag := cptest.NewAgent(t, n, cptest.SimNode(t, sim.NodeConfig{}), nil)
+		ag.Join(t, c)
 		agents = append(agents, ag)
 	}
-	wa := watch(t, agents[0].mtls(t, c), 0)
-	wb := watch(t, agents[1].mtls(t, c), 0)
-	wc := watch(t, agents[2].mtls(t, c), 0)
+	wa := watch(t, agents[0].MTLS(t, c), 0)
+	wb := watch(t, agents[1].MTLS(t, c), 0)
+	wc := watch(t, agents[2].MTLS(t, c), 0)
 	for _, w := range []*watcher{wa, wb} {
 		w.waitFor(t, "node-c present", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-c"] != nil })
 	}
-	cCIDR := agents[2].joined.PodCidr
-	if _, err := adminClient(t, c).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-c"}); err != nil {
+	cCIDR := agents[2].Joined.PodCidr
+	if _, err := c.AdminClient(t).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-c"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, w := range []*watcher{wa, wb} {
@@ -321,71 +298,71 @@ func TestRevocationReachesEveryWatcher(t *testing.T) {
 	}
 	wc.waitFor(t, "revoked node's stream ends", func(_ []*cpv1.WatchEvent, err error) bool { return status.Code(err) == codes.PermissionDenied })
 	// The revoked chip cannot join again, under any name.
-	agents[2].name = "node-c2"
-	if _, err := agents[2].tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "revoked") {
+	agents[2].Name = "node-c2"
+	if _, err := agents[2].TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("revoked chip rejoin: err = %v", err)
 	}
 	// Its pod CIDR was released.
-	e := newAgent(t, "node-e", simNode(t, sim.NodeConfig{}), nil)
-	if r := e.join(t, c); r.PodCidr != cCIDR {
+	e := cptest.NewAgent(t, "node-e", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	if r := e.Join(t, c); r.PodCidr != cCIDR {
 		t.Errorf("new node got %s, want the released %s", r.PodCidr, cCIDR)
 	}
-	if _, err := adminClient(t, c).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
+	if _, err := c.AdminClient(t).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
 		t.Errorf("revoke unknown: err = %v, want NotFound", err)
 	}
 }
 
 func TestPolicyTighteningRemovesNode(t *testing.T) {
-	c := startCP(t, cpOptions{policy: policy(goodMeas, altMeas)})
-	both := policy(goodMeas, altMeas)
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), both)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{Measurement: altMeas}), both)
-	a.join(t, c)
-	b.join(t, c)
-	wa := watch(t, a.mtls(t, c), 0)
+	c := cptest.Start(t, cptest.Options{Policy: cptest.Policy(t, goodMeas, altMeas)})
+	both := cptest.Policy(t, goodMeas, altMeas)
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), both)
+	b := cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{Measurement: altMeas}), both)
+	a.Join(t, c)
+	b.Join(t, c)
+	wa := watch(t, a.MTLS(t, c), 0)
 	wa.waitFor(t, "node-b present", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-b"] != nil })
-	bconn := b.mtls(t, c)
+	bconn := b.MTLS(t, c)
 
-	if err := c.srv.SetPolicy(policy(goodMeas)); err != nil {
+	if err := c.Server.SetPolicy(cptest.Policy(t, goodMeas)); err != nil {
 		t.Fatal(err)
 	}
 	wa.waitFor(t, "node-b removed", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-b"] == nil })
-	rec, err := c.store.GetNode("node-b")
+	rec, err := c.Store.GetNode("node-b")
 	if err != nil || rec.State != "rejected" || !strings.Contains(rec.Reason, "measurement") {
 		t.Fatalf("node-b record: %+v err %v", rec, err)
 	}
-	if _, err := bconn.Renew(ctxT(t), b.nodeSpec(), nil); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "left the peer set") {
+	if _, err := bconn.Renew(ctxT(t), b.NodeSpec(), nil); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "left the peer set") {
 		t.Fatalf("renew after rejection: err = %v", err)
 	}
 	// An invalid policy is refused and the old one stays.
-	bad := policy(goodMeas)
+	bad := cptest.Policy(t, goodMeas)
 	bad.TrustDomain = "other.test"
-	if err := c.srv.SetPolicy(bad); err == nil {
+	if err := c.Server.SetPolicy(bad); err == nil {
 		t.Fatal("policy for another trust domain accepted")
 	}
 }
 
 func TestDuplicateKeyAndNameTakeover(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
+	c := cptest.Start(t, cptest.Options{})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	a.Join(t, c)
 
-	dup := newAgent(t, "node-x", simNode(t, sim.NodeConfig{}), nil)
-	dup.wgKey = a.wgKey
-	if _, err := dup.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "already used by node \"node-a\"") {
+	dup := cptest.NewAgent(t, "node-x", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	dup.WGKey = a.WGKey
+	if _, err := dup.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "already used by node \"node-a\"") {
 		t.Fatalf("duplicate WireGuard key: err = %v", err)
 	}
-	thief := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	if _, err := thief.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
+	thief := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	if _, err := thief.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
 		t.Fatalf("name takeover: err = %v", err)
 	}
 	// After revocation the name is free for another chip.
-	if _, err := adminClient(t, c).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); err != nil {
+	if _, err := c.AdminClient(t).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); err != nil {
 		t.Fatal(err)
 	}
-	thief.join(t, c)
+	thief.Join(t, c)
 	// The revoked node's old SVID does not speak for the new holder of the name.
-	stream, err := a.mtls(t, c).Client.Watch(ctxT(t), &cpv1.WatchRequest{})
+	stream, err := a.MTLS(t, c).Client.Watch(ctxT(t), &cpv1.WatchRequest{})
 	if err == nil {
 		_, err = stream.Recv()
 	}
@@ -395,16 +372,12 @@ func TestDuplicateKeyAndNameTakeover(t *testing.T) {
 }
 
 func TestRenewRotatesWireGuardKey(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
-	b.join(t, c)
-	wa := watch(t, a.mtls(t, c), 0)
+	c, a, b := joinedPair(t)
+	wa := watch(t, a.MTLS(t, c), 0)
 	wa.waitFor(t, "node-b", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-b"] != nil })
 
 	newKey := bytes.Repeat([]byte{0x5a}, 32)
-	resp, err := b.mtls(t, c).Renew(ctxT(t), b.nodeSpec(), newKey)
+	resp, err := b.MTLS(t, c).Renew(ctxT(t), b.NodeSpec(), newKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,24 +391,16 @@ func TestRenewRotatesWireGuardKey(t *testing.T) {
 		return p != nil && bytes.Equal(p.WireguardPublicKey, newKey)
 	})
 	// Renewing evidence from another chip is refused.
-	b.wgKey = newKey
-	b.node = simNode(t, sim.NodeConfig{})
-	if _, err := b.mtls(t, c).Renew(ctxT(t), b.nodeSpec(), nil); err == nil || !strings.Contains(err.Error(), "another chip") {
+	b.WGKey = newKey
+	b.TEE = cptest.SimNode(t, sim.NodeConfig{})
+	if _, err := b.MTLS(t, c).Renew(ctxT(t), b.NodeSpec(), nil); err == nil || !strings.Contains(err.Error(), "another chip") {
 		t.Fatalf("renew from another chip: err = %v", err)
 	}
 }
 
 func TestSignWorkloadOnlyForOwnPods(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
-	b.join(t, c)
-	ca, cb := a.mtls(t, c), b.mtls(t, c)
-	pod := &cpv1.PodIdentity{Namespace: "payments", Name: "api-0", Uid: "uid-1", ServiceAccount: "api"}
-	if _, err := ca.Client.RegisterPod(ctxT(t), &cpv1.RegisterPodRequest{Pod: pod}); err != nil {
-		t.Fatal(err)
-	}
+	f := newPodFixture(t)
+	a, ca, cb, pod := f.a, f.connA, f.connB, f.pod
 	_, csr, err := identity.NewKeyAndCSR()
 	if err != nil {
 		t.Fatal(err)
@@ -445,7 +410,7 @@ func TestSignWorkloadOnlyForOwnPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaf, _ := x509.ParseCertificate(resp.Svid[0])
-	id, _, err := x509svid.Verify([]*x509.Certificate{leaf}, a.bundle(t))
+	id, _, err := x509svid.Verify([]*x509.Certificate{leaf}, a.Bundle(t))
 	if err != nil || id.String() != "spiffe://cluster.test/ns/payments/sa/api" {
 		t.Fatalf("workload SVID %v err %v", id, err)
 	}
@@ -484,28 +449,28 @@ func TestSignWorkloadOnlyForOwnPods(t *testing.T) {
 }
 
 func TestAdminNeedsAdminCredential(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
-	list, err := adminClient(t, c).ListNodes(ctxT(t), &cpv1.ListNodesRequest{})
+	c := cptest.Start(t, cptest.Options{})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	a.Join(t, c)
+	list, err := c.AdminClient(t).ListNodes(ctxT(t), &cpv1.ListNodesRequest{})
 	if err != nil || len(list.Nodes) != 1 || list.Nodes[0].State != "active" {
 		t.Fatalf("ListNodes: %v err %v", list, err)
 	}
-	pol, err := adminClient(t, c).GetPolicy(ctxT(t), &cpv1.GetPolicyRequest{})
+	pol, err := c.AdminClient(t).GetPolicy(ctxT(t), &cpv1.GetPolicyRequest{})
 	if err != nil || !strings.Contains(pol.Policy, "cluster.test") {
 		t.Fatalf("GetPolicy: %v err %v", pol, err)
 	}
-	nodeCert := &tls.Certificate{Certificate: a.svid, PrivateKey: a.svidKey}
-	if _, err := adminClientWith(t, c, nodeCert).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); status.Code(err) != codes.PermissionDenied {
+	nodeCert := &tls.Certificate{Certificate: a.SVID, PrivateKey: a.SVIDKey}
+	if _, err := c.AdminClientWith(t, nodeCert).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("node SVID on the admin socket: err = %v, want PermissionDenied", err)
 	}
 }
 
 func TestMetricsAndHealth(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil).join(t, c)
-	newAgent(t, "rogue", simNode(t, sim.NodeConfig{Debug: true}), nil).tryJoin(t, c)
-	h := httptest.NewServer(c.srv.HTTPHandler())
+	c := cptest.Start(t, cptest.Options{})
+	cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil).Join(t, c)
+	cptest.NewAgent(t, "rogue", cptest.SimNode(t, sim.NodeConfig{Debug: true}), nil).TryJoin(t, c)
+	h := httptest.NewServer(c.Server.HTTPHandler())
 	defer h.Close()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(h.URL + path)
@@ -540,28 +505,28 @@ func TestMetricsAndHealth(t *testing.T) {
 // bound to the node's identity key, and revoking one masked node does not
 // block every other masked node.
 func TestMaskedChipIDs(t *testing.T) {
-	c := startCP(t, cpOptions{})
+	c := cptest.Start(t, cptest.Options{})
 	zero := make([]byte, 64)
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
-	a.join(t, c)
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	a.Join(t, c)
 	// The same agent again (restart: same identity key) keeps its name.
-	a.join(t, c)
-	thief := newAgent(t, "node-a", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
-	if _, err := thief.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
+	a.Join(t, c)
+	thief := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	if _, err := thief.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
 		t.Fatalf("masked-chip name takeover: err = %v", err)
 	}
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
-	b.join(t, c)
-	if _, err := adminClient(t, c).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-b"}); err != nil {
+	b := cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	b.Join(t, c)
+	if _, err := c.AdminClient(t).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-b"}); err != nil {
 		t.Fatal(err)
 	}
-	other := newAgent(t, "node-c", simNode(t, sim.NodeConfig{ChipID: zero}), nil)
-	if _, err := other.tryJoin(t, c); err != nil {
+	other := cptest.NewAgent(t, "node-c", cptest.SimNode(t, sim.NodeConfig{ChipID: zero}), nil)
+	if _, err := other.TryJoin(t, c); err != nil {
 		t.Fatalf("a masked node was blocked by another masked node's revocation: %v", err)
 	}
 	// The revoked node's WireGuard key stays blocked.
-	b.name = "node-b2"
-	if _, err := b.tryJoin(t, c); err == nil || !strings.Contains(err.Error(), "revoked") {
+	b.Name = "node-b2"
+	if _, err := b.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("revoked WireGuard key rejoined: err = %v", err)
 	}
 }

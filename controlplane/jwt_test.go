@@ -7,6 +7,7 @@ import (
 	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/pkg/claims"
 	"github.com/go-jose/go-jose/v4"
@@ -31,10 +32,10 @@ func jwtBundle(t *testing.T, jwks []byte) *jwtbundle.Bundle {
 }
 
 func TestSignJWT(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	join := a.join(t, c)
-	conn := a.mtls(t, c)
+	c := cptest.Start(t, cptest.Options{})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	join := a.Join(t, c)
+	conn := a.MTLS(t, c)
 	pod := &cpv1.PodIdentity{Namespace: "payments", Name: "api-0", Uid: "uid-1", ServiceAccount: "api"}
 	if _, err := conn.Client.RegisterPod(ctxT(t), &cpv1.RegisterPodRequest{Pod: pod}); err != nil {
 		t.Fatal(err)
@@ -88,25 +89,17 @@ func TestSignJWT(t *testing.T) {
 		t.Errorf("wrong audience: err = %v", err)
 	}
 	// A bundle with another key refuses the token.
-	c2 := startCP(t, cpOptions{})
-	b2 := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	if _, err := jwtsvid.ParseAndValidate(resp.Token, jwtBundle(t, b2.join(t, c2).JwtBundle), []string{"ledger"}); err == nil {
+	c2 := cptest.Start(t, cptest.Options{})
+	b2 := cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	if _, err := jwtsvid.ParseAndValidate(resp.Token, jwtBundle(t, b2.Join(t, c2).JwtBundle), []string{"ledger"}); err == nil {
 		t.Error("token validated against another control plane's JWKS")
 	}
 }
 
 // TestSignJWTRule: the SignWorkload rule holds for JWTs too.
 func TestSignJWTRule(t *testing.T) {
-	c := startCP(t, cpOptions{})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	b := newAgent(t, "node-b", simNode(t, sim.NodeConfig{}), nil)
-	a.join(t, c)
-	b.join(t, c)
-	ca, cb := a.mtls(t, c), b.mtls(t, c)
-	pod := &cpv1.PodIdentity{Namespace: "payments", Name: "api-0", Uid: "uid-1", ServiceAccount: "api"}
-	if _, err := ca.Client.RegisterPod(ctxT(t), &cpv1.RegisterPodRequest{Pod: pod}); err != nil {
-		t.Fatal(err)
-	}
+	f := newPodFixture(t)
+	c, ca, cb, pod := f.cp, f.connA, f.connB, f.pod
 	aud := []string{"ledger"}
 	for _, tc := range []struct {
 		name string
@@ -135,8 +128,8 @@ func TestSignJWTRule(t *testing.T) {
 	}
 
 	// Without a node SVID: unauthenticated.
-	anon := newAgent(t, "node-x", simNode(t, sim.NodeConfig{}), nil)
-	conn, err := anon.dial(t, c)
+	anon := cptest.NewAgent(t, "node-x", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	conn, err := anon.Dial(t, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +142,7 @@ func TestSignJWTRule(t *testing.T) {
 	if _, err := ca.Client.SignJWT(ctxT(t), &cpv1.SignJWTRequest{Pod: pod, Audience: aud}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := adminClient(t, c).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); err != nil {
+	if _, err := c.AdminClient(t).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ca.Client.SignJWT(ctxT(t), &cpv1.SignJWTRequest{Pod: pod, Audience: aud}); status.Code(err) != codes.PermissionDenied {
@@ -161,11 +154,11 @@ func TestSignJWTRule(t *testing.T) {
 // tokens stay valid and the JWKS in Renew matches the one in Join.
 func TestJWTKeyPersists(t *testing.T) {
 	dir := t.TempDir()
-	c := startCP(t, cpOptions{dir: dir})
-	a := newAgent(t, "node-a", simNode(t, sim.NodeConfig{}), nil)
-	first := a.join(t, c).JwtBundle
+	c := cptest.Start(t, cptest.Options{Dir: dir})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	first := a.Join(t, c).JwtBundle
 	pod := &cpv1.PodIdentity{Namespace: "default", Name: "p", Uid: "uid-1", ServiceAccount: "default"}
-	conn := a.mtls(t, c)
+	conn := a.MTLS(t, c)
 	if _, err := conn.Client.RegisterPod(ctxT(t), &cpv1.RegisterPodRequest{Pod: pod}); err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +166,7 @@ func TestJWTKeyPersists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	renewed, err := conn.Renew(ctxT(t), a.nodeSpec(), nil)
+	renewed, err := conn.Renew(ctxT(t), a.NodeSpec(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,9 +174,9 @@ func TestJWTKeyPersists(t *testing.T) {
 		t.Errorf("Renew JWKS %s differs from Join JWKS %s", renewed.JwtBundle, first)
 	}
 	conn.Close()
-	c.stop()
-	c2 := startCP(t, cpOptions{dir: dir})
-	again := a.join(t, c2).JwtBundle
+	c.Stop()
+	c2 := cptest.Start(t, cptest.Options{Dir: dir})
+	again := a.Join(t, c2).JwtBundle
 	if !bytes.Equal(again, first) {
 		t.Fatalf("JWKS changed across a restart: %s then %s", first, again)
 	}

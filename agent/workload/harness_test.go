@@ -1,7 +1,7 @@
 package workload_test
 
 // The integration tests run a real control plane in-process (simulated
-// TEE), join nodes with agent/cpclient (the real mTLS node SVID), and serve
+// TEE, controlplane/cptest), join nodes with agent/cpclient (the real mTLS node SVID), and serve
 // the Workload API with a Backend that signs through that connection, so
 // the real SignWorkload/SignJWT rule is exercised. Callers are identified for
 // real: SO_PEERCRED, /proc/<pid>/ns/net and the pods' netns paths. A caller
@@ -12,14 +12,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,15 +24,11 @@ import (
 	"github.com/confmesh/confmesh/agent/cpclient"
 	"github.com/confmesh/confmesh/agent/workload"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
-	"github.com/confmesh/confmesh/controlplane"
-	"github.com/confmesh/confmesh/controlplane/store"
-	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/status"
 )
@@ -76,14 +65,10 @@ func helperMain(sock string) int {
 }
 
 var (
-	simOnce  sync.Once
-	simCA    *sim.CA
-	simRoot  string
-	simErr   error
-	goodMeas = bytes.Repeat([]byte{0x11}, 48)
-	altMeas  = bytes.Repeat([]byte{0x22}, 48)
-	td       = spiffeid.RequireTrustDomainFromString("cluster.test")
-	quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+	goodMeas = cptest.GoodMeasurement
+	altMeas  = cptest.AltMeasurement
+	td       = cptest.TrustDomain
+	quietLog = cptest.QuietLog
 )
 
 func requireRoot(t *testing.T) {
@@ -93,70 +78,11 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-func simFixture(t *testing.T) {
+// startControlPlane runs a control plane that admits nodes with goodMeas or
+// altMeas and issues workload SVIDs for workloadTTL (0: the default).
+func startControlPlane(t *testing.T, workloadTTL time.Duration) *cptest.ControlPlane {
 	t.Helper()
-	simOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "confmesh-workload-test-")
-		if err != nil {
-			simErr = err
-			return
-		}
-		if simCA, simErr = sim.NewTestCA(""); simErr != nil {
-			return
-		}
-		if simErr = simCA.Save(filepath.Join(dir, "ca")); simErr != nil {
-			return
-		}
-		simRoot = simCA.RootPath()
-	})
-	if simErr != nil {
-		t.Fatal(simErr)
-	}
-}
-
-func testPolicy() *attest.Policy {
-	return &attest.Policy{
-		TrustDomain:    td.Name(),
-		AllowedVMPLs:   []uint32{0},
-		MaxEvidenceAge: attest.Duration(30 * time.Minute),
-		TrustedRoots:   []attest.RootRef{{Kind: attest.RootSimulated, File: simRoot}},
-		Measurements:   []attest.HexBytes{goodMeas, altMeas},
-	}
-}
-
-// cluster is a running control plane.
-type cluster struct {
-	srv  *controlplane.Server
-	addr string
-}
-
-func startControlPlane(t *testing.T, workloadTTL time.Duration) *cluster {
-	t.Helper()
-	simFixture(t)
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	prov, err := simCA.NewNode(sim.NodeConfig{Measurement: goodMeas})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := controlplane.New(controlplane.Config{
-		Policy: testPolicy(), Provider: prov, Store: st, Logger: quietLog, WorkloadTTL: workloadTTL, SweepInterval: time.Hour,
-	})
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ctx, lis) }()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
-	return &cluster{srv: srv, addr: lis.Addr().String()}
+	return cptest.Start(t, cptest.Options{Policy: cptest.Policy(t, goodMeas, altMeas), WorkloadTTL: workloadTTL})
 }
 
 // node is an in-process agent: it joined with its own simulated TEE and
@@ -171,49 +97,15 @@ type node struct {
 	jb   *jwtbundle.Bundle
 }
 
-func joinNode(t *testing.T, c *cluster, name string, measurement []byte) *node {
+func joinNode(t *testing.T, c *cptest.ControlPlane, name string, measurement []byte) *node {
 	t.Helper()
-	tee, err := simCA.NewNode(sim.NodeConfig{Measurement: measurement})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := attest.NewVerifier(testPolicy(), attest.Options{Logger: quietLog})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg := make([]byte, 32)
-	rand.Read(wg)
-	ctx := ctxT(t)
-	conn, err := cpclient.Dial(ctx, cpclient.Config{Addr: c.addr, Verifier: v, TrustDomain: td})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := conn.Join(ctx, cpclient.Node{Name: name, Endpoint: "198.18.0.1:51820", WireGuardKey: wg, SVIDKey: key, Provider: tee})
-	conn.Close()
-	if err != nil {
-		t.Fatalf("%s: join: %v", name, err)
-	}
-	xb, err := cpclient.ParseBundle(td, resp.TrustBundle)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := cptest.NewAgent(t, name, cptest.SimNode(t, sim.NodeConfig{Measurement: measurement}), cptest.Policy(t, goodMeas, altMeas))
+	resp := a.Join(t, c)
 	jb, err := jwtbundle.Parse(td, resp.JwtBundle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err = cpclient.Dial(ctx, cpclient.Config{Addr: c.addr, Verifier: v, TrustDomain: td, Bundle: xb,
-		ClientCertificate: func() (*tls.Certificate, error) {
-			return &tls.Certificate{Certificate: resp.Svid, PrivateKey: key}, nil
-		}})
-	if err != nil {
-		t.Fatalf("%s: mTLS dial: %v", name, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &node{name: name, conn: conn, xb: xb, jb: jb}
+	return &node{name: name, conn: a.MTLS(t, c), xb: a.Bundle(t), jb: jb}
 }
 
 // addPod registers a pod with the control plane (as this node) and lists it
@@ -326,20 +218,6 @@ func client(t *testing.T, sock string) *workloadapi.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// newNS makes a network namespace, removed at the end of the test.
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		testutils.UnmountNS(n)
-	})
-	return n
 }
 
 // selfNetns is a path to this test process's own network namespace, as a

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent/workload"
+	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/confmesh/confmesh/pkg/claims"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -58,7 +59,7 @@ func TestX509SVIDFromPodNetns(t *testing.T) {
 	a := joinNode(t, c, "node-a", goodMeas)
 	// The server's "host" is a namespace of its own here, because this test
 	// process plays a pod (in production the host is the agent's namespace).
-	host, nsAPI, nsNone := newNS(t), newNS(t), newNS(t)
+	host, nsAPI, nsNone := testutil.NewNetNS(t), testutil.NewNetNS(t), testutil.NewNetNS(t)
 	a.addPod(t, withNetns(webPod, selfNetns()))
 	a.addPod(t, withNetns(apiPod, nsAPI.Path()))
 	_, sock := serve(t, a, host.Path(), nil)
@@ -90,7 +91,7 @@ func TestX509SVIDFromPodNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !b.Equal(c.srv.CA().Bundle()) {
+	if !b.Equal(c.Server.CA().Bundle()) {
 		t.Fatal("FetchX509Bundles does not return the CA")
 	}
 	if id, _, err := x509svid.Verify(svid.Certificates, bundles); err != nil || id != webID {
@@ -123,7 +124,7 @@ func TestHostProcessDenied(t *testing.T) {
 	requireRoot(t)
 	c := startControlPlane(t, 0)
 	a := joinNode(t, c, "node-a", goodMeas)
-	nsAPI := newNS(t)
+	nsAPI := testutil.NewNetNS(t)
 	a.addPod(t, withNetns(apiPod, nsAPI.Path()))
 	// A pod wrongly registered with the host's namespace gives host
 	// processes nothing either.
@@ -170,7 +171,7 @@ func TestSecurityHeaderAndUnimplemented(t *testing.T) {
 	c := startControlPlane(t, 0)
 	a := joinNode(t, c, "node-a", goodMeas)
 	a.addPod(t, withNetns(webPod, selfNetns()))
-	_, sock := serve(t, a, newNS(t).Path(), nil)
+	_, sock := serve(t, a, testutil.NewNetNS(t).Path(), nil)
 	raw := rawClient(t, sock)
 	ctx := ctxT(t)
 
@@ -258,7 +259,7 @@ func TestRotationAndBundlePush(t *testing.T) {
 	c := startControlPlane(t, ttl)
 	a := joinNode(t, c, "node-a", goodMeas)
 	a.addPod(t, withNetns(webPod, selfNetns()))
-	srv, sock := serve(t, a, newNS(t).Path(), nil)
+	srv, sock := serve(t, a, testutil.NewNetNS(t).Path(), nil)
 
 	src, err := workloadapi.NewX509Source(ctxT(t), workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+sock)))
 	if err != nil {
@@ -354,7 +355,7 @@ func TestJWTSVID(t *testing.T) {
 	c := startControlPlane(t, 0)
 	a := joinNode(t, c, "node-a", goodMeas)
 	a.addPod(t, withNetns(webPod, selfNetns()))
-	_, sock := serve(t, a, newNS(t).Path(), nil)
+	_, sock := serve(t, a, testutil.NewNetNS(t).Path(), nil)
 	wl := client(t, sock)
 	ctx := ctxT(t)
 
@@ -429,7 +430,7 @@ func TestSigningRule(t *testing.T) {
 	b := joinNode(t, c, "node-b", goodMeas)
 	a.addPod(t, withNetns(webPod, "/nonexistent")) // node A's pod
 	b.listPod(withNetns(webPod, selfNetns()))      // node B claims it
-	_, sock := serve(t, b, newNS(t).Path(), nil)
+	_, sock := serve(t, b, testutil.NewNetNS(t).Path(), nil)
 	wl := client(t, sock)
 	_, err := wl.FetchX509SVID(ctxT(t))
 	wantCode(t, err, codes.PermissionDenied, `control plane refused to sign an X.509-SVID for pod shop/web-0 (uid uid-web): pod uid-web runs on node "node-a", not on the calling node "node-b"`)
@@ -455,8 +456,8 @@ func TestMTLSAcrossNodesWithClaims(t *testing.T) {
 	// node B's: each server has its own pod table.
 	a.addPod(t, withNetns(webPod, selfNetns()))
 	b.addPod(t, withNetns(apiPod, selfNetns()))
-	_, sockA := serve(t, a, newNS(t).Path(), nil)
-	_, sockB := serve(t, b, newNS(t).Path(), nil)
+	_, sockA := serve(t, a, testutil.NewNetNS(t).Path(), nil)
+	_, sockB := serve(t, b, testutil.NewNetNS(t).Path(), nil)
 	srcA, err := workloadapi.NewX509Source(ctxT(t), workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+sockA)))
 	if err != nil {
 		t.Fatal(err)

@@ -108,20 +108,16 @@ func runAttestVerify(cmd *cobra.Command, f *verifyFlags) error {
 	if f.allowDebug && f.policy != "" {
 		return usageErrorf("--allow-debug conflicts with --policy; set allowDebug in the policy")
 	}
-	var nonce, key, measurement []byte
+	var nonce, key []byte
 	var err error
 	if f.nonce != "" {
-		if nonce, err = parseHexFlag("nonce", f.nonce, attest.NonceSize); err != nil {
-			return err
-		}
-		if key, err = parseHexFlag("key", f.key, attest.KeySize); err != nil {
+		if nonce, key, err = parseNonceKeyFlags(f.nonce, f.key); err != nil {
 			return err
 		}
 	}
-	if f.measurement != "" {
-		if measurement, err = parseHexFlag("measurement", f.measurement, abi.MeasurementSize); err != nil {
-			return err
-		}
+	measurement, err := parseMeasurementFlag(f.measurement)
+	if err != nil {
+		return err
 	}
 
 	report, err := os.ReadFile(f.report)
@@ -405,11 +401,7 @@ var NewHardwareProvider = func() (attest.Provider, error) {
 }
 
 func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
-	nonce, err := parseHexFlag("nonce", f.nonce, attest.NonceSize)
-	if err != nil {
-		return err
-	}
-	key, err := parseHexFlag("key", f.key, attest.KeySize)
+	nonce, key, err := parseNonceKeyFlags(f.nonce, f.key)
 	if err != nil {
 		return err
 	}
@@ -434,10 +426,8 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		if f.vmpl > 3 {
 			return usageErrorf("--vmpl: %d is not a VMPL (0-3)", f.vmpl)
 		}
-		if f.measurement != "" {
-			if cfg.Measurement, err = parseHexFlag("measurement", f.measurement, abi.MeasurementSize); err != nil {
-				return err
-			}
+		if cfg.Measurement, err = parseMeasurementFlag(f.measurement); err != nil {
+			return err
 		}
 		if f.tcb != "" {
 			if cfg.TCB, err = parseTCBFlag(f.tcb); err != nil {
@@ -503,6 +493,26 @@ func pemCerts(ders ...[]byte) []byte {
 		}
 	}
 	return out
+}
+
+// parseNonceKeyFlags reads --nonce and --key, 32 bytes of hex each.
+func parseNonceKeyFlags(nonceHex, keyHex string) (nonce, key []byte, err error) {
+	if nonce, err = parseHexFlag("nonce", nonceHex, attest.NonceSize); err != nil {
+		return nil, nil, err
+	}
+	if key, err = parseHexFlag("key", keyHex, attest.KeySize); err != nil {
+		return nil, nil, err
+	}
+	return nonce, key, nil
+}
+
+// parseMeasurementFlag reads --measurement, a launch measurement of 96 hex
+// digits; nil when the flag is empty.
+func parseMeasurementFlag(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	return parseHexFlag("measurement", s, abi.MeasurementSize)
 }
 
 // parseTCBFlag reads "BL,TEE,SNP,UCODE".

@@ -88,10 +88,26 @@ func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
 }
 
 func newStatusCmd() *cobra.Command {
+	return newAgentStatusCmd("status", "show this node's attestation, datapath, strict mode and peers", writeStatus)
+}
+
+func newPeersCmd() *cobra.Command {
+	return newAgentStatusCmd("peers", "list peers: verified or the reason they were refused, handshakes, bytes",
+		func(out io.Writer, format string, st *agentv1.StatusResponse) error {
+			if format == formatJSON {
+				return writeJSON(out, toStatusJSON(st).Peers)
+			}
+			return writePeers(out, st.Peers)
+		})
+}
+
+// newAgentStatusCmd is a command that asks the agent for its status (see
+// fetchStatus) and has write show it in the --output format.
+func newAgentStatusCmd(use, short string, write func(out io.Writer, format string, st *agentv1.StatusResponse) error) *cobra.Command {
 	var socket, format string
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "show this node's attestation, datapath, strict mode and peers",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(format); err != nil {
@@ -101,22 +117,7 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if format == formatJSON {
-				return writeJSON(out, toStatusJSON(st))
-			}
-			s := toStatusJSON(st)
-			fmt.Fprintf(out, "node:        %s\n", s.Node)
-			fmt.Fprintf(out, "attested:    %v (%s, measurement %s)\n", s.Attested, s.TEE, shorten(s.Measurement))
-			fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
-			fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
-			fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)
-			fmt.Fprintf(out, "strict mode: %v\n", s.StrictMode)
-			fmt.Fprintf(out, "pod CIDR:    %s\n", s.PodCIDR)
-			if s.TrustsSimulatedRoot {
-				fmt.Fprintln(out, "WARNING:     this agent's policy trusts a SIMULATED TEE root (development only)")
-			}
-			return writePeers(out, st.Peers)
+			return write(cmd.OutOrStdout(), format, st)
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", defaultAgentSocket, "agent local API `PATH`")
@@ -124,29 +125,22 @@ func newStatusCmd() *cobra.Command {
 	return cmd
 }
 
-func newPeersCmd() *cobra.Command {
-	var socket, format string
-	cmd := &cobra.Command{
-		Use:   "peers",
-		Short: "list peers: verified or the reason they were refused, handshakes, bytes",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			st, err := fetchStatus(cmd.Context(), socket)
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
-				return writeJSON(cmd.OutOrStdout(), toStatusJSON(st).Peers)
-			}
-			return writePeers(cmd.OutOrStdout(), st.Peers)
-		},
+func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error {
+	s := toStatusJSON(st)
+	if format == formatJSON {
+		return writeJSON(out, s)
 	}
-	cmd.Flags().StringVar(&socket, "socket", defaultAgentSocket, "agent local API `PATH`")
-	cmd.Flags().StringVarP(&format, "output", "o", formatText, "output format: text or json")
-	return cmd
+	fmt.Fprintf(out, "node:        %s\n", s.Node)
+	fmt.Fprintf(out, "attested:    %v (%s, measurement %s)\n", s.Attested, s.TEE, shorten(s.Measurement))
+	fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
+	fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
+	fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)
+	fmt.Fprintf(out, "strict mode: %v\n", s.StrictMode)
+	fmt.Fprintf(out, "pod CIDR:    %s\n", s.PodCIDR)
+	if s.TrustsSimulatedRoot {
+		fmt.Fprintln(out, "WARNING:     this agent's policy trusts a SIMULATED TEE root (development only)")
+	}
+	return writePeers(out, st.Peers)
 }
 
 func writePeers(out io.Writer, peers []*agentv1.PeerStatus) error {

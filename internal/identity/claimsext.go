@@ -1,16 +1,24 @@
 package identity
 
 import (
-	"bytes"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
 	"errors"
 	"fmt"
-	"math/big"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/confmesh/confmesh/pkg/claims"
 )
 
-// ClaimsOID identifies the confmesh claims extension: 2.25.1592704437.1.
+// The claims extension's DER layout, its encoder and its decoder are
+// pkg/claims's, the package applications read claims with: this file adapts
+// them to Claims, whose invariants (validate) are stricter than pkg/claims's
+// (node names are RFC 1123 subdomains).
+
+// ClaimsOID identifies the confmesh claims extension: 2.25.1592704437.1
+// (claims.OID).
 //
 // DESIGN asks for an OID under the 2.25 (UUID) arc, which needs no
 // registration. A randomly generated UUID is a 128-bit integer, but Go's
@@ -21,11 +29,7 @@ import (
 // UUID whose integer value is 1592704437 (0x5EEEBDB5), i.e.
 // 00000000-0000-0000-0000-00005eeebdb5, deliberately chosen below 2^31; the
 // trailing .1 is the claims extension under that arc.
-var ClaimsOID = asn1.ObjectIdentifier{2, 25, 1592704437, 1}
-
-// claimsVersion is the only version of the claims encoding this package
-// writes and reads.
-const claimsVersion = 1
+var ClaimsOID = claims.OID
 
 // ErrNoClaims is returned by ClaimsFromCert when the certificate carries no
 // claims extension (control plane and admin certificates, foreign SVIDs).
@@ -37,59 +41,43 @@ var ErrNoClaims = errors.New("identity: certificate has no confmesh claims exten
 // invalid values.
 var ErrMalformedClaims = errors.New("identity: malformed confmesh claims extension")
 
-// claimsASN1 is the DER form of Claims:
-//
-//	Claims ::= SEQUENCE {
-//	    version      INTEGER (1),
-//	    tee          UTF8String,
-//	    measurement  OCTET STRING,
-//	    reportedTCB  INTEGER,       -- unsigned 64-bit
-//	    chipIDDigest OCTET STRING,
-//	    reportDigest OCTET STRING,
-//	    wireGuardKey OCTET STRING,
-//	    nodeID       UTF8String }
-type claimsASN1 struct {
-	Version      int
-	TEE          string `asn1:"utf8"`
-	Measurement  []byte
-	ReportedTCB  *big.Int // encoding/asn1 has no uint64; TCB values use the top bit
-	ChipIDDigest []byte
-	ReportDigest []byte
-	WireGuardKey []byte
-	NodeID       string `asn1:"utf8"`
-}
-
-// claimsVersionASN1 reads only the version, so an unknown version is reported
-// as such even when the rest of its layout differs.
-type claimsVersionASN1 struct {
-	Version int
-}
-
-// Extension encodes c as the non-critical X.509 claims extension. It fails
-// if c is not valid: empty TEE, WireGuard key not 32 bytes, a digest present
-// but not 32 bytes, or a NodeID that is not a confmesh node SPIFFE ID.
+// Extension encodes c as the non-critical X.509 claims extension (in the
+// layout of pkg/claims, version 1). It fails if c is not valid: empty TEE,
+// WireGuard key not 32 bytes, a digest present but not 32 bytes, or a NodeID
+// that is not a confmesh node SPIFFE ID.
 func (c Claims) Extension() (pkix.Extension, error) {
 	if err := c.validate(); err != nil {
 		return pkix.Extension{}, fmt.Errorf("encode claims: %w", err)
 	}
-	der, err := asn1.Marshal(c.toASN1())
+	pc, err := c.public()
 	if err != nil {
 		return pkix.Extension{}, fmt.Errorf("encode claims: %w", err)
 	}
-	return pkix.Extension{Id: ClaimsOID, Critical: false, Value: der}, nil
+	ext, err := pc.Extension()
+	if err != nil {
+		return pkix.Extension{}, fmt.Errorf("encode claims: %w", err)
+	}
+	return ext, nil
 }
 
-func (c Claims) toASN1() claimsASN1 {
-	return claimsASN1{
-		Version:      claimsVersion,
+// public converts c to pkg/claims's form (sharing its byte slices).
+func (c Claims) public() (*claims.Claims, error) {
+	pc := &claims.Claims{
 		TEE:          c.TEE,
 		Measurement:  c.Measurement,
-		ReportedTCB:  new(big.Int).SetUint64(c.ReportedTCB),
+		ReportedTCB:  c.ReportedTCB,
 		ChipIDDigest: c.ChipIDDigest,
 		ReportDigest: c.ReportDigest,
 		WireGuardKey: c.WireGuardKey,
-		NodeID:       c.NodeID,
 	}
+	if c.NodeID != "" {
+		id, err := spiffeid.FromString(c.NodeID)
+		if err != nil {
+			return nil, fmt.Errorf("node ID %q: %w", c.NodeID, err)
+		}
+		pc.NodeID = id
+	}
+	return pc, nil
 }
 
 // ClaimsFromCert decodes the claims extension of cert. It returns an error
@@ -100,57 +88,24 @@ func ClaimsFromCert(cert *x509.Certificate) (*Claims, error) {
 	if cert == nil {
 		return nil, errors.New("identity: claims from a nil certificate")
 	}
-	var value []byte
-	found := 0
-	for _, ext := range cert.Extensions {
-		if ext.Id.Equal(ClaimsOID) {
-			found++
-			value = ext.Value
-		}
-	}
-	switch found {
-	case 0:
+	pc, err := claims.FromCertificate(cert)
+	switch {
+	case errors.Is(err, claims.ErrNoClaims):
 		return nil, ErrNoClaims
-	case 1:
-	default:
-		return nil, fmt.Errorf("%w: extension appears %d times", ErrMalformedClaims, found)
-	}
-	return decodeClaims(value)
-}
-
-func decodeClaims(der []byte) (*Claims, error) {
-	var v claimsVersionASN1
-	if _, err := asn1.Unmarshal(der, &v); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformedClaims, err)
-	}
-	if v.Version != claimsVersion {
-		return nil, fmt.Errorf("%w: unknown version %d (this build reads version %d)", ErrMalformedClaims, v.Version, claimsVersion)
-	}
-	var a claimsASN1
-	rest, err := asn1.Unmarshal(der, &a)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformedClaims, err)
-	}
-	if len(rest) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes after the claims", ErrMalformedClaims, len(rest))
-	}
-	if a.ReportedTCB == nil || a.ReportedTCB.Sign() < 0 || a.ReportedTCB.BitLen() > 64 {
-		return nil, fmt.Errorf("%w: reported TCB %v is not an unsigned 64-bit value", ErrMalformedClaims, a.ReportedTCB)
+	case err != nil:
+		// Every other error of FromCertificate wraps claims.ErrMalformed:
+		// keep its detail under this package's sentinel.
+		detail := strings.TrimPrefix(err.Error(), claims.ErrMalformed.Error()+": ")
+		return nil, fmt.Errorf("%w: %s", ErrMalformedClaims, detail)
 	}
 	c := Claims{
-		TEE:          a.TEE,
-		Measurement:  clone(a.Measurement),
-		ReportedTCB:  a.ReportedTCB.Uint64(),
-		ChipIDDigest: clone(a.ChipIDDigest),
-		ReportDigest: clone(a.ReportDigest),
-		WireGuardKey: clone(a.WireGuardKey),
-		NodeID:       a.NodeID,
-	}
-	// encoding/asn1 tolerates extra SEQUENCE elements and string types other
-	// than UTF8String; version 1 has exactly one encoding, so insist on it.
-	canonical, err := asn1.Marshal(c.toASN1())
-	if err != nil || !bytes.Equal(canonical, der) {
-		return nil, fmt.Errorf("%w: not the canonical DER encoding of version %d (extra fields or wrong string types)", ErrMalformedClaims, claimsVersion)
+		TEE:          pc.TEE,
+		Measurement:  pc.Measurement,
+		ReportedTCB:  pc.ReportedTCB,
+		ChipIDDigest: pc.ChipIDDigest,
+		ReportDigest: pc.ReportDigest,
+		WireGuardKey: pc.WireGuardKey,
+		NodeID:       pc.NodeID.String(),
 	}
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedClaims, err)

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
@@ -82,36 +82,6 @@ func needRoot(t *testing.T) {
 	}
 }
 
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
-	in(t, n, func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	})
-	return n
-}
-
-// in runs f in network namespace n and fails the test on error.
-func in(t *testing.T, n ns.NetNS, f func() error) {
-	t.Helper()
-	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func mustPrefix(s string) *net.IPNet {
 	p := netip.MustParsePrefix(s)
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
@@ -165,8 +135,8 @@ type testbed struct {
 func newTestbed(t *testing.T) *testbed {
 	t.Helper()
 	needRoot(t)
-	tb := &testbed{a: newNS(t), b: newNS(t)}
-	in(t, tb.a, func() error {
+	tb := &testbed{a: testutil.NewNetNS(t), b: testutil.NewNetNS(t)}
+	testutil.InNetNS(t, tb.a, func() error {
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: "ula"},
 			PeerName:      "ulb",
@@ -212,7 +182,7 @@ func newTestbed(t *testing.T) *testbed {
 		}
 		return addRoute("fd98:0:0:2::/64", "fd00:18::2")
 	})
-	in(t, tb.b, func() error {
+	testutil.InNetNS(t, tb.b, func() error {
 		l, err := netlink.LinkByName("ulb")
 		if err != nil {
 			return err
@@ -273,17 +243,17 @@ var (
 
 func install(t *testing.T, n ns.NetNS, r Rules) {
 	t.Helper()
-	in(t, n, func() error { return Install(r) })
+	testutil.InNetNS(t, n, func() error { return Install(r) })
 }
 
 func remove(t *testing.T, n ns.NetNS, table string) {
 	t.Helper()
-	in(t, n, func() error { return Remove(table) })
+	testutil.InNetNS(t, n, func() error { return Remove(table) })
 }
 
 func counters(t *testing.T, n ns.NetNS, table string) (out, inn uint64) {
 	t.Helper()
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		var err error
 		out, inn, err = Counters(table)
 		return err
@@ -301,7 +271,7 @@ type listener struct {
 func listen(t *testing.T, n ns.NetNS, addr string) *listener {
 	t.Helper()
 	var l listener
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(addr), 0)))
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", addr, err)
@@ -316,7 +286,7 @@ func listen(t *testing.T, n ns.NetNS, addr string) *listener {
 func sender(t *testing.T, n ns.NetNS, src string) *net.UDPConn {
 	t.Helper()
 	var c *net.UDPConn
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		var err error
 		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(src), 0)))
 		return err
@@ -411,7 +381,7 @@ type readBack struct {
 func readTable(t *testing.T, n ns.NetNS, table string) readBack {
 	t.Helper()
 	rb := readBack{chains: map[string]*nftables.Chain{}, rules: map[string][]*nftables.Rule{}, objects: map[string]bool{}}
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
@@ -512,11 +482,11 @@ func dump(es []expr.Any) string {
 
 func TestInstallReadBackIdempotent(t *testing.T) {
 	needRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	r := dualRules
 	r.Table = "cm-readback"
 
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		ok, err := Installed(r.Table)
 		if err != nil || ok {
 			return fmt.Errorf("Installed before Install = %v, %v; want false, nil", ok, err)
@@ -535,7 +505,7 @@ func TestInstallReadBackIdempotent(t *testing.T) {
 			t.Errorf("chain %s: %d rules after the first Install, %d after the second", ch, a, b)
 		}
 	}
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		ok, err := Installed(r.Table)
 		if err != nil || !ok {
 			return fmt.Errorf("Installed after Install = %v, %v; want true, nil", ok, err)
@@ -548,8 +518,8 @@ func TestInstallReadBackIdempotent(t *testing.T) {
 // reached by a jump) is brought to the current shape by one Install.
 func TestInstallRepairsStaleTable(t *testing.T) {
 	needRoot(t)
-	n := newNS(t)
-	in(t, n, func() error {
+	n := testutil.NewNetNS(t)
+	testutil.InNetNS(t, n, func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
@@ -574,9 +544,9 @@ func TestInstallRepairsStaleTable(t *testing.T) {
 
 func TestRemove(t *testing.T) {
 	needRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	// A neighbouring table that must survive.
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
@@ -586,7 +556,7 @@ func TestRemove(t *testing.T) {
 	})
 	install(t, n, v4Rules)
 	remove(t, n, "")
-	in(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		ok, err := Installed("")
 		if err != nil || ok {
 			return fmt.Errorf("Installed after Remove = %v, %v; want false, nil", ok, err)
@@ -606,8 +576,8 @@ func TestRemove(t *testing.T) {
 
 func TestInstallRejectsInvalidRules(t *testing.T) {
 	needRoot(t)
-	n := newNS(t)
-	in(t, n, func() error {
+	n := testutil.NewNetNS(t)
+	testutil.InNetNS(t, n, func() error {
 		err := Install(Rules{ClusterCIDRs: pfx("10.98.0.0/16")})
 		if !errors.Is(err, ErrInvalidRules) {
 			return fmt.Errorf("Install without a device = %v, want ErrInvalidRules", err)
@@ -646,7 +616,7 @@ func TestOutboundMisroutedTrafficIsDropped(t *testing.T) {
 			expectArrived(t, "strict: A -> underlay address (outside the cluster CIDR)", tb.a, fam.any, underlay)
 
 			// Through the device: not dropped, it enters the tunnel.
-			in(t, tb.a, func() error { return addDevRoute(fam.viaDevNet, testDevice) })
+			testutil.InNetNS(t, tb.a, func() error { return addDevRoute(fam.viaDevNet, testDevice) })
 			s := sender(t, tb.a, fam.any)
 			for range probeCount {
 				if _, err := s.WriteToUDPAddrPort([]byte("via-device"), netip.MustParseAddrPort(net.JoinHostPort(fam.viaDevAddr, "9"))); err != nil {
@@ -701,8 +671,8 @@ func TestInboundPlaintextIsDropped(t *testing.T) {
 // Pod traffic is forwarded, not host-originated: a pod netns P behind A.
 func TestForwardedPodTrafficIsDropped(t *testing.T) {
 	tb := newTestbed(t)
-	p := newNS(t)
-	in(t, tb.a, func() error {
+	p := testutil.NewNetNS(t)
+	testutil.InNetNS(t, tb.a, func() error {
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: "pod0"},
 			PeerName:      "eth0",
@@ -723,7 +693,7 @@ func TestForwardedPodTrafficIsDropped(t *testing.T) {
 		}
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
 	})
-	in(t, p, func() error {
+	testutil.InNetNS(t, p, func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -761,8 +731,8 @@ func TestForwardedPodTrafficIsDropped(t *testing.T) {
 // device (loopback aside).
 func TestBootCaseDropsAllClusterTraffic(t *testing.T) {
 	tb := newTestbed(t)
-	in(t, tb.a, func() error { return addRoute("10.98.1.0/24", "198.18.0.2") })
-	in(t, tb.b, func() error {
+	testutil.InNetNS(t, tb.a, func() error { return addRoute("10.98.1.0/24", "198.18.0.2") })
+	testutil.InNetNS(t, tb.b, func() error {
 		l, err := netlink.LinkByName("ulb")
 		if err != nil {
 			return err

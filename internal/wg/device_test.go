@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -24,9 +25,9 @@ import (
 // kernelHasWireGuard probes for the kernel module in a scratch namespace.
 func kernelHasWireGuard(t *testing.T) bool {
 	t.Helper()
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	var ok bool
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		ok = netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: "cmwgprobe0"}}) == nil
 		return nil
 	})
@@ -39,7 +40,7 @@ func kernelHasWireGuard(t *testing.T) bool {
 func TestEnsure(t *testing.T) {
 	requireRoot(t)
 	kernelWG := kernelHasWireGuard(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	cfg := userspaceConfig(t, "cmwge0")
 	cfg.ForceUserspace = false
 	cfg.MTU = 1380
@@ -89,7 +90,7 @@ func TestEnsure(t *testing.T) {
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		t.Error("link is not up")
 	}
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
 		if err != nil {
 			return err
@@ -99,7 +100,7 @@ func TestEnsure(t *testing.T) {
 		}
 		return nil
 	})
-	if l := linkIn(t, newNS(t), "cmwge0"); l != nil {
+	if l := linkIn(t, testutil.NewNetNS(t), "cmwge0"); l != nil {
 		t.Error("the device leaked into another namespace")
 	}
 
@@ -240,7 +241,7 @@ func TestApplyPeersIncremental(t *testing.T) {
 // TestAdopt: a second Ensure (an agent restart) adopts the running datapath.
 func TestAdopt(t *testing.T) {
 	requireRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	cfg := userspaceConfig(t, "cmwgad0")
 	d1 := ensureIn(t, n, cfg)
 	k, err := wgtypes.GeneratePrivateKey()
@@ -279,7 +280,7 @@ func TestAdopt(t *testing.T) {
 // up a new one, and the agent re-applies its configuration.
 func TestDatapathRestart(t *testing.T) {
 	requireRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	cfg := userspaceConfig(t, "cmwgr0")
 	cfg.Addresses = []netip.Prefix{netip.MustParsePrefix("10.99.8.1/32")}
 	d1 := ensureIn(t, n, cfg)
@@ -335,7 +336,7 @@ func TestDatapathRestart(t *testing.T) {
 // socket and PID file with it.
 func TestDelete(t *testing.T) {
 	requireRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	cfg := userspaceConfig(t, "cmwgd0")
 	d := ensureIn(t, n, cfg)
 	c := userspaceChild(t, d)
@@ -380,7 +381,7 @@ func TestDelete(t *testing.T) {
 // namespace or another one (the sockets share one directory).
 func TestDatapathRefusesSecondInstance(t *testing.T) {
 	requireRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	cfg := userspaceConfig(t, "cmwgx0")
 	d := ensureIn(t, n, cfg)
 	pid := d.PID()
@@ -389,16 +390,16 @@ func TestDatapathRefusesSecondInstance(t *testing.T) {
 		in   func(t *testing.T) ns.NetNS
 	}{
 		{"same namespace", func(*testing.T) ns.NetNS { return n }},
-		{"other namespace", newNS},
+		{"other namespace", func(t *testing.T) ns.NetNS { return testutil.NewNetNS(t) }},
 	} {
 		t.Run(where.name, func(t *testing.T) {
 			var stderr bytes.Buffer
 			var code int
 			start := time.Now()
-			inNS(t, where.in(t), func() error {
+			testutil.InNetNS(t, where.in(t), func() error {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				cmd := exec.CommandContext(ctx, confmeshBinary(t), "datapath", "--iface", "cmwgx0")
+				cmd := exec.CommandContext(ctx, testutil.BuildConfmesh(t), "datapath", "--iface", "cmwgx0")
 				cmd.Stderr = &stderr
 				err := cmd.Run()
 				var ee *exec.ExitError
@@ -429,11 +430,11 @@ func TestDatapathRefusesSecondInstance(t *testing.T) {
 // is left alone.
 func TestEnsureRefusesForeignLink(t *testing.T) {
 	requireRoot(t)
-	n := newNS(t)
-	inNS(t, n, func() error {
+	n := testutil.NewNetNS(t)
+	testutil.InNetNS(t, n, func() error {
 		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "cmwgf0"}, PeerName: "cmwgf1"})
 	})
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		d, err := Ensure(context.Background(), Config{Name: "cmwgf0", ForceUserspace: true})
 		if err == nil {
 			d.Close()

@@ -9,35 +9,23 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// The confmesh binary, built once per test run for DatapathCommand.
-var (
-	binOnce sync.Once
-	binDir  string
-	binPath string
-	binErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testutil.RemoveConfmesh() // built for DatapathCommand
 	os.Exit(code)
 }
 
@@ -45,81 +33,6 @@ func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, TUN devices and datapath processes (CI runs this as root)")
-	}
-}
-
-// confmeshBinary builds ./cmd/confmesh from the module root once.
-func confmeshBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		start := time.Now()
-		root, err := moduleRoot()
-		if err != nil {
-			binErr = err
-			return
-		}
-		if binDir, binErr = os.MkdirTemp("", "cmwgtest-bin-"); binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "confmesh")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/confmesh")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build ./cmd/confmesh: %v\n%s", err, out)
-			return
-		}
-		t.Logf("built %s in %s", binPath, time.Since(start).Round(time.Millisecond))
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the test's working directory")
-		}
-		dir = parent
-	}
-}
-
-// newNS creates a network namespace with loopback up, removed at cleanup.
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
-	inNS(t, n, func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	})
-	return n
-}
-
-func inNS(t *testing.T, n ns.NetNS, f func() error) {
-	t.Helper()
-	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -132,7 +45,7 @@ func userspaceConfig(t *testing.T, name string) Config {
 	return Config{
 		Name:            name,
 		MTU:             1420,
-		DatapathCommand: []string{confmeshBinary(t), "datapath", "--iface", name, "--pid-file", pidFile},
+		DatapathCommand: []string{testutil.BuildConfmesh(t), "datapath", "--iface", name, "--pid-file", pidFile},
 		DatapathLog:     filepath.Join(dir, "datapath.log"),
 		PIDFile:         pidFile,
 		Logger:          slog.New(slog.NewTextHandler(t.Output(), nil)),
@@ -142,11 +55,11 @@ func userspaceConfig(t *testing.T, name string) Config {
 
 // ensureIn runs Ensure in n and registers cleanup that closes the device
 // and stops the datapath it runs on (by PID), then removes a stale socket.
-// Registered after newNS, so it runs before the namespace goes.
+// Registered after testutil.NewNetNS, so it runs before the namespace goes.
 func ensureIn(t *testing.T, n ns.NetNS, cfg Config) *Device {
 	t.Helper()
 	var d *Device
-	inNS(t, n, func() (err error) {
+	testutil.InNetNS(t, n, func() (err error) {
 		d, err = Ensure(context.Background(), cfg)
 		return err
 	})
@@ -228,7 +141,7 @@ func sameNetNS(t *testing.T, pid int, n ns.NetNS) bool {
 func linkIn(t *testing.T, n ns.NetNS, name string) netlink.Link {
 	t.Helper()
 	var l netlink.Link
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		var err error
 		l, err = netlink.LinkByName(name)
 		var nf netlink.LinkNotFoundError
@@ -281,10 +194,10 @@ const listenPort = 51820
 // pod /24.
 func twoNodes(t *testing.T, nameA, nameB string, force bool) (*node, *node) {
 	t.Helper()
-	a := &node{ns: newNS(t), underlay: netip.MustParseAddr("198.18.0.1"), gw: netip.MustParseAddr("10.99.1.1"), pods: netip.MustParsePrefix("10.99.1.0/24")}
-	b := &node{ns: newNS(t), underlay: netip.MustParseAddr("198.18.0.2"), gw: netip.MustParseAddr("10.99.2.1"), pods: netip.MustParsePrefix("10.99.2.0/24")}
+	a := &node{ns: testutil.NewNetNS(t), underlay: netip.MustParseAddr("198.18.0.1"), gw: netip.MustParseAddr("10.99.1.1"), pods: netip.MustParsePrefix("10.99.1.0/24")}
+	b := &node{ns: testutil.NewNetNS(t), underlay: netip.MustParseAddr("198.18.0.2"), gw: netip.MustParseAddr("10.99.2.1"), pods: netip.MustParsePrefix("10.99.2.0/24")}
 
-	inNS(t, a.ns, func() error {
+	testutil.InNetNS(t, a.ns, func() error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0", MTU: 1500}, PeerName: "ul1"}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("add veth: %w", err)
@@ -298,7 +211,7 @@ func twoNodes(t *testing.T, nameA, nameB string, force bool) (*node, *node) {
 		}
 		return setupUnderlay("ul0", a.underlay)
 	})
-	inNS(t, b.ns, func() error { return setupUnderlay("ul1", b.underlay) })
+	testutil.InNetNS(t, b.ns, func() error { return setupUnderlay("ul1", b.underlay) })
 
 	for _, n := range []*node{a, b} {
 		name := nameA
@@ -353,12 +266,12 @@ func setupUnderlay(name string, addr netip.Addr) error {
 func sendUDP(t *testing.T, from, to *node, payload []byte) {
 	t.Helper()
 	var lc, sc *net.UDPConn
-	inNS(t, to.ns, func() (err error) {
+	testutil.InNetNS(t, to.ns, func() (err error) {
 		lc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(to.gw, 9999)))
 		return err
 	})
 	defer lc.Close()
-	inNS(t, from.ns, func() (err error) {
+	testutil.InNetNS(t, from.ns, func() (err error) {
 		sc, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from.gw, 0)),
 			net.UDPAddrFromAddrPort(netip.AddrPortFrom(to.gw, 9999)))
 		return err

@@ -5,20 +5,21 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 func TestSyncRoutes(t *testing.T) {
 	requireRoot(t)
-	n := newNS(t)
+	n := testutil.NewNetNS(t)
 	cfg := userspaceConfig(t, "cmwgrt0")
 	cfg.Addresses = []netip.Prefix{netip.MustParsePrefix("10.99.1.1/32")}
 	d := ensureIn(t, n, cfg)
 
 	// A route through another link, which SyncRoutes must never touch.
 	other := netip.MustParsePrefix("10.50.0.0/24")
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "other0"}, PeerName: "other1"}); err != nil {
 			return err
 		}
@@ -41,7 +42,7 @@ func TestSyncRoutes(t *testing.T) {
 	routes := func() map[netip.Prefix]rt {
 		t.Helper()
 		out := map[netip.Prefix]rt{}
-		inNS(t, n, func() error {
+		testutil.InNetNS(t, n, func() error {
 			all, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 			if err != nil {
 				return err
@@ -88,7 +89,7 @@ func TestSyncRoutes(t *testing.T) {
 	check("idempotent", []netip.Prefix{p("10.99.2.0/24"), p("10.99.3.0/24")}, 1420)
 
 	// Someone else's route through the device, and one at another metric.
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		l, err := netlink.LinkByName("cmwgrt0")
 		if err != nil {
 			return err
@@ -108,7 +109,7 @@ func TestSyncRoutes(t *testing.T) {
 	}
 	check("replace MTU, delete extras", []netip.Prefix{p("10.99.2.0/24")}, 1380)
 	var n2 int
-	inNS(t, n, func() error {
+	testutil.InNetNS(t, n, func() error {
 		all, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: ipNet(p("10.99.2.0/24"))}, netlink.RT_FILTER_DST)
 		n2 = len(all)
 		return err

@@ -27,6 +27,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
 	"errors"
@@ -41,7 +42,8 @@ import (
 // under the 2.25 UUID arc whose arc value fits Go's 31-bit OID parser).
 var OID = asn1.ObjectIdentifier{2, 25, 1592704437, 1}
 
-// Version is the only version of the claims encoding this package reads.
+// Version is the only version of the claims encoding this package writes
+// and reads.
 const Version = 1
 
 // TEE types a claims value can name.
@@ -59,7 +61,7 @@ const (
 var ErrNoClaims = errors.New("claims: certificate has no confmesh claims extension")
 
 // ErrMalformed is wrapped by errors for a claims value that is present but
-// unusable.
+// unusable, and by Extension's errors for claims it refuses to encode.
 var ErrMalformed = errors.New("claims: malformed confmesh claims")
 
 // Claims summarise the attestation of the node an SVID was issued on.
@@ -115,7 +117,8 @@ func ParseMeasurement(s string) ([]byte, error) {
 	return m, nil
 }
 
-// claimsASN1 is the DER form:
+// claimsASN1 is the DER form, the one definition of the layout (confmesh's
+// control plane encodes with Extension):
 //
 //	Claims ::= SEQUENCE {
 //	    version      INTEGER (1),
@@ -130,11 +133,41 @@ type claimsASN1 struct {
 	Version      int
 	TEE          string `asn1:"utf8"`
 	Measurement  []byte
-	ReportedTCB  *big.Int
+	ReportedTCB  *big.Int // encoding/asn1 has no uint64; TCB values use the top bit
 	ChipIDDigest []byte
 	ReportDigest []byte
 	WireGuardKey []byte
 	NodeID       string `asn1:"utf8"`
+}
+
+// Extension encodes c as the non-critical X.509 claims extension, the one
+// confmesh's control plane puts in every SVID it issues. It fails, with an
+// error matching ErrMalformed, for claims FromCertificate would refuse: an
+// empty TEE, a WireGuard key that is not 32 bytes, a digest present but not
+// 32 bytes, or a NodeID (when set) that is not a confmesh node SPIFFE ID.
+func (c *Claims) Extension() (pkix.Extension, error) {
+	if !c.NodeID.IsZero() {
+		if err := checkNodeID(c.NodeID); err != nil {
+			return pkix.Extension{}, err
+		}
+	}
+	if err := c.validate(true); err != nil {
+		return pkix.Extension{}, err
+	}
+	der, err := asn1.Marshal(claimsASN1{
+		Version:      Version,
+		TEE:          c.TEE,
+		Measurement:  c.Measurement,
+		ReportedTCB:  new(big.Int).SetUint64(c.ReportedTCB),
+		ChipIDDigest: c.ChipIDDigest,
+		ReportDigest: c.ReportDigest,
+		WireGuardKey: c.WireGuardKey,
+		NodeID:       c.NodeID.String(),
+	})
+	if err != nil {
+		return pkix.Extension{}, fmt.Errorf("claims: encode: %w", err)
+	}
+	return pkix.Extension{Id: OID, Critical: false, Value: der}, nil
 }
 
 // FromCertificate decodes the claims extension of cert. It verifies nothing
@@ -236,10 +269,18 @@ func parseNodeID(s string) (spiffeid.ID, error) {
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: node ID %q: %v", ErrMalformed, s, err)
 	}
-	if name, ok := strings.CutPrefix(id.Path(), "/confmesh/node/"); !ok || name == "" || strings.Contains(name, "/") {
-		return spiffeid.ID{}, fmt.Errorf("%w: node ID %q is not a confmesh node SPIFFE ID", ErrMalformed, s)
+	if err := checkNodeID(id); err != nil {
+		return spiffeid.ID{}, err
 	}
 	return id, nil
+}
+
+// checkNodeID fails unless id is spiffe://<td>/confmesh/node/<name>.
+func checkNodeID(id spiffeid.ID) error {
+	if name, ok := strings.CutPrefix(id.Path(), "/confmesh/node/"); !ok || name == "" || strings.Contains(name, "/") {
+		return fmt.Errorf("%w: node ID %q is not a confmesh node SPIFFE ID", ErrMalformed, id)
+	}
+	return nil
 }
 
 func (c *Claims) validate(x509Claims bool) error {

@@ -78,7 +78,8 @@ func certWith(t *testing.T, exts ...pkix.Extension) *x509.Certificate {
 }
 
 // TestFromCertificateMatchesIdentity: this package decodes exactly what the
-// control plane encodes (internal/identity is the writer).
+// control plane issues (internal/identity's Claims and IssueSVID, which
+// encode through Extension).
 func TestFromCertificateMatchesIdentity(t *testing.T) {
 	if !claims.OID.Equal(identity.ClaimsOID) {
 		t.Fatalf("OID %v, identity writes %v", claims.OID, identity.ClaimsOID)
@@ -105,70 +106,184 @@ func TestFromCertificateMatchesIdentity(t *testing.T) {
 	}
 }
 
-func TestFromCertificateRefusals(t *testing.T) {
-	ic := identityClaims()
-	ext, err := ic.Extension()
+// claimsSeq is the documented SEQUENCE, written out here rather than taken
+// from the package so that hand-made values test the decoder and the encoder
+// against the documentation:
+//
+//	Claims ::= SEQUENCE {
+//	    version      INTEGER (1),
+//	    tee          UTF8String,
+//	    measurement  OCTET STRING,
+//	    reportedTCB  INTEGER,       -- unsigned 64-bit
+//	    chipIDDigest OCTET STRING,
+//	    reportDigest OCTET STRING,
+//	    wireGuardKey OCTET STRING,
+//	    nodeID       UTF8String }
+type claimsSeq struct {
+	Version      int
+	TEE          string `asn1:"utf8"`
+	Measurement  []byte
+	ReportedTCB  *big.Int
+	ChipIDDigest []byte
+	ReportDigest []byte
+	WireGuardKey []byte
+	NodeID       string `asn1:"utf8"`
+}
+
+func goodSeq() claimsSeq {
+	return claimsSeq{1, "sim-snp", meas, big.NewInt(1), chip[:], report[:], wgKey, nodeID.String()}
+}
+
+func der(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := asn1.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := issue(t, nil)
-	if _, err := claims.FromCertificate(cert); !errors.Is(err, claims.ErrNoClaims) {
-		t.Fatalf("no extension: %v", err)
+	return b
+}
+
+// seqWith encodes goodSeq changed by mut.
+func seqWith(t *testing.T, mut func(*claimsSeq)) []byte {
+	t.Helper()
+	s := goodSeq()
+	mut(&s)
+	return der(t, s)
+}
+
+// appendToSeq returns the DER SEQUENCE seq with the DER element elem added
+// at its end.
+func appendToSeq(t *testing.T, seq, elem []byte) []byte {
+	t.Helper()
+	var v asn1.RawValue
+	if _, err := asn1.Unmarshal(seq, &v); err != nil {
+		t.Fatal(err)
+	}
+	v.FullBytes, v.Bytes = nil, append(bytes.Clone(v.Bytes), elem...)
+	return der(t, v)
+}
+
+func TestFromCertificateRefusals(t *testing.T) {
+	good := der(t, goodSeq())
+	with := func(val []byte) *x509.Certificate {
+		return certWith(t, pkix.Extension{Id: claims.OID, Value: val})
+	}
+	if _, err := claims.FromCertificate(with(good)); err != nil {
+		t.Fatalf("the unchanged value does not decode: %v", err)
+	}
+	noClaims, _ := issue(t, nil)
+	utf8TEE := append([]byte{asn1.TagUTF8String, 7}, "sim-snp"...)
+	printableTEE := append([]byte{asn1.TagPrintableString, 7}, "sim-snp"...)
+	if !bytes.Contains(good, utf8TEE) {
+		t.Fatal("the TEE is not the UTF8String the PrintableString case replaces")
+	}
+	ext := pkix.Extension{Id: claims.OID, Value: good}
+	for _, tc := range []struct {
+		name string
+		cert *x509.Certificate
+		is   error
+		want string
+	}{
+		{"no extension", noClaims, claims.ErrNoClaims, "no confmesh claims"},
+		{"no extensions at all", &x509.Certificate{}, claims.ErrNoClaims, "no confmesh claims"},
+		// crypto/x509 refuses to parse duplicated extensions; FromCertificate refuses them too.
+		{"duplicated", &x509.Certificate{Extensions: []pkix.Extension{ext, ext}}, claims.ErrMalformed, "appears 2 times"},
+		{"garbage", with([]byte("not DER at all")), claims.ErrMalformed, "malformed"},
+		{"truncated", with([]byte{0x30, 0x03, 0x02}), claims.ErrMalformed, "malformed"},
+		{"empty value", with([]byte{}), claims.ErrMalformed, "malformed"},
+		{"trailing bytes", with(append(bytes.Clone(good), 0, 0)), claims.ErrMalformed, "2 trailing bytes"},
+		{"unknown version", with(seqWith(t, func(s *claimsSeq) { s.Version = 2 })), claims.ErrMalformed, "unknown version 2"},
+		{"version 0", with(seqWith(t, func(s *claimsSeq) { s.Version = 0 })), claims.ErrMalformed, "unknown version 0"},
+		{"unknown version with other layout", with(der(t, struct {
+			Version int
+			Other   bool
+		}{3, true})), claims.ErrMalformed, "unknown version 3"},
+		{"missing fields", with(der(t, struct{ Version int }{1})), claims.ErrMalformed, "malformed"},
+		{"extra field", with(appendToSeq(t, good, der(t, 9))), claims.ErrMalformed, "canonical"},
+		{"PrintableString TEE", with(bytes.Replace(good, utf8TEE, printableTEE, 1)), claims.ErrMalformed, "canonical"},
+		{"negative TCB", with(seqWith(t, func(s *claimsSeq) { s.ReportedTCB = big.NewInt(-1) })), claims.ErrMalformed, "unsigned 64-bit"},
+		{"65-bit TCB", with(seqWith(t, func(s *claimsSeq) { s.ReportedTCB = new(big.Int).Lsh(big.NewInt(1), 64) })), claims.ErrMalformed, "unsigned 64-bit"},
+		{"short WG key", with(seqWith(t, func(s *claimsSeq) { s.WireGuardKey = wgKey[:31] })), claims.ErrMalformed, "WireGuard key is 31 bytes"},
+		{"no TEE", with(seqWith(t, func(s *claimsSeq) { s.TEE = "" })), claims.ErrMalformed, "TEE type is empty"},
+		{"short chip digest", with(seqWith(t, func(s *claimsSeq) { s.ChipIDDigest = chip[:20] })), claims.ErrMalformed, "chip ID digest is 20 bytes"},
+		{"short report digest", with(seqWith(t, func(s *claimsSeq) { s.ReportDigest = report[:16] })), claims.ErrMalformed, "report digest is 16 bytes"},
+		{"not a node ID", with(seqWith(t, func(s *claimsSeq) { s.NodeID = webID.String() })), claims.ErrMalformed, "not a confmesh node"},
+		{"not a SPIFFE ID", with(seqWith(t, func(s *claimsSeq) { s.NodeID = "https://x/confmesh/node/n1" })), claims.ErrMalformed, "node ID"},
+		{"nested node label", with(seqWith(t, func(s *claimsSeq) { s.NodeID = "spiffe://cluster.test/confmesh/node/a/b" })), claims.ErrMalformed, "not a confmesh node"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := claims.FromCertificate(tc.cert)
+			if c != nil || !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %+v, %v; want %v containing %q", c, err, tc.is, tc.want)
+			}
+		})
 	}
 	if _, err := claims.FromCertificate(nil); err == nil {
 		t.Fatal("nil certificate accepted")
 	}
-	type extra struct {
+}
+
+func TestExtension(t *testing.T) {
+	c := &claims.Claims{TEE: "sim-snp", Measurement: meas, ReportedTCB: 0xdb18000000000004, ChipIDDigest: chip[:], ReportDigest: report[:], WireGuardKey: wgKey, NodeID: nodeID}
+	ext, err := c.Extension()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ext.Id.Equal(claims.OID) || ext.Critical {
+		t.Fatalf("extension id %v critical %v", ext.Id, ext.Critical)
+	}
+	// The value is the documented SEQUENCE: check it field by field.
+	var a struct {
 		Version      int
-		TEE          string `asn1:"utf8"`
+		TEE          asn1.RawValue
 		Measurement  []byte
 		ReportedTCB  *big.Int
 		ChipIDDigest []byte
 		ReportDigest []byte
 		WireGuardKey []byte
-		NodeID       string `asn1:"utf8"`
-		Extra        int
+		NodeID       asn1.RawValue
 	}
-	v := extra{1, "sim-snp", meas, big.NewInt(1), chip[:], report[:], wgKey, nodeID.String(), 5}
-	withExtra, _ := asn1.Marshal(v)
-	v2, _ := asn1.Marshal(struct{ Version int }{2})
-	mk := func(val []byte) pkix.Extension { return pkix.Extension{Id: claims.OID, Value: val} }
-	type base struct {
-		Version      int
-		TEE          string `asn1:"utf8"`
-		Measurement  []byte
-		ReportedTCB  *big.Int
-		ChipIDDigest []byte
-		ReportDigest []byte
-		WireGuardKey []byte
-		NodeID       string `asn1:"utf8"`
+	rest, err := asn1.Unmarshal(ext.Value, &a)
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("unmarshal: %v, %d trailing", err, len(rest))
 	}
-	enc := func(mut func(*base)) []byte {
-		b := base{1, "sim-snp", meas, big.NewInt(1), chip[:], report[:], wgKey, nodeID.String()}
-		mut(&b)
-		der, err := asn1.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der
+	if a.Version != 1 || a.TEE.Tag != asn1.TagUTF8String || string(a.TEE.Bytes) != c.TEE ||
+		a.NodeID.Tag != asn1.TagUTF8String || string(a.NodeID.Bytes) != nodeID.String() ||
+		a.ReportedTCB.Uint64() != c.ReportedTCB || !bytes.Equal(a.WireGuardKey, c.WireGuardKey) ||
+		!bytes.Equal(a.Measurement, c.Measurement) || !bytes.Equal(a.ChipIDDigest, c.ChipIDDigest) ||
+		!bytes.Equal(a.ReportDigest, c.ReportDigest) {
+		t.Fatalf("encoded claims do not match: %+v", a)
 	}
-	for name, exts := range map[string][]pkix.Extension{
-		"garbage":           {mk([]byte{0x30, 0x03, 0x02})},
-		"extra field":       {mk(withExtra)},
-		"unknown version":   {mk(v2)},
-		"trailing bytes":    {mk(append(append([]byte{}, ext.Value...), 0))},
-		"short WG key":      {mk(enc(func(b *base) { b.WireGuardKey = wgKey[:31] }))},
-		"no TEE":            {mk(enc(func(b *base) { b.TEE = "" }))},
-		"short digest":      {mk(enc(func(b *base) { b.ReportDigest = report[:16] }))},
-		"negative TCB":      {mk(enc(func(b *base) { b.ReportedTCB = big.NewInt(-1) }))},
-		"not a node ID":     {mk(enc(func(b *base) { b.NodeID = webID.String() }))},
-		"not a SPIFFE ID":   {mk(enc(func(b *base) { b.NodeID = "https://x/confmesh/node/n1" }))},
-		"nested node label": {mk(enc(func(b *base) { b.NodeID = "spiffe://cluster.test/confmesh/node/a/b" }))},
+	if !bytes.Equal(ext.Value, der(t, claimsSeq{1, c.TEE, meas, new(big.Int).SetUint64(c.ReportedTCB), chip[:], report[:], wgKey, nodeID.String()})) {
+		t.Fatal("the encoding is not the DER of the documented SEQUENCE")
+	}
+	got, err := claims.FromCertificate(certWith(t, ext))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.TEE != c.TEE || !bytes.Equal(got.Measurement, meas) || got.ReportedTCB != c.ReportedTCB ||
+		!bytes.Equal(got.ChipIDDigest, chip[:]) || !bytes.Equal(got.ReportDigest, report[:]) ||
+		!bytes.Equal(got.WireGuardKey, wgKey) || got.NodeID != nodeID {
+		t.Fatalf("decoded %+v from %+v", got, c)
+	}
+
+	for _, tc := range []struct {
+		name string
+		mut  func(*claims.Claims)
+		want string
+	}{
+		{"empty TEE", func(c *claims.Claims) { c.TEE = "" }, "TEE type is empty"},
+		{"no WireGuard key", func(c *claims.Claims) { c.WireGuardKey = nil }, "WireGuard key is 0 bytes"},
+		{"long WireGuard key", func(c *claims.Claims) { c.WireGuardKey = make([]byte, 33) }, "WireGuard key is 33 bytes"},
+		{"short chip digest", func(c *claims.Claims) { c.ChipIDDigest = make([]byte, 20) }, "chip ID digest is 20 bytes"},
+		{"short report digest", func(c *claims.Claims) { c.ReportDigest = make([]byte, 16) }, "report digest is 16 bytes"},
+		{"node ID of a workload", func(c *claims.Claims) { c.NodeID = webID }, "not a confmesh node"},
 	} {
-		t.Run(name, func(t *testing.T) {
-			c, err := claims.FromCertificate(certWith(t, exts...))
-			if !errors.Is(err, claims.ErrMalformed) {
-				t.Fatalf("got %+v, %v; want ErrMalformed", c, err)
+		t.Run(tc.name, func(t *testing.T) {
+			bad := *c
+			tc.mut(&bad)
+			if _, err := bad.Extension(); !errors.Is(err, claims.ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want ErrMalformed containing %q", err, tc.want)
 			}
 		})
 	}

@@ -1,0 +1,127 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// fakeAgent answers Status on the local API with a fixed response.
+type fakeAgent struct {
+	agentv1.UnimplementedAgentServer
+	st *agentv1.StatusResponse
+}
+
+func (a *fakeAgent) Status(context.Context, *agentv1.StatusRequest) (*agentv1.StatusResponse, error) {
+	return a.st, nil
+}
+
+// serveFakeAgent serves st on a fresh agent socket and returns its path.
+func serveFakeAgent(t *testing.T, st *agentv1.StatusResponse) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	agentv1.RegisterAgentServer(srv, &fakeAgent{st: st})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return sock
+}
+
+func TestStatusAndPeers(t *testing.T) {
+	handshake := time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
+	sock := serveFakeAgent(t, &agentv1.StatusResponse{
+		NodeName: "node-a", Attested: true, Tee: "sim-snp", Measurement: bytes.Repeat([]byte{0xab}, 48),
+		SvidExpiry: timestamppb.New(handshake.Add(time.Hour)), SpiffeId: "spiffe://cluster.test/confmesh/node/node-a",
+		Datapath: "kernel", StrictMode: true, PodCidr: "10.244.1.0/24", Device: "cm0", Ready: false, ReadyReason: "no peers yet",
+		TrustsSimulatedRoot: true, Revision: 7, WireguardPublicKey: []byte{1, 2},
+		Peers: []*agentv1.PeerStatus{
+			{Name: "node-b", Endpoint: "198.18.0.2:51820", State: "verified", PodCidrs: []string{"10.244.2.0/24"},
+				WireguardPublicKey: []byte{3, 4}, LatestHandshake: timestamppb.New(handshake), RxBytes: 10, TxBytes: 20},
+			{Name: "node-c", Endpoint: "198.18.0.3:51820", State: "refused", Reason: "measurement"},
+		},
+	})
+	peersText := "" +
+		"PEER    STATE     ENDPOINT          POD-CIDRS        HANDSHAKE             RX  TX  REASON\n" +
+		"node-b  verified  198.18.0.2:51820  [10.244.2.0/24]  2026-03-14T15:09:26Z  10  20  \n" +
+		"node-c  refused   198.18.0.3:51820  []                                     0   0   measurement\n"
+	peersJSON := `[
+  {
+    "name": "node-b",
+    "endpoint": "198.18.0.2:51820",
+    "state": "verified",
+    "podCIDRs": [
+      "10.244.2.0/24"
+    ],
+    "wireguardKey": "0304",
+    "latestHandshake": "2026-03-14T15:09:26Z",
+    "rxBytes": 10,
+    "txBytes": 20
+  },
+  {
+    "name": "node-c",
+    "endpoint": "198.18.0.3:51820",
+    "state": "refused",
+    "reason": "measurement",
+    "podCIDRs": null,
+    "wireguardKey": "",
+    "rxBytes": 0,
+    "txBytes": 0
+  }
+]
+`
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status"}, "" +
+			"node:        node-a\n" +
+			"attested:    true (sim-snp, measurement abababababababab…)\n" +
+			"identity:    spiffe://cluster.test/confmesh/node/node-a (expires 2026-03-14T16:09:26Z)\n" +
+			"ready:       false no peers yet\n" +
+			"datapath:    kernel on cm0\n" +
+			"strict mode: true\n" +
+			"pod CIDR:    10.244.1.0/24\n" +
+			"WARNING:     this agent's policy trusts a SIMULATED TEE root (development only)\n" +
+			peersText},
+		{[]string{"status", "-o", "json"}, `{
+  "node": "node-a",
+  "attested": true,
+  "ready": false,
+  "readyReason": "no peers yet",
+  "tee": "sim-snp",
+  "measurement": "abababababababababababababababababababababababababababababababababababababababababababababababab",
+  "spiffeID": "spiffe://cluster.test/confmesh/node/node-a",
+  "svidExpiry": "2026-03-14T16:09:26Z",
+  "datapath": "kernel",
+  "device": "cm0",
+  "strictMode": true,
+  "podCIDR": "10.244.1.0/24",
+  "wireguardKey": "0102",
+  "trustsSimulatedRoot": true,
+  "revision": 7,
+  "peers": ` + string(bytes.ReplaceAll([]byte(peersJSON[:len(peersJSON)-1]), []byte("\n"), []byte("\n  "))) + "\n}\n"},
+		{[]string{"peers"}, peersText},
+		{[]string{"peers", "-o", "json"}, peersJSON},
+	} {
+		r := run(t, append(tc.args, "--socket", sock)...)
+		r.want(t, 0)
+		if r.stdout != tc.want {
+			t.Errorf("%v: got\n%s\nwant\n%s", tc.args, r.stdout, tc.want)
+		}
+	}
+	for _, cmd := range []string{"status", "peers"} {
+		run(t, cmd, "--socket", sock, "-o", "xml").want(t, 2, "unknown output format")
+		run(t, cmd, "--socket", filepath.Join(t.TempDir(), "none.sock")).want(t, 1, "is the agent running?")
+	}
+}
