@@ -3,124 +3,48 @@
 package e2e
 
 import (
-	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
-	"sync"
-	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"github.com/confmesh/confmesh/internal/netlab"
 )
 
-// Underlay addressing: the control plane, node i, and the bridge (the
-// nodes' default gateway, so that a packet a node would leak in plaintext
-// is really sent, and seen on the bridge).
-const (
-	underlayBits = 24
-	cpPort       = 7443
-	wgPort       = 51820
-	maxNodes     = 9 // device names: <run prefix><cluster ID>n<i> must fit in 15 bytes
+// The harness types are netlab's; only what calls t.Fatal differs.
+type (
+	// Options describe a cluster (netlab.Options).
+	Options = netlab.Options
+	// NodeOptions describe one node (netlab.NodeOptions).
+	NodeOptions = netlab.NodeOptions
+	// Policy is the varied part of a policy (netlab.Policy).
+	Policy = netlab.Policy
+	// Status is `confmesh status -o json` (netlab.Status).
+	Status = netlab.Status
+	// Pod is a hand-made pod (netlab.Pod).
+	Pod = netlab.Pod
 )
 
-var (
-	cpIP      = netip.MustParseAddr("198.18.0.1")
-	bridgeIP  = netip.MustParseAddr("198.18.0.254")
-	nodeIPMin = 10 // node i is 198.18.0.(10+i)
-)
+// LogDirEnv names a directory to copy every cluster's process logs into
+// (one subdirectory per test), kept after the run; unset, logs go with the
+// test's temporary directory.
+const LogDirEnv = "CME2E_LOG_DIR"
 
-// Bounds of the waits NewCluster and the tests use.
-const (
-	ReadyTimeout = 30 * time.Second // agent attested and ready
-	MeshTimeout  = 30 * time.Second // every node has every peer
-	pollEvery    = 100 * time.Millisecond
-)
-
-// Options describe a cluster.
-type Options struct {
-	// Nodes is how many honest nodes NewCluster starts and waits for
-	// (attested, ready, full mesh). At most 9 per cluster.
-	Nodes int
-	// AgentPolicy is every agent's policy (default: strict).
-	AgentPolicy Policy
-	// ControlPlanePolicy is the control plane's policy; nil: AgentPolicy.
-	ControlPlanePolicy *Policy
-}
-
-// NodeOptions describe one node.
-type NodeOptions struct {
-	// SimDebug starts the node's simulated TEE with the debug bit (rogue).
-	SimDebug bool
-	// SimMeasurement is its launch measurement (96 hex digits); default zero.
-	SimMeasurement string
-	// Policy replaces the cluster's agent policy for this node.
-	Policy *Policy
-}
-
-// Cluster is a control plane, nodes and pods in network namespaces joined
-// by a bridge in the underlay namespace.
+// Cluster is a netlab cluster bound to a test: failures end the test, and
+// everything is torn down in t.Cleanup.
 type Cluster struct {
-	T      testing.TB
-	Prefix string // every name of this cluster starts with it, e.g. "cme2e-1a2b-03"
-	Dir    string // per-cluster temporary directory: state dirs, logs, policies
-	Bin    string // the confmesh binary
-	SimDir string // the simulated CA (sim-snp)
-
-	Underlay string // network namespace holding the bridge
-	Bridge   string // the bridge's name in Underlay
-	CP       *ControlPlane
-
-	agentPolicy string
-
-	mu         sync.Mutex
-	Nodes      []*Node
-	pods       []*Pod
-	namespaces []string   // in creation order
-	procs      []*Process // every process ever started, for the log dump
+	*netlab.Cluster
+	T testing.TB
+	// Nodes are the cluster's nodes in the order they were added.
+	Nodes []*Node
 }
 
-// ControlPlane is the `confmesh controlplane` process and its files.
-type ControlPlane struct {
-	NS          string
-	IP          netip.Addr
-	Addr        string // agents' endpoint, IP:7443
-	StateDir    string
-	AdminSocket string
-	AdminDir    string // admin credential (<state dir>/admin)
-	Policy      string
-	Proc        *Process
-}
-
-// Node is one node: a network namespace with an underlay address and a
-// `confmesh agent` process (which starts the userspace datapath).
+// Node is a netlab node whose waits end the test on failure.
 type Node struct {
-	c        *Cluster
-	Index    int
-	Name     string // node-<i>
-	NS       string
-	Device   string // WireGuard device (distinct per node: UAPI sockets share /var/run/wireguard)
-	IP       netip.Addr
-	StateDir string
-	Socket   string // agent local API
-	Policy   string // policy file the agent applies
-	Opts     NodeOptions
-
-	mu     sync.Mutex
-	proc   *Process
-	starts int
-	pods   int
-
-	// Known once the node is attested (WaitReady).
-	PodCIDR netip.Prefix
-	Key     wgtypes.Key
+	*netlab.Node
+	c *Cluster
 }
-
-var clusterSeq atomic.Int64
 
 // RequireRoot skips the test when not running as root.
 func RequireRoot(t testing.TB) {
@@ -139,46 +63,24 @@ func RequireRoot(t testing.TB) {
 func NewCluster(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	RequireRoot(t)
-	if opts.Nodes > maxNodes {
-		t.Fatalf("e2e: at most %d nodes per cluster", maxNodes)
-	}
-	runPrefix, err := RunPrefix()
+	r, err := Run()
 	if err != nil {
 		t.Fatalf("e2e: run lock: %v", err)
 	}
-	seq := clusterSeq.Add(1)
-	if seq >= 36*36 {
-		t.Fatal("e2e: more than 1295 clusters in one run")
+	prefix, err := r.NextClusterPrefix()
+	if err != nil {
+		t.Fatalf("e2e: %v", err)
 	}
-	id := strconv.FormatInt(seq, 36)
-	if len(id) < 2 {
-		id = "0" + id
+	cfg := netlab.Config{Prefix: prefix, Dir: t.TempDir(), Bin: Binary(t)}
+	if testing.Verbose() {
+		cfg.Logf = func(format string, args ...any) { t.Logf("e2e cleanup: "+format, args...) }
 	}
-	c := &Cluster{T: t, Prefix: runPrefix + id, Bin: Binary(t), Bridge: "br0"}
-	c.Dir = t.TempDir()
+	c := &Cluster{Cluster: netlab.NewCluster(cfg), T: t}
 	t.Cleanup(c.teardown) // registered after TempDir: runs before its removal
 	start := time.Now()
-
-	c.SimDir = filepath.Join(c.Dir, "sim")
-	root, err := saveSimCA(c.SimDir)
-	if err != nil {
-		t.Fatalf("e2e: simulated CA: %v", err)
+	if err := c.Start(Options{AgentPolicy: opts.AgentPolicy, ControlPlanePolicy: opts.ControlPlanePolicy, SVIDTTL: opts.SVIDTTL}); err != nil {
+		t.Fatalf("e2e: %v", err)
 	}
-	c.agentPolicy = filepath.Join(c.Dir, "agent-policy.yaml")
-	if err := writePolicy(c.agentPolicy, root, opts.AgentPolicy); err != nil {
-		t.Fatal(err)
-	}
-	cpPolicy := c.agentPolicy
-	if opts.ControlPlanePolicy != nil {
-		cpPolicy = filepath.Join(c.Dir, "cp-policy.yaml")
-		if err := writePolicy(cpPolicy, root, *opts.ControlPlanePolicy); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.setupUnderlay(); err != nil {
-		t.Fatalf("e2e: underlay: %v", err)
-	}
-	c.startControlPlane(cpPolicy)
 	nodes := make([]*Node, opts.Nodes)
 	for i := range nodes {
 		nodes[i] = c.AddNode(NodeOptions{})
@@ -191,54 +93,105 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-func (c *Cluster) trackNS(name string) {
-	c.mu.Lock()
-	c.namespaces = append(c.namespaces, name)
-	c.mu.Unlock()
-}
-
-func (c *Cluster) trackProc(p *Process) {
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
-}
-
-func (c *Cluster) startControlPlane(policy string) {
+// teardown: on failure the log tails first, then netlab's teardown (each
+// problem fails the test), then the logs are kept if CME2E_LOG_DIR says so.
+func (c *Cluster) teardown() {
 	t := c.T
-	t.Helper()
-	cp := &ControlPlane{NS: c.Prefix + "-cp", IP: cpIP, Addr: netip.AddrPortFrom(cpIP, cpPort).String(),
-		StateDir: filepath.Join(c.Dir, "cp"), Policy: policy}
-	cp.AdminSocket = filepath.Join(cp.StateDir, "admin.sock")
-	cp.AdminDir = filepath.Join(cp.StateDir, "admin")
-	c.CP = cp
-	if err := c.attach(cp.NS, "cp", cp.IP); err != nil {
-		t.Fatalf("e2e: control plane namespace: %v", err)
-	}
-	p, err := startProcess("control plane", filepath.Join(c.Dir, "controlplane.log"), cp.NS, c.Bin,
-		"controlplane", "--policy", policy, "--state-dir", cp.StateDir, "--listen", cp.Addr,
-		"--admin-socket", cp.AdminSocket, "--metrics-listen", "127.0.0.1:9464", "--sim-dir", c.SimDir,
-		"--sim-name", c.Prefix+"-cp", "--log-format", "text")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp.Proc = p
-	c.trackProc(p)
-	err = Eventually(ReadyTimeout, 50*time.Millisecond, func() error {
-		if done, werr := p.Exited(); done {
-			return Permanent(fmt.Errorf("control plane exited: %v", werr))
+	if t.Failed() {
+		for _, s := range c.LogTails(40) {
+			t.Logf("e2e: %s", s)
 		}
-		if _, err := os.Stat(cp.AdminSocket); err != nil {
-			return err
+	}
+	for _, err := range c.Teardown() {
+		t.Errorf("e2e cleanup: %v", err)
+	}
+	if dst := logDir(t); dst != "" {
+		if err := c.CopyLogs(dst); err != nil {
+			t.Logf("e2e: %s: %v", LogDirEnv, err)
+		} else {
+			t.Logf("e2e: logs kept in %s", dst)
 		}
-		return InNS(cp.NS, func() error {
-			conn, err := net.DialTimeout("tcp", cp.Addr, time.Second)
-			if err == nil {
-				conn.Close()
-			}
-			return err
-		})
-	})
-	if err != nil {
-		t.Fatalf("e2e: control plane not serving on %s: %v\n%s", cp.Addr, err, tail(p.Log, 30))
 	}
 }
+
+// AddNode creates the next node and starts its agent, without waiting for
+// it: call WaitReady (honest node) or watch its Status (rogue).
+func (c *Cluster) AddNode(opts NodeOptions) *Node {
+	c.T.Helper()
+	n, err := c.Cluster.AddNode(opts)
+	if err != nil {
+		c.T.Fatalf("e2e: %v", err)
+	}
+	w := &Node{Node: n, c: c}
+	c.Nodes = append(c.Nodes, w)
+	return w
+}
+
+// AddPod makes the next pod on node n (n must be ready).
+func (c *Cluster) AddPod(n *Node) *Pod {
+	c.T.Helper()
+	p, err := c.Cluster.AddPod(n.Node)
+	if err != nil {
+		c.T.Fatalf("e2e: %v", err)
+	}
+	return p
+}
+
+// WaitMesh waits until the nodes form a full mesh (netlab.Cluster.WaitMesh).
+func (c *Cluster) WaitMesh(nodes ...*Node) {
+	c.T.Helper()
+	if err := c.Cluster.WaitMesh(unwrap(nodes)...); err != nil {
+		c.T.Fatalf("e2e: %v", err)
+	}
+}
+
+// StartCapture captures on the underlay bridge for at most max.
+func (c *Cluster) StartCapture(max time.Duration) *netlab.Capture {
+	c.T.Helper()
+	cp, err := c.Cluster.StartCapture(max)
+	if err != nil {
+		c.T.Fatalf("e2e: %v", err)
+	}
+	return cp
+}
+
+// StartAgent starts (or restarts) the node's agent.
+func (n *Node) StartAgent() {
+	n.c.T.Helper()
+	if err := n.Node.StartAgent(); err != nil {
+		n.c.T.Fatalf("e2e: %v", err)
+	}
+}
+
+// WaitReady waits until the agent is attested and ready (netlab.Node.WaitReady).
+func (n *Node) WaitReady() {
+	n.c.T.Helper()
+	if err := n.Node.WaitReady(); err != nil {
+		n.c.T.Fatalf("e2e: %v", err)
+	}
+}
+
+// CheckPeers compares the node's WireGuard peers with want (netlab.Node.CheckPeers).
+func (n *Node) CheckPeers(want ...*Node) error { return n.Node.CheckPeers(unwrap(want)...) }
+
+// others is nodes without n.
+func others(nodes []*Node, n *Node) []*Node {
+	var out []*Node
+	for _, m := range nodes {
+		if m != n {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func unwrap(nodes []*Node) []*netlab.Node {
+	out := make([]*netlab.Node, len(nodes))
+	for i, n := range nodes {
+		out[i] = n.Node
+	}
+	return out
+}
+
+// sanitize makes a test name usable as a directory name.
+func sanitize(name string) string { return strings.NewReplacer("/", "_", " ", "_").Replace(name) }

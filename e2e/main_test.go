@@ -13,7 +13,7 @@ func TestMain(m *testing.M) {
 		// Leftovers of earlier runs that ended without cleaning up
 		// (killed, timed out): only names with the harness prefix whose
 		// run no longer holds its lock.
-		removed, errs := Sweep()
+		removed, errs := Runs.Sweep(nil)
 		for _, r := range removed {
 			fmt.Fprintf(os.Stderr, "e2e: swept leftover %s\n", r)
 		}
@@ -25,7 +25,6 @@ func TestMain(m *testing.M) {
 	if binTook > 0 && testing.Verbose() {
 		fmt.Fprintf(os.Stderr, "e2e: confmesh binary built in %s\n", binTook.Round(1e6))
 	}
-	removeBinary()
-	releaseRun()
+	finishRun()
 	os.Exit(code)
 }

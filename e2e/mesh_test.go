@@ -5,6 +5,8 @@ package e2e
 import (
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/netlab"
 )
 
 // TestFullMeshAndTraffic: three attested nodes form a full mesh (each has
@@ -43,12 +45,12 @@ func TestFullMeshAndTraffic(t *testing.T) {
 			if i == j {
 				continue
 			}
-			if err := SendUDP(a, b, RandomPayload("udp "+a.Name+" to "+b.Name, 32), 10*time.Second); err != nil {
+			if err := netlab.SendUDP(a, b, netlab.RandomPayload("udp "+a.Name+" to "+b.Name, 32), 10*time.Second); err != nil {
 				t.Errorf("UDP %s -> %s: %v", a.Name, b.Name, err)
 			}
-			req := RandomPayload("tcp request "+a.Name+" to "+b.Name, 2000)
-			resp := RandomPayload("tcp reply "+b.Name+" to "+a.Name, 3000)
-			if err := ExchangeTCP(a, b, req, resp, 10*time.Second); err != nil {
+			req := netlab.RandomPayload("tcp request "+a.Name+" to "+b.Name, 2000)
+			resp := netlab.RandomPayload("tcp reply "+b.Name+" to "+a.Name, 3000)
+			if err := netlab.ExchangeTCP(a, b, req, resp, 10*time.Second); err != nil {
 				t.Errorf("TCP %s -> %s: %v", a.Name, b.Name, err)
 			}
 		}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/netlab"
 )
 
 // TestRevokedPeerRemovedEverywhere: `confmesh nodes revoke node-3` through
@@ -17,7 +19,7 @@ func TestRevokedPeerRemovedEverywhere(t *testing.T) {
 	c := NewCluster(t, Options{Nodes: 3})
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	a, p3 := c.AddPod(n1), c.AddPod(n3)
-	if err := SendUDP(a, p3, RandomPayload("before revocation", 16), 10*time.Second); err != nil {
+	if err := netlab.SendUDP(a, p3, netlab.RandomPayload("before revocation", 16), 10*time.Second); err != nil {
 		t.Fatalf("before revocation: %v", err)
 	}
 
@@ -28,7 +30,7 @@ func TestRevokedPeerRemovedEverywhere(t *testing.T) {
 	revoked := time.Now()
 	t.Logf("confmesh nodes revoke %s: %s", n3.Name, out)
 	const removeTimeout = 15 * time.Second
-	err = Eventually(removeTimeout, pollEvery, func() error {
+	err = netlab.Eventually(removeTimeout, netlab.PollEvery, func() error {
 		for _, n := range []*Node{n1, n2} {
 			has, err := n.HasPeerKey(n3.Key)
 			if err != nil {
@@ -63,10 +65,10 @@ func TestRevokedPeerRemovedEverywhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload := RandomPayload("to a revoked node's pod", 48)
+	payload := netlab.RandomPayload("to a revoked node's pod", 48)
 	const count = 20
 	capt := c.StartCapture(20 * time.Second)
-	arrived, err := CountUDP(a, p3, payload, count, 20*time.Millisecond, 300*time.Millisecond)
+	arrived, err := netlab.CountUDP(a, p3, payload, count, 20*time.Millisecond, 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,8 +83,8 @@ func TestRevokedPeerRemovedEverywhere(t *testing.T) {
 	if arrived != 0 {
 		t.Errorf("%d of %d datagrams reached %s after its node was revoked", arrived, count, p3.Name)
 	}
-	if n := FramesContaining(frames, payload); n > 0 {
-		t.Errorf("the payload crossed the underlay in clear in %d frames:\n%s", n, Summarize(frames))
+	if n := netlab.FramesContaining(frames, payload); n > 0 {
+		t.Errorf("the payload crossed the underlay in clear in %d frames:\n%s", n, netlab.Summarize(frames))
 	}
 	if d := outAfter - outBefore; d < count {
 		t.Errorf("strict_out_drop on %s rose by %d, want at least %d", n1.Name, d, count)

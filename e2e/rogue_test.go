@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/netlab"
 )
 
 // observeFor is how long the rogue tests keep watching that a refused node
@@ -22,14 +24,14 @@ func TestRogueNodeRefusedByControlPlane(t *testing.T) {
 	c := NewCluster(t, Options{Nodes: 2})
 	honest := append([]*Node(nil), c.Nodes...)
 	rogues := map[*Node]string{
-		c.AddNode(NodeOptions{SimDebug: true}):                   "debug",
-		c.AddNode(NodeOptions{SimMeasurement: OtherMeasurement}): "measurement",
+		c.AddNode(NodeOptions{SimDebug: true}):                          "debug",
+		c.AddNode(NodeOptions{SimMeasurement: netlab.OtherMeasurement}): "measurement",
 	}
 	for r, want := range rogues {
 		var last *Status
-		err := Eventually(20*time.Second, pollEvery, func() error {
+		err := netlab.Eventually(20*time.Second, netlab.PollEvery, func() error {
 			if done, werr := r.Agent().Exited(); done {
-				return Permanent(fmt.Errorf("agent exited: %v", werr))
+				return netlab.Permanent(fmt.Errorf("agent exited: %v", werr))
 			}
 			st, err := r.Status()
 			if err != nil {
@@ -37,7 +39,7 @@ func TestRogueNodeRefusedByControlPlane(t *testing.T) {
 			}
 			last = st
 			if st.Attested {
-				return Permanent(fmt.Errorf("attested (ready=%v %q)", st.Ready, st.ReadyReason))
+				return netlab.Permanent(fmt.Errorf("attested (ready=%v %q)", st.Ready, st.ReadyReason))
 			}
 			if !strings.Contains(st.ReadyReason, want) {
 				return fmt.Errorf("ready reason %q does not name %q yet", st.ReadyReason, want)
@@ -51,7 +53,7 @@ func TestRogueNodeRefusedByControlPlane(t *testing.T) {
 		if last.Ready {
 			t.Errorf("%s (%s): ready=true while not attested", r.Name, want)
 		}
-		if r.Key, err = keyFromHex(last.WireGuardKey); err != nil {
+		if r.Key, err = netlab.KeyFromHex(last.WireGuardKey); err != nil {
 			t.Fatalf("%s: status wireguardKey: %v", r.Name, err)
 		}
 	}
@@ -130,7 +132,7 @@ func TestLaxControlPlaneCannotAdmitRogue(t *testing.T) {
 	}
 
 	for _, n := range []*Node{n1, n2} {
-		err := Eventually(15*time.Second, pollEvery, func() error {
+		err := netlab.Eventually(15*time.Second, netlab.PollEvery, func() error {
 			peers, err := n.Peers()
 			if err != nil {
 				return err
@@ -140,7 +142,7 @@ func TestLaxControlPlaneCannotAdmitRogue(t *testing.T) {
 					continue
 				}
 				if p.State != "refused" || !strings.Contains(p.Reason, "debug") {
-					return Permanent(fmt.Errorf("peer %s: state %q reason %q, want refused naming debug", p.Name, p.State, p.Reason))
+					return netlab.Permanent(fmt.Errorf("peer %s: state %q reason %q, want refused naming debug", p.Name, p.State, p.Reason))
 				}
 				t.Logf("%s: peer %s %s: %s", n.Name, p.Name, p.State, p.Reason)
 				return nil
@@ -168,10 +170,10 @@ func TestLaxControlPlaneCannotAdmitRogue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload := RandomPayload("honest pod to rogue pod", 48)
+	payload := netlab.RandomPayload("honest pod to rogue pod", 48)
 	const count = 20
 	capt := c.StartCapture(20 * time.Second)
-	arrived, err := CountUDP(a, rp, payload, count, 20*time.Millisecond, 300*time.Millisecond)
+	arrived, err := netlab.CountUDP(a, rp, payload, count, 20*time.Millisecond, 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,11 +185,11 @@ func TestLaxControlPlaneCannotAdmitRogue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("underlay while %s sent %d datagrams to %s:\n%s", a.Name, count, rp.Name, Summarize(frames))
+	t.Logf("underlay while %s sent %d datagrams to %s:\n%s", a.Name, count, rp.Name, netlab.Summarize(frames))
 	if arrived != 0 {
 		t.Errorf("%d of %d datagrams reached the rogue's pod", arrived, count)
 	}
-	if n := FramesContaining(frames, payload); n > 0 {
+	if n := netlab.FramesContaining(frames, payload); n > 0 {
 		t.Errorf("the payload crossed the underlay in clear in %d frames", n)
 	}
 	if bad := c.UnderlayViolations(frames); len(bad) > 0 {

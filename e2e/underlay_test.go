@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/netlab"
 )
 
 // TestUnderlayCarriesOnlyWireGuard captures every frame on the underlay
@@ -23,24 +25,24 @@ func TestUnderlayCarriesOnlyWireGuard(t *testing.T) {
 
 	// The capture sees what crosses the bridge: a datagram sent in
 	// clear between two node namespaces.
-	control := RandomPayload("control, sent in clear on purpose", 32)
+	control := netlab.RandomPayload("control, sent in clear on purpose", 32)
 	capt := c.StartCapture(10 * time.Second)
-	dst := netip.AddrPortFrom(n2.IP, randomPort())
-	r, err := ListenUDP(n2.NS, dst)
+	dst := netip.AddrPortFrom(n2.IP, netlab.RandomPort())
+	r, err := netlab.ListenUDP(n2.NS, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := DialUDP(n1.NS, dst)
+	s, err := netlab.DialUDP(n1.NS, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Eventually(5*time.Second, 50*time.Millisecond, func() error {
+	if err := netlab.Eventually(5*time.Second, 50*time.Millisecond, func() error {
 		if r.Has(control) {
 			return nil
 		}
 		_, err := s.Write(control)
 		if err == nil {
-			err = errNotYet
+			err = netlab.ErrNotYet
 		}
 		return err
 	}); err != nil {
@@ -52,28 +54,28 @@ func TestUnderlayCarriesOnlyWireGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if FramesContaining(frames, control) == 0 {
-		t.Fatalf("the capture on the bridge did not see a datagram sent in clear between two nodes; frames:\n%s", Summarize(frames))
+	if netlab.FramesContaining(frames, control) == 0 {
+		t.Fatalf("the capture on the bridge did not see a datagram sent in clear between two nodes; frames:\n%s", netlab.Summarize(frames))
 	}
 
 	// The real thing.
-	udpPayload := RandomPayload("udp pod payload", 48)
-	tcpReq := RandomPayload("tcp pod request", 4000)
-	tcpResp := RandomPayload("tcp pod reply", 4000)
+	udpPayload := netlab.RandomPayload("udp pod payload", 48)
+	tcpReq := netlab.RandomPayload("tcp pod request", 4000)
+	tcpResp := netlab.RandomPayload("tcp pod reply", 4000)
 	capt = c.StartCapture(30 * time.Second)
-	if err := SendUDP(a, b, udpPayload, 10*time.Second); err != nil {
+	if err := netlab.SendUDP(a, b, udpPayload, 10*time.Second); err != nil {
 		t.Errorf("UDP %s -> %s: %v", a.Name, b.Name, err)
 	}
-	if err := ExchangeTCP(a, b, tcpReq, tcpResp, 10*time.Second); err != nil {
+	if err := netlab.ExchangeTCP(a, b, tcpReq, tcpResp, 10*time.Second); err != nil {
 		t.Errorf("TCP %s <-> %s: %v", a.Name, b.Name, err)
 	}
 	frames, err = capt.Stop()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("underlay frames while the pods talked:\n%s", Summarize(frames))
+	t.Logf("underlay frames while the pods talked:\n%s", netlab.Summarize(frames))
 	for what, p := range map[string][]byte{"UDP payload": udpPayload, "TCP request": tcpReq[:64], "TCP reply": tcpResp[:64]} {
-		if n := FramesContaining(frames, p); n > 0 {
+		if n := netlab.FramesContaining(frames, p); n > 0 {
 			t.Errorf("%s seen in clear in %d frames on the underlay", what, n)
 		}
 	}
@@ -82,8 +84,8 @@ func TestUnderlayCarriesOnlyWireGuard(t *testing.T) {
 	}
 	wg := 0
 	for _, f := range frames {
-		p := Parse(f)
-		if p.Proto == ProtoUDP && p.Src == n1.IP && p.Dst == n2.IP && p.DstPort == wgPort {
+		p := netlab.Parse(f)
+		if p.Proto == netlab.ProtoUDP && p.Src == n1.IP && p.Dst == n2.IP && p.DstPort == netlab.WireGuardPort {
 			wg++
 		}
 	}

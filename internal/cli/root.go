@@ -82,6 +82,7 @@ input file that cannot be read or parsed.`,
 	root.AddCommand(newAttestCmd(), newPolicyCmd(), newBenchCmd(), newControlPlaneCmd(), newNodesCmd())
 	root.AddCommand(newDatapathCmd())
 	root.AddCommand(newAgentCmd(), newStatusCmd(), newPeersCmd())
+	root.AddCommand(newDemoCmd())
 	return root
 }
 

@@ -1,6 +1,6 @@
 //go:build linux
 
-package e2e
+package netlab
 
 import (
 	"fmt"
@@ -15,11 +15,12 @@ import (
 // ZeroMeasurement is what a simulated node reports unless told otherwise.
 var ZeroMeasurement = strings.Repeat("00", 48)
 
-// OtherMeasurement is a measurement no harness policy accepts.
+// OtherMeasurement is a measurement no lab policy accepts.
 var OtherMeasurement = strings.Repeat("ab", 48)
 
-// Policy is the part of an attestation policy the tests vary. The rest is
-// fixed: the cluster's simulated root, VMPL 0, no SMT, no migration agent.
+// Policy is the part of an attestation policy a lab varies. The rest is
+// fixed: the cluster's simulated root, VMPL 0, no SMT, no migration agent,
+// evidence at most 90 minutes old.
 type Policy struct {
 	// AllowDebug accepts debug guests (a lax policy).
 	AllowDebug bool
@@ -27,14 +28,14 @@ type Policy struct {
 	Measurements []string
 }
 
-// yaml renders the policy trusting the simulated root file root.
-func (p Policy) yaml(root string) string {
+// YAML renders the policy trusting the simulated root file root.
+func (p Policy) YAML(root string) string {
 	ms := p.Measurements
 	if len(ms) == 0 {
 		ms = []string{ZeroMeasurement}
 	}
 	var b strings.Builder
-	b.WriteString("# written by the e2e harness\ntrustDomain: confmesh.local\nmeasurements:\n")
+	b.WriteString("# written by netlab (confmesh e2e tests and demo)\ntrustDomain: confmesh.local\nmeasurements:\n")
 	for _, m := range ms {
 		fmt.Fprintf(&b, "  - %q\n", m) // quoted: YAML reads all-digit hex as a number
 	}
@@ -43,12 +44,13 @@ func (p Policy) yaml(root string) string {
 	return b.String()
 }
 
-func writePolicy(path, root string, p Policy) error {
-	return os.WriteFile(path, []byte(p.yaml(root)), 0o644)
+// WritePolicy writes p, trusting the simulated root file root, to path.
+func WritePolicy(path, root string, p Policy) error {
+	return os.WriteFile(path, []byte(p.YAML(root)), 0o644)
 }
 
-// The simulated CA (RSA-2048 test keys) is generated once per test binary
-// and saved into each cluster's directory.
+// The simulated CA (RSA-2048 test keys, freshly generated) is made once per
+// process and saved into each cluster's directory.
 var (
 	caOnce sync.Once
 	caMu   sync.Mutex // Save records the directory in the CA
@@ -56,8 +58,9 @@ var (
 	caErr  error
 )
 
-// saveSimCA writes the run's simulated CA into dir and returns its root file.
-func saveSimCA(dir string) (string, error) {
+// SaveSimCA writes the process's simulated CA into dir and returns its root
+// file.
+func SaveSimCA(dir string) (string, error) {
 	caOnce.Do(func() { simCA, caErr = sim.NewTestCA("") })
 	if caErr != nil {
 		return "", caErr

@@ -1,6 +1,6 @@
 //go:build linux
 
-package e2e
+package netlab
 
 import (
 	"fmt"
@@ -9,9 +9,9 @@ import (
 	"github.com/confmesh/confmesh/agent"
 )
 
-// podMTU is the underlay MTU (1500) minus WireGuard's 80, as the CNI
+// PodMTU is the underlay MTU (1500) minus WireGuard's 80, as the CNI
 // plugin sets it.
-const podMTU = 1500 - agent.WireGuardOverhead
+const PodMTU = 1500 - agent.WireGuardOverhead
 
 // Pod is a hand-made pod: a network namespace with a veth whose pod end,
 // eth0, holds the pod IP (/32) and routes everything via the node's pod
@@ -27,35 +27,33 @@ type Pod struct {
 // AddPod makes the next pod on node n (n must be attested: its pod CIDR is
 // known). Pod k gets the (9+k)-th host address of the pod CIDR; the first
 // is the gateway, which lives on the WireGuard device.
-func (c *Cluster) AddPod(n *Node) *Pod {
-	t := c.T
-	t.Helper()
+func (c *Cluster) AddPod(n *Node) (*Pod, error) {
 	n.mu.Lock()
 	n.pods++
 	k := n.pods
 	cidr := n.PodCIDR
 	n.mu.Unlock()
 	if !cidr.IsValid() {
-		t.Fatalf("e2e: AddPod(%s): the node has no pod CIDR yet (WaitReady first)", n.Name)
+		return nil, fmt.Errorf("AddPod(%s): the node has no pod CIDR yet (WaitReady first)", n.Name)
 	}
 	addr := cidr.Masked().Addr()
 	for range 9 + k {
 		addr = addr.Next()
 	}
 	if !cidr.Contains(addr) {
-		t.Fatalf("e2e: AddPod(%s): pod CIDR %s too small", n.Name, cidr)
+		return nil, fmt.Errorf("AddPod(%s): pod CIDR %s too small", n.Name, cidr)
 	}
 	gw := agent.Gateway(cidr).String()
 	p := &Pod{Name: fmt.Sprintf("%s/pod-%d", n.Name, k), NS: fmt.Sprintf("%sp%d", n.NS, k), IP: addr, Node: n, HostIf: fmt.Sprintf("pod%d", k)}
 	c.trackNS(p.NS)
-	if err := addNetns(p.NS); err != nil {
-		t.Fatalf("e2e: pod %s: %v", p.Name, err)
+	if err := AddNetns(p.NS); err != nil {
+		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 	}
 	for _, step := range []struct {
 		ns   string
 		args []string
 	}{
-		{p.NS, []string{"link", "add", "eth0", "mtu", fmt.Sprint(podMTU), "type", "veth", "peer", "name", p.HostIf, "netns", n.NS}},
+		{p.NS, []string{"link", "add", "eth0", "mtu", fmt.Sprint(PodMTU), "type", "veth", "peer", "name", p.HostIf, "netns", n.NS}},
 		{p.NS, []string{"addr", "add", addr.String() + "/32", "dev", "eth0"}},
 		{p.NS, []string{"link", "set", "eth0", "up"}},
 		{p.NS, []string{"route", "add", gw, "dev", "eth0", "scope", "link"}},
@@ -64,11 +62,18 @@ func (c *Cluster) AddPod(n *Node) *Pod {
 		{n.NS, []string{"route", "add", addr.String() + "/32", "dev", p.HostIf}},
 	} {
 		if err := ipIn(step.ns, step.args...); err != nil {
-			t.Fatalf("e2e: pod %s: %v", p.Name, err)
+			return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 		}
 	}
 	c.mu.Lock()
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
-	return p
+	return p, nil
+}
+
+// Pods returns the cluster's pods in the order they were added.
+func (c *Cluster) Pods() []*Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Pod(nil), c.pods...)
 }

@@ -1,11 +1,18 @@
 //go:build linux
 
-package e2e
+package netlab
 
 import (
 	"errors"
 	"fmt"
 	"time"
+)
+
+// Bounds of the waits the cluster uses.
+const (
+	ReadyTimeout = 30 * time.Second // agent attested and ready
+	MeshTimeout  = 30 * time.Second // every node has every peer
+	PollEvery    = 100 * time.Millisecond
 )
 
 // permanentError ends an Eventually early.
@@ -37,5 +44,5 @@ func Eventually(timeout, interval time.Duration, f func() error) error {
 	}
 }
 
-// errNotYet is what a polled condition returns while it is not met.
-var errNotYet = errors.New("not yet")
+// ErrNotYet is what a polled condition returns while it is not met.
+var ErrNotYet = errors.New("not yet")

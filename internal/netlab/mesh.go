@@ -1,6 +1,6 @@
 //go:build linux
 
-package e2e
+package netlab
 
 import (
 	"fmt"
@@ -12,13 +12,11 @@ import (
 // WaitMesh waits until every node in nodes has exactly the others as
 // WireGuard peers, each with its pod CIDR as allowed IPs and its underlay
 // endpoint.
-func (c *Cluster) WaitMesh(nodes ...*Node) {
-	t := c.T
-	t.Helper()
-	err := Eventually(MeshTimeout, pollEvery, func() error {
+func (c *Cluster) WaitMesh(nodes ...*Node) error {
+	err := Eventually(MeshTimeout, PollEvery, func() error {
 		var errs []string
 		for _, n := range nodes {
-			if err := n.CheckPeers(others(nodes, n)...); err != nil {
+			if err := n.CheckPeers(Others(nodes, n)...); err != nil {
 				errs = append(errs, err.Error())
 			}
 		}
@@ -28,12 +26,13 @@ func (c *Cluster) WaitMesh(nodes ...*Node) {
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("e2e: no full mesh: %v", err)
+		return fmt.Errorf("no full mesh: %w", err)
 	}
+	return nil
 }
 
-// others is nodes without n.
-func others(nodes []*Node, n *Node) []*Node {
+// Others is nodes without n.
+func Others(nodes []*Node, n *Node) []*Node {
 	var out []*Node
 	for _, m := range nodes {
 		if m != n {
@@ -85,10 +84,7 @@ func (n *Node) CheckPeers(want ...*Node) error {
 
 // nameOfKey names the node whose WireGuard key is k, if known.
 func (c *Cluster) nameOfKey(k wgtypes.Key) string {
-	c.mu.Lock()
-	nodes := append([]*Node(nil), c.Nodes...)
-	c.mu.Unlock()
-	for _, n := range nodes {
+	for _, n := range c.Nodes() {
 		if n.Key == k {
 			return n.Name
 		}

@@ -1,0 +1,172 @@
+//go:build linux
+
+package netlab
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// maxDeviceName is the longest network interface name Linux accepts.
+const maxDeviceName = 15
+
+// Config says where and with what a cluster is built.
+type Config struct {
+	// Prefix starts every name of the cluster (Run.NextClusterPrefix),
+	// e.g. "cme2e-1a2b-03".
+	Prefix string
+	// Dir is the cluster's working directory (it must exist): the
+	// simulated CA, policies, state directories, sockets and logs.
+	Dir string
+	// Bin is the confmesh binary the processes run.
+	Bin string
+	// OwnProcessGroup starts every process in a process group of its own
+	// (see ProcessSpec.OwnGroup).
+	OwnProcessGroup bool
+	// Logf, if set, receives notes from Teardown (what cleanup printed).
+	Logf func(format string, args ...any)
+}
+
+// Options describe a cluster's shape.
+type Options struct {
+	// Nodes is how many honest nodes Start starts and waits for
+	// (attested, ready, full mesh).
+	Nodes int
+	// AgentPolicy is every agent's policy (default: strict).
+	AgentPolicy Policy
+	// ControlPlanePolicy is the control plane's policy; nil: AgentPolicy.
+	ControlPlanePolicy *Policy
+	// SVIDTTL is the control plane's --svid-ttl (0: its default).
+	SVIDTTL time.Duration
+}
+
+// Cluster is a control plane, nodes and pods in network namespaces joined
+// by a bridge in the underlay namespace.
+type Cluster struct {
+	Config
+	SimDir   string // the simulated CA (sim-snp)
+	Underlay string // network namespace holding the bridge
+	Bridge   string // the bridge's name in Underlay
+	CP       *ControlPlane
+
+	agentPolicy string
+
+	mu         sync.Mutex
+	nodes      []*Node
+	pods       []*Pod
+	namespaces []string   // in creation order
+	procs      []*Process // every process ever started, for the logs
+}
+
+// NewCluster prepares a cluster; it creates nothing yet. Call Teardown when
+// done, also when Start fails: it removes whatever was created.
+func NewCluster(cfg Config) *Cluster {
+	return &Cluster{Config: cfg, Bridge: "br0"}
+}
+
+// MaxNodes is how many nodes fit the cluster's names (device names are
+// Prefix + "n" + node number, at most 15 bytes).
+func (c *Cluster) MaxNodes() int {
+	digits := maxDeviceName - len(c.Prefix) - 1
+	n := 0
+	for range min(digits, 3) {
+		n = n*10 + 9
+	}
+	return min(n, 200)
+}
+
+// Start builds the topology, starts the control plane and opts.Nodes
+// honest agents, and waits until every one is attested and ready and the
+// mesh is full.
+func (c *Cluster) Start(opts Options) error {
+	if c.Prefix == "" || c.Dir == "" || c.Bin == "" {
+		return errors.New("netlab: Config needs Prefix, Dir and Bin")
+	}
+	if opts.Nodes > c.MaxNodes() {
+		return fmt.Errorf("at most %d nodes fit the names of cluster %s", c.MaxNodes(), c.Prefix)
+	}
+	c.SimDir = filepath.Join(c.Dir, "sim")
+	root, err := SaveSimCA(c.SimDir)
+	if err != nil {
+		return fmt.Errorf("simulated CA: %w", err)
+	}
+	c.agentPolicy = filepath.Join(c.Dir, "agent-policy.yaml")
+	if err := WritePolicy(c.agentPolicy, root, opts.AgentPolicy); err != nil {
+		return err
+	}
+	cpPolicy := c.agentPolicy
+	if opts.ControlPlanePolicy != nil {
+		cpPolicy = filepath.Join(c.Dir, "cp-policy.yaml")
+		if err := WritePolicy(cpPolicy, root, *opts.ControlPlanePolicy); err != nil {
+			return err
+		}
+	}
+	if err := c.setupUnderlay(); err != nil {
+		return fmt.Errorf("underlay: %w", err)
+	}
+	if err := c.startControlPlane(cpPolicy, opts); err != nil {
+		return err
+	}
+	nodes := make([]*Node, opts.Nodes)
+	for i := range nodes {
+		if nodes[i], err = c.AddNode(NodeOptions{}); err != nil {
+			return err
+		}
+	}
+	for _, n := range nodes {
+		if err := n.WaitReady(); err != nil {
+			return err
+		}
+	}
+	return c.WaitMesh(nodes...)
+}
+
+// Nodes returns the cluster's nodes in the order they were added.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Node(nil), c.nodes...)
+}
+
+// Processes returns every process the cluster started, in order.
+func (c *Cluster) Processes() []*Process {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Process(nil), c.procs...)
+}
+
+// Namespaces returns the cluster's network namespaces in creation order.
+func (c *Cluster) Namespaces() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.namespaces...)
+}
+
+func (c *Cluster) trackNS(name string) {
+	c.mu.Lock()
+	c.namespaces = append(c.namespaces, name)
+	c.mu.Unlock()
+}
+
+func (c *Cluster) trackProc(p *Process) {
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+}
+
+// start starts a process of the cluster in netns and tracks it.
+func (c *Cluster) start(name, log, netns string, args ...string) (*Process, error) {
+	p, err := StartProcess(ProcessSpec{Name: name, Log: log, NetNS: netns, Argv: append([]string{c.Bin}, args...), OwnGroup: c.OwnProcessGroup})
+	if err != nil {
+		return nil, err
+	}
+	c.trackProc(p)
+	return p, nil
+}
+
+// ensureDir creates dir (0700) if needed.
+func ensureDir(dir string) error { return os.MkdirAll(dir, 0o700) }

@@ -1,0 +1,107 @@
+//go:build linux
+
+package netlab
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// UDPStream sends count sequence-numbered datagrams, one every interval,
+// from one pod to another in the background; Finish tells which never
+// arrived.
+type UDPStream struct {
+	From, To *Pod
+	count    int
+	token    string
+	sent     atomic.Int64
+	r        *UDPReceiver
+	done     chan struct{}
+}
+
+// StartUDPStream starts a stream of count datagrams from one pod to another.
+func StartUDPStream(from, to *Pod, count int, interval time.Duration) (*UDPStream, error) {
+	dst := netip.AddrPortFrom(to.IP, RandomPort())
+	r, err := ListenUDP(to.NS, dst)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := DialUDP(from.NS, dst)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	s := &UDPStream{From: from, To: to, count: count, token: fmt.Sprintf("%x", RandomPayload("", 8)), r: r, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		defer conn.Close()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for i := range count {
+			_, _ = conn.Write(fmt.Appendf(nil, "stream %s seq %06d", s.token, i)) // a failed send is a loss
+			s.sent.Add(1)
+			<-t.C
+		}
+	}()
+	return s, nil
+}
+
+// Count is how many datagrams the stream sends in all.
+func (s *UDPStream) Count() int { return s.count }
+
+// Sent is how many datagrams have been sent so far.
+func (s *UDPStream) Sent() int { return int(s.sent.Load()) }
+
+// Finish waits for the sender (bounded by timeout), then briefly for
+// stragglers, stops receiving and returns the sequence numbers that never
+// arrived.
+func (s *UDPStream) Finish(timeout time.Duration) (missing []int, err error) {
+	select {
+	case <-s.done:
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("stream sender still running after %s", timeout)
+	}
+	got := map[int]bool{}
+	collect := func() error {
+		for _, d := range s.r.Datagrams() {
+			var tok string
+			var seq int
+			if _, err := fmt.Sscanf(string(d), "stream %s seq %d", &tok, &seq); err == nil && tok == s.token {
+				got[seq] = true
+			}
+		}
+		if len(got) < s.count {
+			return ErrNotYet
+		}
+		return nil
+	}
+	_ = Eventually(500*time.Millisecond, 50*time.Millisecond, collect) // stragglers
+	s.r.Close()
+	for i := range s.count {
+		if !got[i] {
+			missing = append(missing, i)
+		}
+	}
+	return missing, nil
+}
+
+// Ranges renders sorted sequence numbers as "3-7, 12".
+func Ranges(seqs []int) string {
+	var parts []string
+	for i := 0; i < len(seqs); {
+		j := i
+		for j+1 < len(seqs) && seqs[j+1] == seqs[j]+1 {
+			j++
+		}
+		if i == j {
+			parts = append(parts, fmt.Sprint(seqs[i]))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", seqs[i], seqs[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ", ")
+}
