@@ -121,6 +121,7 @@ type Agent struct {
 	ipam        *IPAM
 
 	reconcileMu sync.Mutex
+	ctx         context.Context // Run's context; bounds background work
 }
 
 type peerStatus struct {
@@ -250,6 +251,9 @@ func uniquePrefixes(ps ...netip.Prefix) []netip.Prefix {
 // and the watch/renew loop until ctx ends. The device and the rules are
 // left in place on exit: an agent restart costs no traffic.
 func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.ctx = ctx
+	a.mu.Unlock()
 	if err := a.InstallStrictRules(); err != nil {
 		return err
 	}
@@ -595,6 +599,7 @@ func (a *Agent) reconcile() {
 			return
 		}
 		a.log.Info("peers applied", "changes", len(plan.Changes), "verified", verified)
+		a.kickHandshakes(a.runCtx(), addedKeys(plan), a.now())
 	}
 	if err := dev.SyncRoutes(plan.Routes, mtu); err != nil {
 		a.log.Error("sync routes", "err", err)
@@ -654,12 +659,23 @@ func (a *Agent) renew(ctx context.Context) error {
 		if err := saveWireGuardKey(a.cfg.StateDir, *newKey); err != nil {
 			return fmt.Errorf("persist rotated WireGuard key: %w", err)
 		}
+		switched := a.now()
 		if err := a.device().Configure(*newKey, a.cfg.ListenPort); err != nil {
 			return fmt.Errorf("switch device to the rotated key: %w", err)
 		}
 		a.mu.Lock()
 		a.wgKey, a.keyCreated = *newKey, a.now()
 		a.mu.Unlock()
+		// Sessions under the old key are gone: start handshakes under the
+		// new one now rather than at the next packet or keepalive.
+		if st, err := a.device().State(); err == nil {
+			keys := make([]wgtypes.Key, 0, len(st.Peers))
+			for _, p := range st.Peers {
+				keys = append(keys, p.PublicKey)
+			}
+			a.rekick(setOf(keys), switched)
+			a.kickHandshakes(ctx, keys, switched)
+		}
 		a.log.Info("WireGuard key rotated")
 	}
 	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
@@ -765,4 +781,22 @@ func (a *Agent) device() *wg.Device {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.dev
+}
+
+// runCtx is Run's context (Background before Run).
+func (a *Agent) runCtx() context.Context {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ctx == nil {
+		return context.Background()
+	}
+	return a.ctx
+}
+
+func setOf(keys []wgtypes.Key) map[wgtypes.Key]bool {
+	m := make(map[wgtypes.Key]bool, len(keys))
+	for _, k := range keys {
+		m[k] = true
+	}
+	return m
 }
