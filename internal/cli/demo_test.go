@@ -58,7 +58,6 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"node-1: attested=true tee=sim-snp datapath=userspace strict=on verified peers: node-2, node-3",
 		"PASS (a)",
-		"node-1/pod-1 (10.244.0.10) -> node-2/pod-1 (10.244.1.10): delivered",
 		"PASS (b)",
 		"IS seen by the capture",
 		"frames holding the payload in clear: 0; frames other than WireGuard, ARP or control-plane TLS: 0",
@@ -76,6 +75,10 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("the narration lacks %q", want)
 		}
+	}
+	// Pod CIDRs follow join order, which varies: match the shape, not the numbers.
+	if !regexp.MustCompile(`node-1/pod-1 \(10\.244\.\d+\.\d+\) -> node-2/pod-1 \(10\.244\.\d+\.\d+\): delivered`).MatchString(text) {
+		t.Errorf("the narration lacks node-1/pod-1 -> node-2/pod-1 delivered")
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s", text)
