@@ -22,8 +22,10 @@ type (
 	Policy = netlab.Policy
 	// Status is `confmesh status -o json` (netlab.Status).
 	Status = netlab.Status
-	// Pod is a hand-made pod (netlab.Pod).
+	// Pod is a pod (netlab.Pod), made by the CNI plugin.
 	Pod = netlab.Pod
+	// PodSpec is what CNI_ARGS says about a pod (netlab.PodSpec).
+	PodSpec = netlab.PodSpec
 )
 
 // LogDirEnv names a directory to copy every cluster's process logs into
@@ -71,7 +73,7 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	if err != nil {
 		t.Fatalf("e2e: %v", err)
 	}
-	cfg := netlab.Config{Prefix: prefix, Dir: t.TempDir(), Bin: Binary(t)}
+	cfg := netlab.Config{Prefix: prefix, Dir: t.TempDir(), Bin: Binary(t), CNIBin: CNIBinary(t)}
 	if testing.Verbose() {
 		cfg.Logf = func(format string, args ...any) { t.Logf("e2e cleanup: "+format, args...) }
 	}
@@ -127,10 +129,18 @@ func (c *Cluster) AddNode(opts NodeOptions) *Node {
 	return w
 }
 
-// AddPod makes the next pod on node n (n must be ready).
+// AddPod makes the next pod on node n with the CNI plugin (n must be
+// ready): namespace "default", a generated name and UID.
 func (c *Cluster) AddPod(n *Node) *Pod {
 	c.T.Helper()
-	p, err := c.Cluster.AddPod(n.Node)
+	return c.AddPodSpec(n, PodSpec{})
+}
+
+// AddPodSpec makes the next pod on node n with the CNI plugin, with the
+// namespace, name and UID of spec in CNI_ARGS.
+func (c *Cluster) AddPodSpec(n *Node, spec PodSpec) *Pod {
+	c.T.Helper()
+	p, err := c.Cluster.AddCNIPod(n.Node, spec)
 	if err != nil {
 		c.T.Fatalf("e2e: %v", err)
 	}

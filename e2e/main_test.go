@@ -9,6 +9,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		// Re-executed as a workload inside a pod (workload_test.go).
+		os.Exit(runWorkloadHelper(mode))
+	}
 	if os.Geteuid() == 0 {
 		// Leftovers of earlier runs that ended without cleaning up
 		// (killed, timed out): only names with the harness prefix whose

@@ -34,12 +34,13 @@ var (
 	binOnce sync.Once
 	binDir  string
 	binPath string
+	cniPath string
 	binErr  error
 	binTook time.Duration
 )
 
 // Binary returns the path of a confmesh binary built from this module,
-// building it on first use (go build -o into a temporary directory named
+// building it and the confmesh-cni plugin (CNIBinary) on first use (go build -o into a temporary directory named
 // with the run prefix, so that the sweep removes it if the run dies).
 func Binary(t testing.TB) string {
 	t.Helper()
@@ -59,6 +60,9 @@ func Binary(t testing.TB) string {
 			return
 		}
 		if binPath, binErr = netlab.BuildConfmesh(root, binDir); binErr != nil {
+			return
+		}
+		if cniPath, binErr = netlab.BuildCNI(root, binDir); binErr != nil {
 			return
 		}
 		binTook = time.Since(start)
@@ -84,4 +88,12 @@ func logDir(t testing.TB) string {
 		return ""
 	}
 	return filepath.Join(dir, sanitize(t.Name()))
+}
+
+// CNIBinary returns the path of the confmesh-cni plugin built next to the
+// confmesh binary (static, CGO_ENABLED=0).
+func CNIBinary(t testing.TB) string {
+	t.Helper()
+	Binary(t)
+	return cniPath
 }

@@ -41,3 +41,17 @@ func BuildConfmesh(root, dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// BuildCNI builds ./cmd/confmesh-cni of the module at root, static
+// (CGO_ENABLED=0, as docs/cni.md says it ships), into dir/confmesh-cni and
+// returns the binary's path.
+func BuildCNI(root, dir string) (string, error) {
+	bin := filepath.Join(dir, "confmesh-cni")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/confmesh-cni")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/confmesh-cni: %v\n%s", err, out)
+	}
+	return bin, nil
+}

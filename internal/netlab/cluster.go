@@ -24,6 +24,10 @@ type Config struct {
 	Dir string
 	// Bin is the confmesh binary the processes run.
 	Bin string
+	// CNIBin is the confmesh-cni binary (BuildCNI). When set, AddPod makes
+	// pods with it (AddCNIPod); when empty, AddPod makes them by hand
+	// (AddHandPod).
+	CNIBin string
 	// OwnProcessGroup starts every process in a process group of its own
 	// (see ProcessSpec.OwnGroup).
 	OwnProcessGroup bool

@@ -98,7 +98,7 @@ func (n *Node) StartAgent() error {
 	args := []string{"agent", "--name", n.Name, "--control-plane", n.c.CP.Addr, "--policy", n.Policy,
 		"--state-dir", n.StateDir, "--endpoint", n.Endpoint().String(), "--device", n.Device,
 		"--socket", n.Socket, "--workload-socket", n.WorkloadSocket, "--metrics-listen", "",
-		"--cni-conf-dir", "", // pods are hand-made: never install the CNI plugin into the host's /etc/cni
+		"--cni-conf-dir", "", // never install the CNI plugin into the host's /etc/cni (AddCNIPod execs it itself)
 		"--sim-dir", n.c.SimDir, "--force-userspace"}
 	if n.Opts.SimDebug {
 		args = append(args, "--sim-debug")

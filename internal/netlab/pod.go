@@ -13,21 +13,42 @@ import (
 // plugin sets it.
 const PodMTU = 1500 - agent.WireGuardOverhead
 
-// Pod is a hand-made pod: a network namespace with a veth whose pod end,
-// eth0, holds the pod IP (/32) and routes everything via the node's pod
-// gateway; the node end has a /32 route to the pod IP.
+// Pod is a network namespace with a veth whose pod end, eth0, holds the pod
+// IP (/32) and routes everything via the node's pod gateway; the node end
+// has a /32 route to the pod IP. Either the CNI plugin made it (AddCNIPod)
+// or the harness did (AddHandPod).
 type Pod struct {
 	Name   string // <node>/pod-<k>
 	NS     string
 	IP     netip.Addr
 	Node   *Node
 	HostIf string // node end of the veth
+
+	// Set for pods the CNI plugin made.
+	CNI         bool
+	ContainerID string // CNI_CONTAINERID
+	Namespace   string // K8S_POD_NAMESPACE
+	PodName     string // K8S_POD_NAME
+	UID         string // K8S_POD_UID
+	deleted     bool   // DEL ran
 }
 
-// AddPod makes the next pod on node n (n must be attested: its pod CIDR is
-// known). Pod k gets the (9+k)-th host address of the pod CIDR; the first
-// is the gateway, which lives on the WireGuard device.
+// AddPod makes the next pod on node n: with the CNI plugin when the
+// cluster has one (Config.CNIBin; namespace "default", name pod-<k>), by
+// hand otherwise.
 func (c *Cluster) AddPod(n *Node) (*Pod, error) {
+	if c.CNIBin != "" {
+		return c.AddCNIPod(n, PodSpec{})
+	}
+	return c.AddHandPod(n)
+}
+
+// AddHandPod makes the next pod on node n by hand (n must be attested: its
+// pod CIDR is known). Pod k gets the (9+k)-th host address of the pod CIDR;
+// the first is the gateway, which lives on the WireGuard device. The agent
+// knows nothing of such a pod (no IPAM reservation, no pod record, so no
+// Workload API identity).
+func (c *Cluster) AddHandPod(n *Node) (*Pod, error) {
 	n.mu.Lock()
 	n.pods++
 	k := n.pods

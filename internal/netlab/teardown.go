@@ -14,7 +14,8 @@ import (
 	"github.com/confmesh/confmesh/internal/netfilter"
 )
 
-// Teardown stops every process by PID (agents in parallel, then the
+// Teardown runs the CNI plugin's DEL for every pod it made, stops every
+// process by PID (agents in parallel, then the
 // control plane), runs `confmesh agent cleanup` in every node namespace,
 // kills any datapath or other process left in the cluster's namespaces,
 // deletes the namespaces (pods first) and checks that no UAPI socket is
@@ -28,6 +29,13 @@ func (c *Cluster) Teardown() []error {
 		mu.Lock()
 		errs = append(errs, fmt.Errorf(format, args...))
 		mu.Unlock()
+	}
+	// Pods the CNI plugin made get their DEL first, while the agents run
+	// (DEL also succeeds with the agent down: it removes the veth).
+	for _, p := range c.Pods() {
+		if err := c.DeletePod(p); err != nil {
+			fail("%v", err)
+		}
 	}
 	cpProc := c.CP.Process()
 	var wg sync.WaitGroup
