@@ -55,12 +55,9 @@ socket. The device, the datapath and the rules survive agent restarts;
 'confmesh agent cleanup' removes them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			return runAgent(ctx, cmd.ErrOrStderr(), f, hup)
+			return untilSignal(cmd, func(ctx context.Context, hup <-chan os.Signal) error {
+				return runAgent(ctx, cmd.ErrOrStderr(), f, hup)
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -275,4 +272,15 @@ func cniBinary(flag, self string) string {
 		return p
 	}
 	return ""
+}
+
+// untilSignal runs a daemon until SIGINT or SIGTERM ends ctx; SIGHUP is
+// delivered on hup (policy reload).
+func untilSignal(cmd *cobra.Command, run func(ctx context.Context, hup <-chan os.Signal) error) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return run(ctx, hup)
 }

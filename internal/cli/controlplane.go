@@ -10,11 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/confmesh/confmesh/controlplane"
@@ -74,12 +72,9 @@ error or an unreadable config or policy file.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			return runControlPlane(ctx, cmd.ErrOrStderr(), cfg, hup)
+			return untilSignal(cmd, func(ctx context.Context, hup <-chan os.Signal) error {
+				return runControlPlane(ctx, cmd.ErrOrStderr(), cfg, hup)
+			})
 		},
 	}
 	fl := cmd.Flags()

@@ -5,14 +5,12 @@
 package testutil
 
 import (
-	"errors"
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/gobuild"
 )
 
 // The confmesh binary, built once per test binary.
@@ -39,11 +37,7 @@ func BuildConfmesh(t testing.TB) string {
 		if binDir, binErr = os.MkdirTemp("", "confmesh-testbin-"); binErr != nil {
 			return
 		}
-		binPath = filepath.Join(binDir, "confmesh")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/confmesh")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build ./cmd/confmesh: %v\n%s", err, out)
+		if binPath, binErr = gobuild.Build(root, binDir, "./cmd/confmesh"); binErr != nil {
 			return
 		}
 		t.Logf("built %s in %s", binPath, time.Since(start).Round(time.Millisecond))
@@ -63,21 +57,4 @@ func RemoveConfmesh() {
 
 // ModuleRoot walks up from the working directory to the directory holding
 // go.mod.
-func ModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return "", err
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod in the working directory or any parent")
-		}
-		dir = parent
-	}
-}
+func ModuleRoot() (string, error) { return gobuild.ModuleRoot() }
