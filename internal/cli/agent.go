@@ -34,7 +34,7 @@ type agentFlags struct {
 	metricsListen, logFormat, logLevel, workloadSocket                          string
 	cniBinDir, cniConfDir, cniBinary                                            string
 	listenPort, underlayMTU                                                     int
-	strict, forceUserspace                                                      bool
+	strict, forceUserspace, externalDatapath                                    bool
 	keyRotation                                                                 time.Duration
 	simDir, simName, simMeasurement                                             string
 	simDebug                                                                    bool
@@ -72,6 +72,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.clusterCIDR, "cluster-cidr", agent.DefaultClusterCIDR, "cluster pod `CIDR` (strict mode covers it from the first instant)")
 	fl.BoolVar(&f.strict, "strict", true, "strict fail-closed nftables rules (never turn off in production)")
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
+	fl.BoolVar(&f.externalDatapath, "external-datapath", false, "the userspace datapath runs elsewhere (a sidecar container): wait for its socket instead of starting one")
 	fl.DurationVar(&f.keyRotation, "key-rotation", 24*time.Hour, "rotate the WireGuard key on this period through a re-attested renewal (0: never)")
 	fl.StringVar(&f.socket, "socket", defaultAgentSocket, "local API unix socket `PATH` (CNI plugin, confmesh status)")
 	fl.StringVar(&f.cniBinDir, "cni-bin-dir", agent.DefaultCNIBinDir, "`DIR` the confmesh-cni plugin is installed into once the node is attested")
@@ -120,8 +121,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
 		CNIBinDir: f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
-		DatapathCommand: []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
-			"--pid-file", filepath.Join(f.stateDir, "datapath.pid")},
+		DatapathCommand: datapathCommand(f, self),
 	})
 	if err != nil {
 		return failf("agent: %v", err)
@@ -283,4 +283,14 @@ func untilSignal(cmd *cobra.Command, run func(ctx context.Context, hup <-chan os
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	return run(ctx, hup)
+}
+
+// datapathCommand is how the agent starts the userspace datapath, or nil
+// when a sidecar runs it (--external-datapath).
+func datapathCommand(f agentFlags, self string) []string {
+	if f.externalDatapath {
+		return nil
+	}
+	return []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
+		"--pid-file", filepath.Join(f.stateDir, "datapath.pid")}
 }
