@@ -369,7 +369,9 @@ func (a *Agent) joinWithRetry(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(backoff):
 		}
-		if backoff < 30*time.Second {
+		// Capped low: after a control-plane outage a node should be back
+		// within seconds of the control plane.
+		if backoff < 8*time.Second {
 			backoff *= 2
 		}
 	}

@@ -530,3 +530,20 @@ func TestMaskedChipIDs(t *testing.T) {
 		t.Fatalf("revoked WireGuard key rejoined: err = %v", err)
 	}
 }
+
+// TestShutdownEndsWatches: stopping the control plane ends open watch
+// streams at once (Unavailable, so agents reconnect and resume) instead of
+// waiting out the graceful-stop grace period.
+func TestShutdownEndsWatches(t *testing.T) {
+	c := cptest.Start(t, cptest.Options{})
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	a.Join(t, c)
+	w := watch(t, a.MTLS(t, c), 0)
+	w.waitFor(t, "snapshot", func(evs []*cpv1.WatchEvent, _ error) bool { return len(evs) > 0 })
+	start := time.Now()
+	c.Stop()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("stopping with an open watch took %s", d)
+	}
+	w.waitFor(t, "stream end", func(_ []*cpv1.WatchEvent, err error) bool { return status.Code(err) == codes.Unavailable })
+}

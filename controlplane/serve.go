@@ -70,6 +70,11 @@ func (s *Server) serve(ctx context.Context, g *grpc.Server, lis net.Listener, ma
 	go func() {
 		select {
 		case <-ctx.Done():
+			if markReady {
+				// Watch streams never end on their own: end them first so
+				// GracefulStop finishes the unary calls and returns at once.
+				s.stopWatches()
+			}
 			stopped := make(chan struct{})
 			go func() { g.GracefulStop(); close(stopped) }()
 			select {

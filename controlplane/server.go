@@ -96,8 +96,11 @@ type Server struct {
 
 	nodes      *nodeCache // guarded by mu
 	challenges *challengeSet
-	hub        *hub
-	metrics    *metrics
+
+	shutdown     chan struct{} // closed when the agent listener stops
+	shutdownOnce sync.Once
+	hub          *hub
+	metrics      *metrics
 }
 
 // New opens (or creates) the CA in the store and prepares the serving
@@ -159,6 +162,7 @@ func New(cfg Config) (*Server, error) {
 		verifier:   v,
 		policy:     cfg.Policy,
 		challenges: newChallengeSet(cfg.ChallengeTTL, maxOutstandingChallenges),
+		shutdown:   make(chan struct{}),
 		metrics:    newMetrics(),
 	}
 	if s.ca, err = s.loadOrCreateCA(); err != nil {

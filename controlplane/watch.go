@@ -37,6 +37,8 @@ func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchSer
 		select {
 		case <-stream.Context().Done():
 			return stream.Context().Err()
+		case <-s.shutdown:
+			return status.Error(codes.Unavailable, "control plane shutting down; reconnect and resume from the last revision")
 		case ev, ok := <-sub.ch:
 			if !ok {
 				return status.Error(codes.Unavailable, "watch fell behind; reconnect and resume from the last revision")
@@ -70,3 +72,8 @@ func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, he *hu
 
 // snapshotLocked lists the active peers other than me; the caller holds s.mu.
 func (s *Server) snapshotLocked(me string) []*cpv1.Peer { return s.nodes.activePeers(me) }
+
+// stopWatches ends every open Watch stream (shutdown); idempotent.
+func (s *Server) stopWatches() {
+	s.shutdownOnce.Do(func() { close(s.shutdown) })
+}
