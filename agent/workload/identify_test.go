@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -223,9 +224,17 @@ func TestHostProc(t *testing.T) {
 	if viaPath, err := p.NetNSOfPath("/proc/self/ns/net"); err != nil || viaPath != ns {
 		t.Fatalf("NetNSOfPath(/proc/self/ns/net) = %v, %v; NetNS(self) = %v", viaPath, err, ns)
 	}
-	cmd := exec.Command("sleep", "30")
+	// A child that lives until killed: this test binary, blocked on stdin
+	// in TestHelperBlock.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperBlock$")
+	cmd.Env = append(os.Environ(), "CONFMESH_TEST_BLOCK=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
 	if err := cmd.Start(); err != nil {
-		t.Skip("no sleep binary:", err)
+		t.Fatalf("start child: %v", err)
 	}
 	pid := int32(cmd.Process.Pid)
 	st, err := p.StartTime(pid)
@@ -274,4 +283,13 @@ func TestCheckHeader(t *testing.T) {
 			t.Errorf("%v: err = %v", tc.md, err)
 		}
 	}
+}
+
+// TestHelperBlock is not a test: with CONFMESH_TEST_BLOCK set it blocks on
+// stdin, giving other tests a child process that lives until killed.
+func TestHelperBlock(t *testing.T) {
+	if os.Getenv("CONFMESH_TEST_BLOCK") == "" {
+		return
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
 }

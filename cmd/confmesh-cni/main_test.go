@@ -301,7 +301,7 @@ func dial(from ns.NetNS, addr string) (string, error) {
 func TestLibcniLifecycle(t *testing.T) {
 	e := newEnv(t)
 	if !havePM {
-		t.Skip("portmap needs nft or iptables on this machine (apt-get install nftables)")
+		t.Fatalf("the chained portmap plugin is unavailable (build error: %v); it also needs nft or iptables on this machine: run `make deps` (installs nftables)", buildErr)
 	}
 	l := e.conflist("1.1.0", true)
 	pod := newNS(t)

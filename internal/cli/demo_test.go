@@ -39,7 +39,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("confmesh demo needs root (network namespaces, TUN, nftables)")
 	}
 	if err := netlab.CheckHost(); err != nil {
-		t.Skip(err)
+		t.Fatalf("%v (make deps installs it)", err)
 	}
 	bin := buildConfmesh(t)
 

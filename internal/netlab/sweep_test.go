@@ -17,7 +17,7 @@ func TestSweepOnlyDeadRuns(t *testing.T) {
 		t.Skip("needs root (network namespaces)")
 	}
 	if err := CheckHost(); err != nil {
-		t.Skip(err)
+		t.Fatalf("%v (make deps installs it)", err)
 	}
 	rs := Runs{NamePrefix: "cmnltest-", LockDir: t.TempDir()}
 	other := Runs{NamePrefix: "cmnlother-", LockDir: t.TempDir()}
