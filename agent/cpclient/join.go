@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"fmt"
 
+	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/identity"
@@ -36,20 +37,30 @@ func csrFor(key crypto.Signer) ([]byte, []byte, error) {
 	return der, h, nil
 }
 
-// Join attests the node (purpose "join", bound to its WireGuard key) and
-// asks to be admitted.
-func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
+// attested is a fresh challenge answered: the CSR for the node's identity
+// key and the evidence binding purpose, name, identity key and key.
+func (c *Conn) attested(ctx context.Context, n Node, purpose attest.Purpose, key []byte) ([]byte, *attestv1.Evidence, error) {
 	challenge, err := c.freshChallenge(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	csr, idHash, err := csrFor(n.SVIDKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	ev, err := attest.Attest(n.Provider, attest.Binding{Purpose: attest.PurposeJoin, Challenge: challenge, IdentityKeyHash: idHash, Name: n.Name, Key: n.WireGuardKey}, c.cfg.Now())
+	ev, err := attest.Attest(n.Provider, attest.Binding{Purpose: purpose, Challenge: challenge, IdentityKeyHash: idHash, Name: n.Name, Key: key}, c.cfg.Now())
 	if err != nil {
-		return nil, fmt.Errorf("attest: %w", err)
+		return nil, nil, fmt.Errorf("attest: %w", err)
+	}
+	return csr, ev, nil
+}
+
+// Join attests the node (purpose "join", bound to its WireGuard key) and
+// asks to be admitted.
+func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
+	csr, ev, err := c.attested(ctx, n, attest.PurposeJoin, n.WireGuardKey)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := c.Client.Join(ctx, &cpv1.JoinRequest{Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, Csr: csr, Evidence: ev})
 	if err != nil {
@@ -61,21 +72,13 @@ func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
 // Renew re-attests (purpose "renew") and asks for a new node SVID. With
 // newWireGuardKey set, the evidence binds that key and the peers switch to it.
 func (c *Conn) Renew(ctx context.Context, n Node, newWireGuardKey []byte) (*cpv1.RenewResponse, error) {
-	challenge, err := c.freshChallenge(ctx)
-	if err != nil {
-		return nil, err
-	}
-	csr, idHash, err := csrFor(n.SVIDKey)
-	if err != nil {
-		return nil, err
-	}
 	key := n.WireGuardKey
 	if newWireGuardKey != nil {
 		key = newWireGuardKey
 	}
-	ev, err := attest.Attest(n.Provider, attest.Binding{Purpose: attest.PurposeRenew, Challenge: challenge, IdentityKeyHash: idHash, Name: n.Name, Key: key}, c.cfg.Now())
+	csr, ev, err := c.attested(ctx, n, attest.PurposeRenew, key)
 	if err != nil {
-		return nil, fmt.Errorf("attest: %w", err)
+		return nil, err
 	}
 	resp, err := c.Client.Renew(ctx, &cpv1.RenewRequest{Csr: csr, NewWireguardPublicKey: newWireGuardKey, Evidence: ev})
 	if err != nil {

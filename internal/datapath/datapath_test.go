@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -60,20 +60,7 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
-	return n
-}
+func newNS(t *testing.T) ns.NetNS { return testutil.NewNetNS(t) }
 
 // link returns name's link in n, nil if absent.
 func link(t *testing.T, n ns.NetNS, name string) netlink.Link {
