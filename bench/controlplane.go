@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -102,9 +103,12 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (ControlPlaneR
 		return ControlPlaneResult{}, err
 	}
 	defer st.Close()
-	// Room for every node: /16 of /28s holds 4096.
+	// Room for every node: /16 of /28s holds 4096. Every in-process agent
+	// dials from 127.0.0.1, where a cluster's nodes each have their own
+	// address: the per-source limit is lifted to measure joins themselves.
 	srv, err := controlplane.New(controlplane.Config{Policy: policy, Provider: cpTEE, Store: st, Logger: log,
-		ClusterCIDR: "10.0.0.0/16", NodePrefixLen: 28, SweepInterval: time.Hour})
+		ClusterCIDR: "10.0.0.0/16", NodePrefixLen: 28, SweepInterval: time.Hour,
+		SourceRate: math.Inf(1), SourceBurst: 1})
 	if err != nil {
 		return ControlPlaneResult{}, err
 	}

@@ -66,6 +66,19 @@ func (a *adminServer) RevokeNode(ctx context.Context, req *cpv1.RevokeNodeReques
 	return &cpv1.RevokeNodeResponse{}, nil
 }
 
+func (a *adminServer) RemoveNode(ctx context.Context, req *cpv1.RemoveNodeRequest) (*cpv1.RemoveNodeResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.s.Remove(req.GetName()); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "no node %q", req.GetName())
+		}
+		return nil, status.Errorf(codes.Internal, "remove: %v", err)
+	}
+	return &cpv1.RemoveNodeResponse{}, nil
+}
+
 func (a *adminServer) GetPolicy(ctx context.Context, _ *cpv1.GetPolicyRequest) (*cpv1.GetPolicyResponse, error) {
 	if err := a.authorize(ctx); err != nil {
 		return nil, err
@@ -93,5 +106,20 @@ func (s *Server) Revoke(name string) error {
 		return err
 	}
 	s.log.Warn("node revoked", "node", name, "chip", shortHex(r.ChipID))
+	return s.publishDelete(name, rev)
+}
+
+// Remove forgets a node without blocking it: its record and pods are
+// deleted and it leaves every peer set, its name and pod CIDR are free for
+// the next join, and its chip and keys may join again. Its SVID speaks for
+// nothing any more (no record), and a later holder of the name has other keys.
+func (s *Server) Remove(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rev, err := s.store.DeleteNode(name)
+	if err != nil {
+		return err
+	}
+	s.log.Warn("node removed by the operator; its name is free", "node", name)
 	return s.publishDelete(name, rev)
 }

@@ -22,7 +22,8 @@ import (
 // SPIFFE ID or with extra SANs, wrong key types: each refused with a status
 // code and a message naming the problem, and nothing stored.
 func TestJoinBadInput(t *testing.T) {
-	c := cptest.Start(t, cptest.Options{})
+	// Dozens of calls from one address in a burst: lift the per-source limit.
+	c := cptest.Start(t, cptest.Options{SourceRate: 1000, SourceBurst: 1000})
 	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
 	conn, err := a.Dial(t, c)
 	if err != nil {

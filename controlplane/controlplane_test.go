@@ -353,7 +353,7 @@ func TestDuplicateKeyAndNameTakeover(t *testing.T) {
 		t.Fatalf("duplicate WireGuard key: err = %v", err)
 	}
 	thief := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
-	if _, err := thief.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
+	if _, err := thief.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another node") {
 		t.Fatalf("name takeover: err = %v", err)
 	}
 	// After revocation the name is free for another chip.
@@ -512,7 +512,7 @@ func TestMaskedChipIDs(t *testing.T) {
 	// The same agent again (restart: same identity key) keeps its name.
 	a.Join(t, c)
 	thief := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{ChipID: zero}), nil)
-	if _, err := thief.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another machine") {
+	if _, err := thief.TryJoin(t, c); err == nil || !strings.Contains(err.Error(), "held by another node") {
 		t.Fatalf("masked-chip name takeover: err = %v", err)
 	}
 	b := cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{ChipID: zero}), nil)

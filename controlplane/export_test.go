@@ -1,9 +1,8 @@
 package controlplane
 
 // UnauthenticatedState counts the entries the control plane keeps on behalf
-// of callers that have not proven anything (tests).
+// of callers that have not proven anything (tests): used challenges and
+// rate-limit buckets.
 func (s *Server) UnauthenticatedState() int {
-	s.challenges.mu.Lock()
-	defer s.challenges.mu.Unlock()
-	return len(s.challenges.pending)
+	return s.challenges.remembered() + s.limiter.sources()
 }

@@ -38,28 +38,74 @@ func evidenceRefusal(err error) *refusal {
 	return &refusal{reason: attest.Reason(err), err: status.Errorf(codes.PermissionDenied, "evidence refused: %s: %v", attest.Reason(err), err)}
 }
 
-// Challenge answers with the control plane's own evidence, bound to its TLS
-// key and the agent's nonce, and a single-use challenge for the agent.
-func (s *Server) Challenge(_ context.Context, req *cpv1.ChallengeRequest) (*cpv1.ChallengeResponse, error) {
-	now := s.now()
-	// The cap on outstanding challenges is checked before the (on real
-	// hardware, costly) report is produced for an unauthenticated caller.
-	ch, err := s.challenges.issue(now)
+// Challenge answers with the control plane's evidence of the current epoch
+// and a stateless single-use challenge for the agent. Nothing the caller
+// sends reaches the TEE, and nothing is stored for the caller: the
+// evidence is produced at most once per epoch for everyone, the challenge
+// is a MAC, and the rate limiter (an interceptor) has already charged the
+// caller's source.
+func (s *Server) Challenge(ctx context.Context, _ *cpv1.ChallengeRequest) (*cpv1.ChallengeResponse, error) {
+	ev, err := s.self.get(ctx)
 	if err != nil {
-		return nil, status.Error(codes.ResourceExhausted, err.Error())
-	}
-	ev, err := attest.Attest(s.cfg.Provider, attest.Binding{
-		Purpose: attest.PurposeControlPlane, Challenge: req.GetAgentNonce(),
-		IdentityKeyHash: s.tlsHash, Name: s.id.String(), Key: s.tlsHash,
-	}, now)
-	if err != nil {
-		s.challenges.consume(ch, now)
-		if errors.Is(err, attest.ErrStaleChallenge) || errors.Is(err, attest.ErrMalformedBinding) {
-			return nil, status.Errorf(codes.InvalidArgument, "agent nonce: %v", err)
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
 		}
-		return nil, status.Errorf(codes.Internal, "control plane attestation: %v", err)
+		return nil, status.Errorf(codes.Unavailable, "control plane attestation: %v", err)
+	}
+	ch, err := s.challenges.issue(s.now())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "challenge: %v", err)
 	}
 	return &cpv1.ChallengeResponse{Evidence: ev, Challenge: ch, SpiffeId: s.id.String(), TrustDomain: s.td.String()}, nil
+}
+
+// attestSelf produces the control plane's evidence for one epoch, bound to
+// its TLS key and the epoch challenge.
+func (s *Server) attestSelf(challenge []byte, now time.Time) (*attestv1.Evidence, error) {
+	return attest.Attest(s.cfg.Provider, attest.Binding{
+		Purpose: attest.PurposeControlPlane, Challenge: challenge,
+		IdentityKeyHash: s.tlsHash, Name: s.id.String(), Key: s.tlsHash,
+	}, now)
+}
+
+// countReport counts one report generation of the control plane's TEE.
+func (s *Server) countReport(err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+		s.log.Error("control plane attestation failed", "err", err)
+	}
+	s.metrics.reports.WithLabelValues(result).Inc()
+}
+
+// checkChallenge refuses evidence answering a challenge this process did
+// not issue, that expired or that was used; it stores nothing.
+func (s *Server) checkChallenge(ch []byte, now time.Time) *refusal {
+	if err := s.challenges.check(ch, now); err != nil {
+		return s.challengeRefusal(err)
+	}
+	return nil
+}
+
+// consumeChallenge uses up a challenge whose evidence verified.
+func (s *Server) consumeChallenge(ch []byte, now time.Time) *refusal {
+	if err := s.challenges.consume(ch, now); err != nil {
+		return s.challengeRefusal(err)
+	}
+	return nil
+}
+
+func (s *Server) challengeRefusal(err error) *refusal {
+	s.metrics.challengeRefusals.WithLabelValues(err.Error()).Inc()
+	switch err {
+	case errChallengeExpired:
+		return refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that expired (valid %s); ask for a new one", s.cfg.ChallengeTTL)
+	case errChallengeReplayed:
+		return refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that was already used; ask for a new one")
+	case errChallengesFull:
+		return refuse("challenge", codes.ResourceExhausted, "too many challenges answered in the last %s; retry shortly", s.cfg.ChallengeTTL)
+	}
+	return refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge this control plane did not issue (%v; it may have restarted since); ask for a new one", err)
 }
 
 // Join admits a node whose evidence passes the policy.
@@ -110,8 +156,8 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	if rf := checkEvidenceSize(ev); rf != nil {
 		return nil, rf
 	}
-	if !s.challenges.consume(ev.GetBinding().GetChallenge(), now) {
-		return nil, refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that is unknown, expired or already used; ask for a new one")
+	if rf := s.checkChallenge(ev.GetBinding().GetChallenge(), now); rf != nil {
+		return nil, rf
 	}
 	want := attest.Expect{
 		Purpose: attest.PurposeJoin, Key: req.GetWireguardPublicKey(), IdentityKeyHash: idHash,
@@ -120,6 +166,9 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	// Verification runs outside the state lock, so joins verify in parallel.
 	res, rf := s.verifyEvidence(ev, want)
 	if rf != nil {
+		return nil, rf
+	}
+	if rf := s.consumeChallenge(want.Challenge, now); rf != nil {
 		return nil, rf
 	}
 	s.mu.Lock()
@@ -147,13 +196,19 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	}
 	var podCIDR netip.Prefix
 	if prev != nil {
-		if !sameMachine(prev, claims.ChipID, csr.PublicKey) {
-			return nil, refuse("name_taken", codes.AlreadyExists, "node name %q is held by another machine; revoke it first (confmesh nodes revoke %s)", req.GetName(), req.GetName())
+		same, rf := nameHolder(prev, claims.ChipID, csr.PublicKey, now)
+		if rf != nil {
+			return nil, rf
 		}
-		var err error
-		podCIDR, err = netip.ParsePrefix(prev.PodCIDR)
-		if err != nil || !s.alloc.Contains(podCIDR) {
-			podCIDR = netip.Prefix{}
+		if same {
+			var err error
+			podCIDR, err = netip.ParsePrefix(prev.PodCIDR)
+			if err != nil || !s.alloc.Contains(podCIDR) {
+				podCIDR = netip.Prefix{}
+			}
+		} else {
+			s.log.Warn("node name taken over by a new holder: the previous holder's SVID has expired", "node", prev.Name,
+				"expired", prev.ExpiresAt.UTC().Format(time.RFC3339), "previousChip", shortHex(prev.ChipID))
 		}
 	}
 	if !podCIDR.IsValid() {
@@ -235,13 +290,19 @@ func chipKnown(chipID []byte) bool {
 	return false
 }
 
-// sameMachine decides whether a join for an existing name comes from the
-// machine that holds it: the same chip when chip IDs are known, else the
-// same identity key (agents keep it across restarts).
+// sameMachine decides whether a renewal comes from the machine that holds
+// the node: the same chip when chip IDs are known, else the same identity
+// key (agents keep it across restarts).
 func sameMachine(prev *store.NodeRecord, chipID []byte, svidKey crypto.PublicKey) bool {
 	if chipKnown(prev.ChipID) || chipKnown(chipID) {
 		return bytes.Equal(prev.ChipID, chipID)
 	}
+	return sameIdentityKey(prev, svidKey)
+}
+
+// sameIdentityKey reports whether the node SVID on record was issued for
+// svidKey.
+func sameIdentityKey(prev *store.NodeRecord, svidKey crypto.PublicKey) bool {
 	leaf, err := parseLeaf(prev.SVID)
 	if err != nil {
 		return false
@@ -249,6 +310,48 @@ func sameMachine(prev *store.NodeRecord, chipID []byte, svidKey crypto.PublicKey
 	want, err1 := identity.SPKIHash(leaf.PublicKey)
 	got, err2 := identity.SPKIHash(svidKey)
 	return err1 == nil && err2 == nil && bytes.Equal(want, got)
+}
+
+// nameHolder decides a join under the name of a node on record (prev). A
+// name belongs to the node's identity key (its SVID key, which the agent
+// keeps across restarts) on its chip: the same key from the same chip (or,
+// chip IDs masked, from a masked chip) is the same node re-joining, and
+// keeps its pod CIDR. Anything else (another VM on the same chip with its
+// own keys, another chip) is another node, refused while the holder's SVID
+// is valid, whatever its state: only an operator's `confmesh nodes remove`
+// (or revoke) frees the name earlier. Once the holder's SVID has expired
+// (it stopped renewing) the name goes to the new node, with a new pod CIDR.
+func nameHolder(prev *store.NodeRecord, chipID []byte, svidKey crypto.PublicKey, now time.Time) (same bool, rf *refusal) {
+	chipMatch := bytes.Equal(prev.ChipID, chipID) || (!chipKnown(prev.ChipID) && !chipKnown(chipID))
+	if chipMatch && sameIdentityKey(prev, svidKey) {
+		return true, nil
+	}
+	if !now.Before(prev.ExpiresAt) {
+		return false, nil
+	}
+	what := "another identity key on the same chip"
+	if !chipMatch {
+		what = "another chip"
+	}
+	return false, refuse("name_taken", codes.AlreadyExists,
+		"node name %q is held by another node (%s, %s, SVID valid until %s and longer if it renews): "+
+			"this join comes from %s; if that node is gone, remove it first with `confmesh nodes remove %s`, or wait until its SVID expires",
+		prev.Name, holderDescription(prev), prev.State, prev.ExpiresAt.UTC().Format(time.RFC3339), what, prev.Name)
+}
+
+// holderDescription names a node record's chip and identity key for a refusal.
+func holderDescription(n *store.NodeRecord) string {
+	chip := "chip ID masked"
+	if chipKnown(n.ChipID) {
+		chip = "chip " + shortHex(n.ChipID)
+	}
+	key := "identity key unknown"
+	if leaf, err := parseLeaf(n.SVID); err == nil {
+		if h, err := identity.SPKIHash(leaf.PublicKey); err == nil {
+			key = "identity key " + shortHex(h)
+		}
+	}
+	return chip + ", " + key
 }
 
 func (s *Server) checkRevoked(chipID, wgKey []byte) *refusal {

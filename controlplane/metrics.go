@@ -17,6 +17,10 @@ type metrics struct {
 	watchers prometheus.Gauge
 	revision prometheus.Gauge
 	ready    atomic.Bool
+
+	reports           *prometheus.CounterVec
+	challengeRefusals *prometheus.CounterVec
+	rateLimited       *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -42,6 +46,16 @@ func newMetrics() *metrics {
 			Name: "confmesh_controlplane_revision", Help: "Current peer-set revision.",
 		}),
 	}
+	m.reports = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "confmesh_controlplane_attestation_reports_total", Help: "Reports the control plane's own TEE produced (at most one per evidence epoch), by result.",
+	}, []string{"result"})
+	m.challengeRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "confmesh_controlplane_challenge_refusals_total", Help: "Challenge calls refused by the rate limiter, and challenges answered in a join or renewal that were refused, by reason.",
+	}, []string{"reason"})
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "confmesh_controlplane_rate_limited_total", Help: "Unauthenticated-capable calls (Challenge, Join) refused by the per-source rate limit, by method.",
+	}, []string{"method"})
+	m.reg.MustRegister(m.reports, m.challengeRefusals, m.rateLimited)
 	m.reg.MustRegister(m.joins, m.renewals, m.verify, m.nodes, m.watchers, m.revision)
 	return m
 }

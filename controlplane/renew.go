@@ -68,12 +68,15 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if rf := checkEvidenceSize(ev); rf != nil {
 		return nil, name, rf
 	}
-	if !s.challenges.consume(ev.GetBinding().GetChallenge(), now) {
-		return nil, name, refuse("challenge", codes.FailedPrecondition, "the evidence answers a challenge that is unknown, expired or already used; ask for a new one")
+	if rf := s.checkChallenge(ev.GetBinding().GetChallenge(), now); rf != nil {
+		return nil, name, rf
 	}
 	want := attest.Expect{Purpose: attest.PurposeRenew, Key: key, IdentityKeyHash: idHash, Name: name, Challenge: ev.GetBinding().GetChallenge()}
 	res, rf := s.verifyEvidence(ev, want)
 	if rf != nil {
+		return nil, name, rf
+	}
+	if rf := s.consumeChallenge(want.Challenge, now); rf != nil {
 		return nil, name, rf
 	}
 	s.mu.Lock()

@@ -51,6 +51,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Challenge and Join are open to anyone: charge each source first.
+		grpc.UnaryInterceptor(s.limitInterceptor),
 	)
 	cpv1.RegisterControlPlaneServer(g, s)
 	return s.serve(ctx, g, lis, true)

@@ -34,7 +34,15 @@ const (
 	DefaultNodePrefixLen     = 24
 	DefaultMTUHint           = 1420
 	DefaultSweepInterval     = 15 * time.Second
-	maxOutstandingChallenges = 10000
+	// DefaultEvidenceEpoch is how long the control plane's own evidence is
+	// reused before its TEE is asked for a new report.
+	DefaultEvidenceEpoch = 30 * time.Second
+	// MaxEvidenceEpoch keeps the epoch within what agents accept
+	// (attest.MaxControlPlaneEvidenceAge, less the allowed clock skew).
+	MaxEvidenceEpoch = attest.MaxControlPlaneEvidenceAge - attest.MaxChallengeSkew
+	// maxConsumedChallenges bounds the used challenges remembered; honest
+	// joins and renewals within one challenge TTL stay far below it.
+	maxConsumedChallenges = 100000
 )
 
 // Config configures a Server.
@@ -59,6 +67,17 @@ type Config struct {
 	JWTTTL time.Duration
 	// ChallengeTTL is how long an issued challenge stays usable.
 	ChallengeTTL time.Duration
+	// EvidenceEpoch is how long the control plane's own evidence is reused
+	// (DefaultEvidenceEpoch when zero, at most MaxEvidenceEpoch).
+	EvidenceEpoch time.Duration
+	// SourceRate and SourceBurst limit Challenge and Join calls per source
+	// (a node SVID's identity, else the caller's address): a token bucket
+	// of SourceBurst tokens refilled at SourceRate per second
+	// (DefaultSourceRate, DefaultSourceBurst when zero). MaxSources bounds
+	// the buckets kept (DefaultMaxSources when zero).
+	SourceRate  float64
+	SourceBurst int
+	MaxSources  int
 	// SweepInterval is how often every node is re-evaluated.
 	SweepInterval time.Duration
 	// DNSNames and IPAddresses go into the serving certificate.
@@ -95,7 +114,9 @@ type Server struct {
 	policy   *attest.Policy
 
 	nodes      *nodeCache // guarded by mu
-	challenges *challengeSet
+	challenges *challenges
+	self       *selfEvidence
+	limiter    *sourceLimiter
 
 	shutdown     chan struct{} // closed when the agent listener stops
 	shutdownOnce sync.Once
@@ -130,6 +151,24 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = DefaultSweepInterval
 	}
+	if cfg.EvidenceEpoch == 0 {
+		cfg.EvidenceEpoch = DefaultEvidenceEpoch
+	}
+	if cfg.EvidenceEpoch < 0 || cfg.EvidenceEpoch > MaxEvidenceEpoch {
+		return nil, fmt.Errorf("controlplane: evidence epoch %s: want more than 0 and at most %s (agents accept control-plane evidence up to %s old)", cfg.EvidenceEpoch, MaxEvidenceEpoch, attest.MaxControlPlaneEvidenceAge)
+	}
+	if cfg.SourceRate == 0 {
+		cfg.SourceRate = DefaultSourceRate
+	}
+	if cfg.SourceBurst == 0 {
+		cfg.SourceBurst = DefaultSourceBurst
+	}
+	if cfg.MaxSources == 0 {
+		cfg.MaxSources = DefaultMaxSources
+	}
+	if cfg.SourceRate < 0 || cfg.SourceBurst < 1 || cfg.MaxSources < 1 {
+		return nil, fmt.Errorf("controlplane: source rate %g, burst %d, max sources %d: want positive values", cfg.SourceRate, cfg.SourceBurst, cfg.MaxSources)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -156,15 +195,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	chs, err := newChallenges(cfg.ChallengeTTL, maxConsumedChallenges)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg: cfg, log: log, now: now, store: cfg.Store, alloc: alloc, td: td,
 		id:         identity.ControlPlaneID(td),
 		verifier:   v,
 		policy:     cfg.Policy,
-		challenges: newChallengeSet(cfg.ChallengeTTL, maxOutstandingChallenges),
+		challenges: chs,
+		limiter:    newSourceLimiter(cfg.SourceRate, cfg.SourceBurst, cfg.MaxSources, now),
 		shutdown:   make(chan struct{}),
 		metrics:    newMetrics(),
 	}
+	s.self = &selfEvidence{epoch: cfg.EvidenceEpoch, now: now, produce: s.attestSelf, counted: s.countReport}
 	if s.ca, err = s.loadOrCreateCA(); err != nil {
 		return nil, err
 	}

@@ -145,13 +145,14 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 }
 
 // Challenge asks the control plane for a fresh challenge, re-verifying its
-// evidence (bound to a fresh nonce and to this connection's TLS key).
+// evidence: bound to this connection's TLS key (which the control plane
+// makes at start and never lets out of its TEE) and no older than
+// attest.MaxControlPlaneEvidenceAge. The control plane produces that
+// evidence once per epoch for every caller, so it answers no nonce of ours;
+// the TLS handshake proves the key is live now, the age bounds how long ago
+// the TEE vouched for it.
 func (c *Conn) Challenge(ctx context.Context) ([]byte, error) {
-	nonce, err := attest.NewChallenge(c.cfg.Now())
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.Client.Challenge(ctx, &cpv1.ChallengeRequest{AgentNonce: nonce})
+	resp, err := c.Client.Challenge(ctx, &cpv1.ChallengeRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("control plane challenge: %w", err)
 	}
@@ -162,8 +163,11 @@ func (c *Conn) Challenge(ctx context.Context) ([]byte, error) {
 	keyHash := attest.KeyHash(spki)
 	claims, err := c.cfg.Verifier.Verify(resp.GetEvidence(), attest.Expect{
 		Purpose: attest.PurposeControlPlane, Key: keyHash, IdentityKeyHash: keyHash,
-		Name: identity.ControlPlaneID(c.cfg.TrustDomain).String(), Challenge: nonce,
+		Name: identity.ControlPlaneID(c.cfg.TrustDomain).String(),
 	})
+	if err == nil {
+		err = attest.CheckControlPlaneEvidenceAge(claims.IssuedAt, c.cfg.Now())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrControlPlaneRefused, attest.Reason(err), err)
 	}

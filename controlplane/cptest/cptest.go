@@ -137,6 +137,11 @@ type Options struct {
 	Now func() time.Time
 	// WorkloadTTL is the workload SVID lifetime; default the control plane's.
 	WorkloadTTL time.Duration
+	// SourceRate and SourceBurst are the per-source limit on Challenge and
+	// Join; default the control plane's (every in-process agent dials from
+	// 127.0.0.1, so a test making many joins at once raises them).
+	SourceRate  float64
+	SourceBurst int
 }
 
 // ControlPlane is one running control plane: the agent API on Addr and the
@@ -176,6 +181,7 @@ func Start(t testing.TB, o Options) *ControlPlane {
 	srv, err := controlplane.New(controlplane.Config{
 		Policy: o.Policy, Provider: o.Provider, Store: st, Logger: QuietLog, Now: o.Now,
 		ClusterCIDR: "10.244.0.0/16", NodePrefixLen: 24, WorkloadTTL: o.WorkloadTTL, SweepInterval: time.Hour,
+		SourceRate: o.SourceRate, SourceBurst: o.SourceBurst,
 	})
 	if err != nil {
 		st.Close()

@@ -29,6 +29,12 @@ const (
 	// MaxChallengeSkew is how far a challenge's issue time may be from the
 	// attesting side's own clock before it refuses to attest.
 	MaxChallengeSkew = 60 * time.Second
+	// MaxControlPlaneEvidenceAge is the oldest control-plane evidence an
+	// agent accepts, counted from its challenge time. The control plane
+	// reuses its evidence for one epoch (at most this less
+	// MaxChallengeSkew), so honest evidence is never older than that plus
+	// clock skew.
+	MaxControlPlaneEvidenceAge = 2 * time.Minute
 )
 
 // Valid reports whether p is one of the defined purposes.
@@ -70,6 +76,18 @@ func CheckChallengeFresh(challenge []byte, now time.Time) error {
 	if d := now.Sub(issued); d > MaxChallengeSkew || d < -MaxChallengeSkew {
 		return fmt.Errorf("%w: challenge issued at %s is %s away from local time %s (limit %s)",
 			ErrStaleChallenge, issued.UTC().Format(time.RFC3339), d.Round(time.Second), now.UTC().Format(time.RFC3339), MaxChallengeSkew)
+	}
+	return nil
+}
+
+// CheckControlPlaneEvidenceAge is what an agent runs on the control
+// plane's evidence after Verify: evidence whose challenge was issued more
+// than MaxControlPlaneEvidenceAge before now is refused (ErrEvidenceTooOld).
+// The evidence answers no nonce of the agent's; its freshness comes from
+// this age and from its binding to the TLS key of the live connection.
+func CheckControlPlaneEvidenceAge(issued, now time.Time) error {
+	if age := now.Sub(issued); age > MaxControlPlaneEvidenceAge {
+		return fmt.Errorf("%w: control plane evidence issued %s ago, agents accept at most %s", ErrEvidenceTooOld, age.Round(time.Second), MaxControlPlaneEvidenceAge)
 	}
 	return nil
 }

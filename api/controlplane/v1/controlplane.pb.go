@@ -28,9 +28,7 @@ const (
 )
 
 type ChallengeRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// agent_nonce is 32 bytes: 8 bytes big-endian Unix time || 24 random bytes.
-	AgentNonce    []byte `protobuf:"bytes,1,opt,name=agent_nonce,json=agentNonce,proto3" json:"agent_nonce,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -65,20 +63,19 @@ func (*ChallengeRequest) Descriptor() ([]byte, []int) {
 	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *ChallengeRequest) GetAgentNonce() []byte {
-	if x != nil {
-		return x.AgentNonce
-	}
-	return nil
-}
-
 type ChallengeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// evidence is the control plane's, purpose "controlplane": its binding's
-	// challenge is agent_nonce, its key and identity key hash are SHA-256 of
-	// the TLS certificate's SubjectPublicKeyInfo, its name the SPIFFE ID.
+	// challenge is the epoch challenge (8 bytes big-endian Unix time of issue
+	// || 24 random bytes, made by the control plane), its key and identity key
+	// hash are SHA-256 of the TLS certificate's SubjectPublicKeyInfo, its name
+	// the SPIFFE ID. The agent checks the key against the TLS connection and
+	// the age from the challenge time.
 	Evidence *v1.Evidence `protobuf:"bytes,1,opt,name=evidence,proto3" json:"evidence,omitempty"`
-	// challenge is for the agent's Join or Renew; single use, 60 s.
+	// challenge is for the agent's Join or Renew: 8 bytes big-endian Unix
+	// time || 8 random bytes || 16 bytes of MAC under a key only this
+	// control plane process holds. Nothing is stored when it is issued;
+	// single use (remembered once evidence answering it verified), 60 s.
 	Challenge     []byte `protobuf:"bytes,2,opt,name=challenge,proto3" json:"challenge,omitempty"`
 	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	TrustDomain   string `protobuf:"bytes,4,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -1502,6 +1499,86 @@ func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
 	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{23}
 }
 
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RemoveNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
+}
+
 type GetPolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1510,7 +1587,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[24]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1599,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[24]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1612,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{24}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{26}
 }
 
 type GetPolicyResponse struct {
@@ -1548,7 +1625,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[25]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1637,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_v1_controlplane_proto_msgTypes[25]
+	mi := &file_controlplane_v1_controlplane_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1650,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{25}
+	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetPolicyResponse) GetPolicy() string {
@@ -1587,10 +1664,8 @@ var File_controlplane_v1_controlplane_proto protoreflect.FileDescriptor
 
 const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
-	"\"controlplane/v1/controlplane.proto\x12\x18confmesh.controlplane.v1\x1a\x18attest/v1/evidence.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n" +
-	"\x10ChallengeRequest\x12\x1f\n" +
-	"\vagent_nonce\x18\x01 \x01(\fR\n" +
-	"agentNonce\"\xab\x01\n" +
+	"\"controlplane/v1/controlplane.proto\x12\x18confmesh.controlplane.v1\x1a\x18attest/v1/evidence.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n" +
+	"\x10ChallengeRequestJ\x04\b\x01\x10\x02R\vagent_nonce\"\xab\x01\n" +
 	"\x11ChallengeResponse\x128\n" +
 	"\bevidence\x18\x01 \x01(\v2\x1c.confmesh.attest.v1.EvidenceR\bevidence\x12\x1c\n" +
 	"\tchallenge\x18\x02 \x01(\fR\tchallenge\x12\x1b\n" +
@@ -1695,7 +1770,10 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"'\n" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
-	"\x12RevokeNodeResponse\"\x12\n" +
+	"\x12RevokeNodeResponse\"'\n" +
+	"\x11RemoveNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12RemoveNodeResponse\"\x12\n" +
 	"\x10GetPolicyRequest\"+\n" +
 	"\x11GetPolicyResponse\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy2\xab\x06\n" +
@@ -1707,12 +1785,14 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\vRegisterPod\x12,.confmesh.controlplane.v1.RegisterPodRequest\x1a-.confmesh.controlplane.v1.RegisterPodResponse\x12p\n" +
 	"\rUnregisterPod\x12..confmesh.controlplane.v1.UnregisterPodRequest\x1a/.confmesh.controlplane.v1.UnregisterPodResponse\x12m\n" +
 	"\fSignWorkload\x12-.confmesh.controlplane.v1.SignWorkloadRequest\x1a..confmesh.controlplane.v1.SignWorkloadResponse\x12^\n" +
-	"\aSignJWT\x12(.confmesh.controlplane.v1.SignJWTRequest\x1a).confmesh.controlplane.v1.SignJWTResponse2\xbc\x02\n" +
+	"\aSignJWT\x12(.confmesh.controlplane.v1.SignJWTRequest\x1a).confmesh.controlplane.v1.SignJWTResponse2\xa5\x03\n" +
 	"\x05Admin\x12d\n" +
 	"\tListNodes\x12*.confmesh.controlplane.v1.ListNodesRequest\x1a+.confmesh.controlplane.v1.ListNodesResponse\x12g\n" +
 	"\n" +
 	"RevokeNode\x12+.confmesh.controlplane.v1.RevokeNodeRequest\x1a,.confmesh.controlplane.v1.RevokeNodeResponse\x12d\n" +
-	"\tGetPolicy\x12*.confmesh.controlplane.v1.GetPolicyRequest\x1a+.confmesh.controlplane.v1.GetPolicyResponseBAZ?github.com/confmesh/confmesh/api/controlplane/v1;controlplanev1b\x06proto3"
+	"\tGetPolicy\x12*.confmesh.controlplane.v1.GetPolicyRequest\x1a+.confmesh.controlplane.v1.GetPolicyResponse\x12g\n" +
+	"\n" +
+	"RemoveNode\x12+.confmesh.controlplane.v1.RemoveNodeRequest\x1a,.confmesh.controlplane.v1.RemoveNodeResponseBAZ?github.com/confmesh/confmesh/api/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_controlplane_v1_controlplane_proto_rawDescOnce sync.Once
@@ -1726,7 +1806,7 @@ func file_controlplane_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_controlplane_v1_controlplane_proto_rawDescData
 }
 
-var file_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_controlplane_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*ChallengeRequest)(nil),      // 0: confmesh.controlplane.v1.ChallengeRequest
 	(*ChallengeResponse)(nil),     // 1: confmesh.controlplane.v1.ChallengeResponse
@@ -1752,30 +1832,32 @@ var file_controlplane_v1_controlplane_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),     // 21: confmesh.controlplane.v1.ListNodesResponse
 	(*RevokeNodeRequest)(nil),     // 22: confmesh.controlplane.v1.RevokeNodeRequest
 	(*RevokeNodeResponse)(nil),    // 23: confmesh.controlplane.v1.RevokeNodeResponse
-	(*GetPolicyRequest)(nil),      // 24: confmesh.controlplane.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 25: confmesh.controlplane.v1.GetPolicyResponse
-	(*v1.Evidence)(nil),           // 26: confmesh.attest.v1.Evidence
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*RemoveNodeRequest)(nil),     // 24: confmesh.controlplane.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 25: confmesh.controlplane.v1.RemoveNodeResponse
+	(*GetPolicyRequest)(nil),      // 26: confmesh.controlplane.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 27: confmesh.controlplane.v1.GetPolicyResponse
+	(*v1.Evidence)(nil),           // 28: confmesh.attest.v1.Evidence
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
 }
 var file_controlplane_v1_controlplane_proto_depIdxs = []int32{
-	26, // 0: confmesh.controlplane.v1.ChallengeResponse.evidence:type_name -> confmesh.attest.v1.Evidence
-	26, // 1: confmesh.controlplane.v1.JoinRequest.evidence:type_name -> confmesh.attest.v1.Evidence
-	27, // 2: confmesh.controlplane.v1.JoinResponse.expires_at:type_name -> google.protobuf.Timestamp
+	28, // 0: confmesh.controlplane.v1.ChallengeResponse.evidence:type_name -> confmesh.attest.v1.Evidence
+	28, // 1: confmesh.controlplane.v1.JoinRequest.evidence:type_name -> confmesh.attest.v1.Evidence
+	29, // 2: confmesh.controlplane.v1.JoinResponse.expires_at:type_name -> google.protobuf.Timestamp
 	6,  // 3: confmesh.controlplane.v1.WatchEvent.snapshot:type_name -> confmesh.controlplane.v1.Snapshot
 	7,  // 4: confmesh.controlplane.v1.WatchEvent.upsert:type_name -> confmesh.controlplane.v1.Peer
 	7,  // 5: confmesh.controlplane.v1.Snapshot.peers:type_name -> confmesh.controlplane.v1.Peer
-	26, // 6: confmesh.controlplane.v1.Peer.evidence:type_name -> confmesh.attest.v1.Evidence
-	27, // 7: confmesh.controlplane.v1.Peer.attested_at:type_name -> google.protobuf.Timestamp
-	27, // 8: confmesh.controlplane.v1.Peer.expires_at:type_name -> google.protobuf.Timestamp
-	26, // 9: confmesh.controlplane.v1.RenewRequest.evidence:type_name -> confmesh.attest.v1.Evidence
-	27, // 10: confmesh.controlplane.v1.RenewResponse.expires_at:type_name -> google.protobuf.Timestamp
+	28, // 6: confmesh.controlplane.v1.Peer.evidence:type_name -> confmesh.attest.v1.Evidence
+	29, // 7: confmesh.controlplane.v1.Peer.attested_at:type_name -> google.protobuf.Timestamp
+	29, // 8: confmesh.controlplane.v1.Peer.expires_at:type_name -> google.protobuf.Timestamp
+	28, // 9: confmesh.controlplane.v1.RenewRequest.evidence:type_name -> confmesh.attest.v1.Evidence
+	29, // 10: confmesh.controlplane.v1.RenewResponse.expires_at:type_name -> google.protobuf.Timestamp
 	10, // 11: confmesh.controlplane.v1.RegisterPodRequest.pod:type_name -> confmesh.controlplane.v1.PodIdentity
 	10, // 12: confmesh.controlplane.v1.SignWorkloadRequest.pod:type_name -> confmesh.controlplane.v1.PodIdentity
-	27, // 13: confmesh.controlplane.v1.SignWorkloadResponse.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 13: confmesh.controlplane.v1.SignWorkloadResponse.expires_at:type_name -> google.protobuf.Timestamp
 	10, // 14: confmesh.controlplane.v1.SignJWTRequest.pod:type_name -> confmesh.controlplane.v1.PodIdentity
-	27, // 15: confmesh.controlplane.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
-	27, // 16: confmesh.controlplane.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	27, // 17: confmesh.controlplane.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 15: confmesh.controlplane.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 16: confmesh.controlplane.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	29, // 17: confmesh.controlplane.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
 	20, // 18: confmesh.controlplane.v1.ListNodesResponse.nodes:type_name -> confmesh.controlplane.v1.Node
 	0,  // 19: confmesh.controlplane.v1.ControlPlane.Challenge:input_type -> confmesh.controlplane.v1.ChallengeRequest
 	2,  // 20: confmesh.controlplane.v1.ControlPlane.Join:input_type -> confmesh.controlplane.v1.JoinRequest
@@ -1787,20 +1869,22 @@ var file_controlplane_v1_controlplane_proto_depIdxs = []int32{
 	17, // 26: confmesh.controlplane.v1.ControlPlane.SignJWT:input_type -> confmesh.controlplane.v1.SignJWTRequest
 	19, // 27: confmesh.controlplane.v1.Admin.ListNodes:input_type -> confmesh.controlplane.v1.ListNodesRequest
 	22, // 28: confmesh.controlplane.v1.Admin.RevokeNode:input_type -> confmesh.controlplane.v1.RevokeNodeRequest
-	24, // 29: confmesh.controlplane.v1.Admin.GetPolicy:input_type -> confmesh.controlplane.v1.GetPolicyRequest
-	1,  // 30: confmesh.controlplane.v1.ControlPlane.Challenge:output_type -> confmesh.controlplane.v1.ChallengeResponse
-	3,  // 31: confmesh.controlplane.v1.ControlPlane.Join:output_type -> confmesh.controlplane.v1.JoinResponse
-	5,  // 32: confmesh.controlplane.v1.ControlPlane.Watch:output_type -> confmesh.controlplane.v1.WatchEvent
-	9,  // 33: confmesh.controlplane.v1.ControlPlane.Renew:output_type -> confmesh.controlplane.v1.RenewResponse
-	12, // 34: confmesh.controlplane.v1.ControlPlane.RegisterPod:output_type -> confmesh.controlplane.v1.RegisterPodResponse
-	14, // 35: confmesh.controlplane.v1.ControlPlane.UnregisterPod:output_type -> confmesh.controlplane.v1.UnregisterPodResponse
-	16, // 36: confmesh.controlplane.v1.ControlPlane.SignWorkload:output_type -> confmesh.controlplane.v1.SignWorkloadResponse
-	18, // 37: confmesh.controlplane.v1.ControlPlane.SignJWT:output_type -> confmesh.controlplane.v1.SignJWTResponse
-	21, // 38: confmesh.controlplane.v1.Admin.ListNodes:output_type -> confmesh.controlplane.v1.ListNodesResponse
-	23, // 39: confmesh.controlplane.v1.Admin.RevokeNode:output_type -> confmesh.controlplane.v1.RevokeNodeResponse
-	25, // 40: confmesh.controlplane.v1.Admin.GetPolicy:output_type -> confmesh.controlplane.v1.GetPolicyResponse
-	30, // [30:41] is the sub-list for method output_type
-	19, // [19:30] is the sub-list for method input_type
+	26, // 29: confmesh.controlplane.v1.Admin.GetPolicy:input_type -> confmesh.controlplane.v1.GetPolicyRequest
+	24, // 30: confmesh.controlplane.v1.Admin.RemoveNode:input_type -> confmesh.controlplane.v1.RemoveNodeRequest
+	1,  // 31: confmesh.controlplane.v1.ControlPlane.Challenge:output_type -> confmesh.controlplane.v1.ChallengeResponse
+	3,  // 32: confmesh.controlplane.v1.ControlPlane.Join:output_type -> confmesh.controlplane.v1.JoinResponse
+	5,  // 33: confmesh.controlplane.v1.ControlPlane.Watch:output_type -> confmesh.controlplane.v1.WatchEvent
+	9,  // 34: confmesh.controlplane.v1.ControlPlane.Renew:output_type -> confmesh.controlplane.v1.RenewResponse
+	12, // 35: confmesh.controlplane.v1.ControlPlane.RegisterPod:output_type -> confmesh.controlplane.v1.RegisterPodResponse
+	14, // 36: confmesh.controlplane.v1.ControlPlane.UnregisterPod:output_type -> confmesh.controlplane.v1.UnregisterPodResponse
+	16, // 37: confmesh.controlplane.v1.ControlPlane.SignWorkload:output_type -> confmesh.controlplane.v1.SignWorkloadResponse
+	18, // 38: confmesh.controlplane.v1.ControlPlane.SignJWT:output_type -> confmesh.controlplane.v1.SignJWTResponse
+	21, // 39: confmesh.controlplane.v1.Admin.ListNodes:output_type -> confmesh.controlplane.v1.ListNodesResponse
+	23, // 40: confmesh.controlplane.v1.Admin.RevokeNode:output_type -> confmesh.controlplane.v1.RevokeNodeResponse
+	27, // 41: confmesh.controlplane.v1.Admin.GetPolicy:output_type -> confmesh.controlplane.v1.GetPolicyResponse
+	25, // 42: confmesh.controlplane.v1.Admin.RemoveNode:output_type -> confmesh.controlplane.v1.RemoveNodeResponse
+	31, // [31:43] is the sub-list for method output_type
+	19, // [19:31] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -1822,7 +1906,7 @@ func file_controlplane_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_v1_controlplane_proto_rawDesc), len(file_controlplane_v1_controlplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

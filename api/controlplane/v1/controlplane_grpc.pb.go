@@ -37,8 +37,10 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ControlPlaneClient interface {
-	// Challenge returns the control plane's own evidence, bound to its TLS key
-	// and the caller's nonce, and a single-use challenge (60 s) for Join or Renew.
+	// Challenge returns the control plane's evidence of the current epoch
+	// (bound to its TLS key and an epoch challenge, produced at most once per
+	// epoch and shared by every caller) and a stateless, MAC'd challenge
+	// (60 s, single use) for Join or Renew. Rate limited per source.
 	Challenge(ctx context.Context, in *ChallengeRequest, opts ...grpc.CallOption) (*ChallengeResponse, error)
 	// Join admits a node whose evidence passes the policy.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
@@ -159,8 +161,10 @@ func (c *controlPlaneClient) SignJWT(ctx context.Context, in *SignJWTRequest, op
 // All implementations must embed UnimplementedControlPlaneServer
 // for forward compatibility.
 type ControlPlaneServer interface {
-	// Challenge returns the control plane's own evidence, bound to its TLS key
-	// and the caller's nonce, and a single-use challenge (60 s) for Join or Renew.
+	// Challenge returns the control plane's evidence of the current epoch
+	// (bound to its TLS key and an epoch challenge, produced at most once per
+	// epoch and shared by every caller) and a stateless, MAC'd challenge
+	// (60 s, single use) for Join or Renew. Rate limited per source.
 	Challenge(context.Context, *ChallengeRequest) (*ChallengeResponse, error)
 	// Join admits a node whose evidence passes the policy.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
@@ -420,6 +424,7 @@ const (
 	Admin_ListNodes_FullMethodName  = "/confmesh.controlplane.v1.Admin/ListNodes"
 	Admin_RevokeNode_FullMethodName = "/confmesh.controlplane.v1.Admin/RevokeNode"
 	Admin_GetPolicy_FullMethodName  = "/confmesh.controlplane.v1.Admin/GetPolicy"
+	Admin_RemoveNode_FullMethodName = "/confmesh.controlplane.v1.Admin/RemoveNode"
 )
 
 // AdminClient is the client API for Admin service.
@@ -432,6 +437,9 @@ type AdminClient interface {
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	RevokeNode(ctx context.Context, in *RevokeNodeRequest, opts ...grpc.CallOption) (*RevokeNodeResponse, error)
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
+	// RemoveNode forgets a node (it leaves the peer set, its name and pod
+	// CIDR are freed) without blocking its chip or keys, unlike RevokeNode.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 }
 
 type adminClient struct {
@@ -472,6 +480,16 @@ func (c *adminClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts 
 	return out, nil
 }
 
+func (c *adminClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, Admin_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -482,6 +500,9 @@ type AdminServer interface {
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	RevokeNode(context.Context, *RevokeNodeRequest) (*RevokeNodeResponse, error)
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
+	// RemoveNode forgets a node (it leaves the peer set, its name and pod
+	// CIDR are freed) without blocking its chip or keys, unlike RevokeNode.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -500,6 +521,9 @@ func (UnimplementedAdminServer) RevokeNode(context.Context, *RevokeNodeRequest) 
 }
 func (UnimplementedAdminServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedAdminServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -576,6 +600,24 @@ func _Admin_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -594,6 +636,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPolicy",
 			Handler:    _Admin_GetPolicy_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _Admin_RemoveNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
