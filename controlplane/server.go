@@ -27,13 +27,13 @@ import (
 
 // Defaults for Config fields left zero.
 const (
-	DefaultSVIDTTL           = time.Hour
-	DefaultWorkloadTTL       = time.Hour
-	DefaultChallengeTTL      = 60 * time.Second
-	DefaultClusterCIDR       = "10.244.0.0/16"
-	DefaultNodePrefixLen     = 24
-	DefaultMTUHint           = 1420
-	DefaultSweepInterval     = 15 * time.Second
+	DefaultSVIDTTL       = time.Hour
+	DefaultWorkloadTTL   = time.Hour
+	DefaultChallengeTTL  = 60 * time.Second
+	DefaultClusterCIDR   = "10.244.0.0/16"
+	DefaultNodePrefixLen = 24
+	DefaultMTUHint       = 1420
+	DefaultSweepInterval = 15 * time.Second
 	// DefaultEvidenceEpoch is how long the control plane's own evidence is
 	// reused before its TEE is asked for a new report.
 	DefaultEvidenceEpoch = 30 * time.Second
