@@ -418,6 +418,20 @@ func TestControlPlaneBinaryEndToEnd(t *testing.T) {
 		t.Fatalf("revoke nope: exit %d\n%s", r.code, r.stderr)
 	}
 
+	// Remove (not revoke): node-a leaves, nothing is blocked, it joins again.
+	r = runBinary(t, bin, "nodes", "remove", "node-a", "--admin-socket", sock, "--admin-dir", adminDir)
+	if r.code != 0 || !strings.Contains(r.stdout, `node "node-a" removed`) {
+		t.Fatalf("remove node-a: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if m, out := nodes(); len(m) != 0 {
+		t.Fatalf("after removing node-a:\n%s", out)
+	}
+	r = runBinary(t, bin, "nodes", "remove", "nope", "--admin-socket", sock, "--admin-dir", adminDir)
+	if r.code != 1 || !strings.Contains(r.stderr, `"nope"`) {
+		t.Fatalf("remove nope: exit %d\n%s", r.code, r.stderr)
+	}
+	ra = a.join(t, agentAddr, agentPolicy)
+
 	// Clean shutdown.
 	stop := func(cp *cpProcess) {
 		t.Helper()
@@ -486,6 +500,8 @@ func TestNodesSocketMissing(t *testing.T) {
 	run(t, "nodes", "-o", "yaml").want(t, 2, "unknown output format")
 	run(t, "nodes", "extra").want(t, 2, "unknown command")
 	run(t, "nodes", "revoke").want(t, 2, "accepts 1 arg")
+	run(t, "nodes", "remove").want(t, 2, "accepts 1 arg")
+	run(t, "nodes", "remove", "node-a", "--admin-socket", sock, "--admin-dir", dir).want(t, 1, sock)
 }
 
 // writeAdminCredential writes an admin credential from a fresh CA into dir.

@@ -44,7 +44,7 @@ func newNodesCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "nodes [-o text|json]",
-		Short: "List the control plane's nodes; 'nodes revoke NAME' revokes one",
+		Short: "List the control plane's nodes; 'nodes remove NAME' forgets one, 'nodes revoke NAME' bans one",
 		Long: `List every node the control plane knows, active or rejected, through its
 Admin service on the local unix socket.
 
@@ -92,7 +92,29 @@ or refused; 2 usage error or an admin credential that cannot be read.`,
 			return runNodesRevoke(cmd.Context(), cmd.OutOrStdout(), &af, args[0])
 		},
 	}
-	cmd.AddCommand(revoke)
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Forget a node, freeing its name (not a ban)",
+		Long: `Remove a node: it leaves every agent's peer set at once, its pods and pod
+CIDR are released, and its name is free for the next join. Nothing is
+blocked: the same chip and keys may join again (use 'revoke' to ban them).
+
+A node name belongs to the node's identity key while the node's SVID is
+valid: another VM (even on the same chip) joining under it is refused with
+reason name_taken. Remove the old node first when it is gone for good (a
+reinstalled VM with new keys, a replaced machine) and must not wait for its
+SVID to expire. A removed node that is still running is refused by the
+control plane on its next call and may join again, unless another node took
+the name meanwhile.
+
+Exit codes: 0 removed; 1 no such node, or the control plane is unreachable
+or refused; 2 usage error or an admin credential that cannot be read.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runNodesRemove(cmd.Context(), cmd.OutOrStdout(), &af, args[0])
+		},
+	}
+	cmd.AddCommand(revoke, remove)
 	return cmd
 }
 
@@ -267,6 +289,24 @@ func runNodesRevoke(ctx context.Context, out io.Writer, af *adminFlags, name str
 		return c.callError(err, af.timeout)
 	}
 	fmt.Fprintf(out, "node %q revoked: it left the peer set; its chip and WireGuard key may never join again\n", name)
+	return nil
+}
+
+func runNodesRemove(ctx context.Context, out io.Writer, af *adminFlags, name string) error {
+	c, err := dialAdmin(af)
+	if err != nil {
+		return err
+	}
+	defer c.cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, af.timeout)
+	defer cancel()
+	if _, err := c.client.RemoveNode(ctx, &cpv1.RemoveNodeRequest{Name: name}); err != nil {
+		if status.Code(err) == codes.NotFound {
+			return failf("no node %q at the control plane at %s", name, c.socket)
+		}
+		return c.callError(err, af.timeout)
+	}
+	fmt.Fprintf(out, "node %q removed: it left the peer set; its name and pod CIDR are free (its chip and keys are not blocked)\n", name)
 	return nil
 }
 
