@@ -43,6 +43,10 @@ const (
 	MinTTL = 2 * time.Minute
 	// MinSweepInterval is the shortest sweep interval accepted.
 	MinSweepInterval = time.Second
+	// MaxSourceRate and MaxSourceBurst bound the per-source limit: beyond
+	// them it would limit nothing.
+	MaxSourceRate  = 10000
+	MaxSourceBurst = 100000
 )
 
 // Config is every setting of `confmesh controlplane`. The JSON names are the
@@ -71,6 +75,10 @@ type Config struct {
 	WorkloadTTL Duration `json:"workloadTTL"`
 	// SweepInterval is how often every node is re-evaluated.
 	SweepInterval Duration `json:"sweepInterval"`
+	// SourceRate and SourceBurst limit Challenge and Join calls per source
+	// (a token bucket per node identity or client address).
+	SourceRate  float64 `json:"sourceRate"`
+	SourceBurst int     `json:"sourceBurst"`
 	// DNSNames and IPs go into the serving certificate.
 	DNSNames []string `json:"dnsNames"`
 	IPs      []string `json:"ips"`
@@ -106,6 +114,8 @@ func Default() Config {
 		SVIDTTL:       Duration(controlplane.DefaultSVIDTTL),
 		WorkloadTTL:   Duration(controlplane.DefaultWorkloadTTL),
 		SweepInterval: Duration(controlplane.DefaultSweepInterval),
+		SourceRate:    controlplane.DefaultSourceRate,
+		SourceBurst:   controlplane.DefaultSourceBurst,
 		SimName:       DefaultSimName,
 		LogFormat:     DefaultLogFormat,
 		LogLevel:      DefaultLogLevel,
@@ -173,6 +183,12 @@ func (c *Config) Validate() error {
 	}
 	if time.Duration(c.SweepInterval) < MinSweepInterval {
 		bad("sweep-interval", "sweepInterval", "%s is shorter than %s", time.Duration(c.SweepInterval), MinSweepInterval)
+	}
+	if !(c.SourceRate > 0 && c.SourceRate <= MaxSourceRate) {
+		bad("source-rate", "sourceRate", "%g is not between 0 (exclusive) and %d calls per second", c.SourceRate, MaxSourceRate)
+	}
+	if c.SourceBurst < 1 || c.SourceBurst > MaxSourceBurst {
+		bad("source-burst", "sourceBurst", "%d is not between 1 and %d", c.SourceBurst, MaxSourceBurst)
 	}
 	for _, n := range c.DNSNames {
 		if n == "" || strings.ContainsAny(n, " /:@") {

@@ -90,6 +90,8 @@ error or an unreadable config or policy file.`,
 	fl.DurationVar((*time.Duration)(&fv.SVIDTTL), "svid-ttl", time.Duration(fv.SVIDTTL), "node SVID lifetime; agents renew (re-attest) at half of it")
 	fl.DurationVar((*time.Duration)(&fv.WorkloadTTL), "workload-ttl", time.Duration(fv.WorkloadTTL), "workload SVID lifetime")
 	fl.DurationVar((*time.Duration)(&fv.SweepInterval), "sweep-interval", time.Duration(fv.SweepInterval), "how often every node is re-evaluated under the policy")
+	fl.Float64Var(&fv.SourceRate, "source-rate", fv.SourceRate, "Challenge and Join calls per second allowed per source (node identity, else client IP or IPv6 /64)")
+	fl.IntVar(&fv.SourceBurst, "source-burst", fv.SourceBurst, "burst of Challenge and Join calls allowed per source")
 	fl.StringSliceVar(&fv.DNSNames, "dns-name", nil, "DNS `NAME` for the serving certificate (repeatable)")
 	fl.StringSliceVar(&fv.IPs, "ip", nil, "IP `ADDRESS` for the serving certificate (repeatable)")
 	fl.StringVar(&fv.SimDir, "sim-dir", "", "run on the SIMULATED TEE whose CA is in `DIR` (created when empty); development only")
@@ -144,6 +146,10 @@ func applyFlag(dst, src *config.Config, name string) {
 		dst.WorkloadTTL = src.WorkloadTTL
 	case "sweep-interval":
 		dst.SweepInterval = src.SweepInterval
+	case "source-rate":
+		dst.SourceRate = src.SourceRate
+	case "source-burst":
+		dst.SourceBurst = src.SourceBurst
 	case "dns-name":
 		dst.DNSNames = src.DNSNames
 	case "ip":
@@ -328,6 +334,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, h
 		Policy: policy, Provider: prov, Store: st,
 		ClusterCIDR: cfg.ClusterCIDR, NodePrefixLen: cfg.NodePrefixLen, MTUHint: cfg.MTUHint,
 		SVIDTTL: svidTTL, WorkloadTTL: time.Duration(cfg.WorkloadTTL), SweepInterval: time.Duration(cfg.SweepInterval),
+		SourceRate: cfg.SourceRate, SourceBurst: cfg.SourceBurst,
 		DNSNames: cfg.DNSNames, IPAddresses: cfg.IPAddresses(),
 		Logger: log, VerifierOptions: vopts,
 	})
