@@ -34,18 +34,20 @@ var limitedMethods = map[string]string{
 // certificate, so joined nodes keep their own budget whoever shares their
 // address), else the caller's IP address (an IPv6 address by its /64, which
 // one host can fill at will). When the map is full, buckets that have
-// refilled (their source idle long enough) are dropped, which loses nothing;
-// if none has, every new source shares one overflow bucket, so a flood
-// from more addresses than max gains no more than one extra source's rate.
+// refilled (their source idle long enough) are dropped, which loses nothing
+// (at most once a second, so the sweep costs a flood nothing); if none has,
+// every new source shares one overflow bucket, so a flood from more
+// addresses than max gains no more than one extra source's rate.
 type sourceLimiter struct {
 	rate  rate.Limit
 	burst int
 	max   int
 	now   func() time.Time
 
-	mu       sync.Mutex
-	buckets  map[string]*rate.Limiter
-	overflow *rate.Limiter
+	mu        sync.Mutex
+	buckets   map[string]*rate.Limiter
+	overflow  *rate.Limiter
+	nextSweep time.Time // a full map is swept for idle buckets at most once a second
 }
 
 func newSourceLimiter(perSecond float64, burst, max int, now func() time.Time) *sourceLimiter {
@@ -62,7 +64,10 @@ func (l *sourceLimiter) allow(source string) bool {
 	defer l.mu.Unlock()
 	b := l.buckets[source]
 	if b == nil {
-		if len(l.buckets) >= l.max {
+		if len(l.buckets) >= l.max && !now.Before(l.nextSweep) {
+			// At most once a second, or a flood of new sources would make
+			// every call scan the whole map.
+			l.nextSweep = now.Add(time.Second)
 			for k, v := range l.buckets {
 				if v.TokensAt(now) >= float64(l.burst) {
 					delete(l.buckets, k)

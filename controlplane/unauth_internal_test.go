@@ -2,7 +2,12 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"net"
+	"net/netip"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +15,8 @@ import (
 
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"github.com/confmesh/confmesh/internal/attest"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 )
 
 // TestChallengesStateless: issuing stores nothing; a challenge is refused
@@ -206,5 +213,33 @@ func TestSelfEvidencePerEpoch(t *testing.T) {
 	defer cancel()
 	if _, err := stuck.get(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("stuck TEE: err = %v", err)
+	}
+}
+
+// TestSourceOf: a verified client certificate is its SPIFFE ID (joined
+// nodes never share a budget); otherwise the IP address, IPv6 by its /64.
+func TestSourceOf(t *testing.T) {
+	at := func(addr string, chains [][]*x509.Certificate) context.Context {
+		return peer.NewContext(context.Background(), &peer.Peer{
+			Addr:     net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr)),
+			AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: chains}},
+		})
+	}
+	id, _ := url.Parse("spiffe://cluster.test/confmesh/node/node-a")
+	node := [][]*x509.Certificate{{{URIs: []*url.URL{id}}}}
+	for _, tc := range []struct {
+		ctx  context.Context
+		want string
+	}{
+		{at("127.0.0.5:4000", nil), "ip:127.0.0.5"},
+		{at("[::ffff:198.18.0.7]:4000", nil), "ip:198.18.0.7"},
+		{at("[2001:db8:1:2:aaaa::1]:4000", nil), "net:2001:db8:1:2::/64"},
+		{at("[2001:db8:1:2:bbbb::9]:4001", nil), "net:2001:db8:1:2::/64"},
+		{at("127.0.0.5:4000", node), "id:spiffe://cluster.test/confmesh/node/node-a"},
+		{context.Background(), "unknown"},
+	} {
+		if got := sourceOf(tc.ctx); got != tc.want {
+			t.Errorf("sourceOf = %q, want %q", got, tc.want)
+		}
 	}
 }
