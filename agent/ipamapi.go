@@ -22,11 +22,20 @@ func (a *Agent) AllocateIP(k Attachment) (netip.Addr, netip.Prefix, error) {
 		return netip.Addr{}, netip.Prefix{}, status.Error(codes.Unavailable, "node not attested yet, so it has no pod CIDR: "+reason)
 	}
 	ip, err := a.ipam.Allocate(pod, k)
+	if err == nil {
+		a.syncStrictPods() // the pod may send from ip on its veth from now on
+	}
 	return ip, pod, err
 }
 
 // ReleaseIP frees an attachment's pod address (none held is fine).
-func (a *Agent) ReleaseIP(k Attachment) (netip.Addr, error) { return a.ipam.Release(k) }
+func (a *Agent) ReleaseIP(k Attachment) (netip.Addr, error) {
+	ip, err := a.ipam.Release(k)
+	if err == nil && ip.IsValid() {
+		a.syncStrictPods()
+	}
+	return ip, err
+}
 
 // Allocations lists the reserved pod addresses.
 func (a *Agent) Allocations() []Allocation { return a.ipam.List() }

@@ -125,8 +125,11 @@ func TestStrictUnderlayInjection(t *testing.T) {
 	}
 	dropsAfter := strictDrops(t, n1)
 	t.Logf("node-1 strict drops before %+v, after %+v; forged packets sent %d", dropsBefore, dropsAfter, sent)
-	if got := dropsAfter.total() - dropsBefore.total(); got < uint64(sent) {
+	if got := total(dropsAfter) - total(dropsBefore); got < uint64(sent) {
 		t.Errorf("node-1 strict drop counters rose by %d, want at least %d (every forged packet dropped and counted)", got, sent)
+	}
+	if got := dropsAfter.Spoof - dropsBefore.Spoof; got < 3*spoofCount {
+		t.Errorf("node-1 spoof counter rose by %d, want at least %d (the forged packets of pod 2)", got, 3*spoofCount)
 	}
 }
 
@@ -156,18 +159,22 @@ func unallocatedAddr(t *testing.T, cluster netip.Prefix, used ...netip.Prefix) n
 	return netip.Addr{}
 }
 
-type drops struct{ Out, In, Spoof uint64 }
-
-func (d drops) total() uint64 { return d.Out + d.In + d.Spoof }
-
-func strictDrops(t *testing.T, n *Node) drops {
+// strictDrops reads node n's three strict drop counters.
+func strictDrops(t *testing.T, n *Node) netfilter.Drops {
 	t.Helper()
-	out, in, err := n.StrictCounters()
+	var d netfilter.Drops
+	err := netlab.InNS(n.NS, func() error {
+		var err error
+		d, err = netfilter.ReadDrops(agent.DefaultTable)
+		return err
+	})
 	if err != nil {
 		t.Fatalf("%s: strict counters: %v", n.Name, err)
 	}
-	return drops{Out: out, In: in}
+	return d
 }
+
+func total(d netfilter.Drops) uint64 { return d.Out + d.In + d.Spoof }
 
 // TestStrictSelfHeals: while pods on node-1 and node-2 stream datagrams to
 // each other, the ruleset of node-1 is flushed (`nft flush ruleset`) and

@@ -26,7 +26,7 @@ func SpoofedUDP(src, dst netip.AddrPort, payload []byte) ([]byte, error) {
 	b[0] = 0x45 // version 4, header of 5 words
 	binary.BigEndian.PutUint16(b[2:4], uint16(total))
 	binary.BigEndian.PutUint16(b[6:8], 0x4000) // don't fragment
-	b[8] = 64                                   // TTL
+	b[8] = 64                                  // TTL
 	b[9] = ProtoUDP
 	s, d := src.Addr().As4(), dst.Addr().As4()
 	copy(b[12:16], s[:])
