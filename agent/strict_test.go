@@ -180,5 +180,3 @@ func hasFailClosed(t *testing.T, p netip.Prefix) bool {
 	}
 	return false
 }
-
-
