@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/confmesh/confmesh/cni"
+	"github.com/confmesh/confmesh/internal/hostveth"
 	"github.com/confmesh/confmesh/internal/netfilter"
 )
 
@@ -83,7 +83,7 @@ func podsOf(pod netip.Prefix, allocs []Allocation) []netfilter.Pod {
 		if !pod.Contains(al.IP) {
 			continue // from an earlier pod CIDR
 		}
-		out = append(out, netfilter.Pod{Interface: cni.HostVethName(al.ContainerID, al.Interface), Addr: al.IP})
+		out = append(out, netfilter.Pod{Interface: hostveth.Name(al.ContainerID, al.Interface), Addr: al.IP})
 	}
 	return out
 }

@@ -6,7 +6,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/confmesh/confmesh/cni"
+	"github.com/confmesh/confmesh/internal/hostveth"
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/google/nftables"
@@ -23,8 +23,8 @@ func TestPodsOf(t *testing.T) {
 		{Attachment: Attachment{ContainerID: "c3", Interface: "eth0"}, IP: netip.MustParseAddr("10.244.5.3")},
 	})
 	want := []netfilter.Pod{
-		{Interface: cni.HostVethName("c1", "eth0"), Addr: netip.MustParseAddr("10.244.5.2")},
-		{Interface: cni.HostVethName("c3", "eth0"), Addr: netip.MustParseAddr("10.244.5.3")},
+		{Interface: hostveth.Name("c1", "eth0"), Addr: netip.MustParseAddr("10.244.5.2")},
+		{Interface: hostveth.Name("c3", "eth0"), Addr: netip.MustParseAddr("10.244.5.3")},
 	}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("podsOf = %v, want %v", got, want)
@@ -47,7 +47,7 @@ func TestStrictCheckRepairs(t *testing.T) {
 	a.mu.Unlock()
 	cluster := netip.MustParsePrefix(DefaultClusterCIDR)
 	k := Attachment{ContainerID: "c0ffee", Interface: "eth0"}
-	veth := cni.HostVethName(k.ContainerID, k.Interface)
+	veth := hostveth.Name(k.ContainerID, k.Interface)
 
 	n := testutil.NewNetNS(t)
 	testutil.InNetNS(t, n, func() error {

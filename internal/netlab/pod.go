@@ -9,7 +9,7 @@ import (
 
 	"github.com/confmesh/confmesh/agent"
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
-	"github.com/confmesh/confmesh/cni"
+	"github.com/confmesh/confmesh/internal/hostveth"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -72,7 +72,7 @@ func (c *Cluster) AddHandPod(n *Node) (*Pod, error) {
 		return nil, fmt.Errorf("AddPod(%s): the agent allocated %s, outside pod CIDR %s", n.Name, addr, cidr)
 	}
 	gw := agent.Gateway(cidr).String()
-	p := &Pod{Name: fmt.Sprintf("%s/pod-%d", n.Name, k), NS: ns, IP: addr, Node: n, HostIf: cni.HostVethName(ns, "eth0"), ContainerID: ns}
+	p := &Pod{Name: fmt.Sprintf("%s/pod-%d", n.Name, k), NS: ns, IP: addr, Node: n, HostIf: hostveth.Name(ns, "eth0"), ContainerID: ns}
 	c.trackNS(p.NS)
 	if err := AddNetns(p.NS); err != nil {
 		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
