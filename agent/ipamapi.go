@@ -21,19 +21,23 @@ func (a *Agent) AllocateIP(k Attachment) (netip.Addr, netip.Prefix, error) {
 	if !joined || !pod.IsValid() {
 		return netip.Addr{}, netip.Prefix{}, status.Error(codes.Unavailable, "node not attested yet, so it has no pod CIDR: "+reason)
 	}
-	ip, err := a.ipam.Allocate(pod, k)
-	if err == nil {
-		a.syncStrictPods() // the pod may send from ip on its veth from now on
-	}
+	// From now on the pod may send from ip on its veth (strict mode's pod sets).
+	var ip netip.Addr
+	err := a.changePods(func() (err error) {
+		ip, err = a.ipam.Allocate(pod, k)
+		return err
+	})
 	return ip, pod, err
 }
 
-// ReleaseIP frees an attachment's pod address (none held is fine).
+// ReleaseIP frees an attachment's pod address (none held is fine), and
+// takes it out of strict mode's pod sets.
 func (a *Agent) ReleaseIP(k Attachment) (netip.Addr, error) {
-	ip, err := a.ipam.Release(k)
-	if err == nil && ip.IsValid() {
-		a.syncStrictPods()
-	}
+	var ip netip.Addr
+	err := a.changePods(func() (err error) {
+		ip, err = a.ipam.Release(k)
+		return err
+	})
 	return ip, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,11 @@ type strictKeeper struct {
 	reinstalls    uint64
 	lastReinstall time.Time
 	routeRepairs  uint64
+
+	// applied is what the agent last programmed (Install or SyncPods):
+	// a check compares the kernel with it, so a change the agent is about
+	// to apply (a new pod, a new pod CIDR) is never mistaken for drift.
+	applied *netfilter.Rules
 
 	// The peer routes through the WireGuard device the last reconcile
 	// applied: what a repair restores.
@@ -103,6 +109,7 @@ func (a *Agent) InstallStrictRules() error {
 		k.state, k.reason = StrictFailed, err.Error()
 		return fmt.Errorf("install strict rules: %w", err)
 	}
+	k.applied = &r
 	k.state, k.reason = StrictInstalled, ""
 	a.mu.Lock()
 	a.strict = true
@@ -113,19 +120,27 @@ func (a *Agent) InstallStrictRules() error {
 	return nil
 }
 
-// syncStrictPods brings the pod sets to the IPAM's pods (after an address
-// is allocated or released), element by element. A failure is logged and
-// left to the next check, which re-installs the whole table.
-func (a *Agent) syncStrictPods() {
+// changePods runs f, a change of the IPAM's reservations, and then brings
+// the pod sets to the IPAM's pods element by element, as one step with
+// respect to the strict checks. A failed sync is logged and left to the
+// next check, which re-installs the whole table.
+func (a *Agent) changePods(f func() error) error {
 	if !a.cfg.StrictMode {
-		return
+		return f()
 	}
 	k := &a.strictK
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if err := netfilter.SyncPods(a.strictRules()); err != nil {
-		a.log.Warn("strict mode: pod sets not updated; the next check re-installs the table", "err", err)
+	if err := f(); err != nil {
+		return err
 	}
+	r := a.strictRules()
+	if err := netfilter.SyncPods(r); err != nil {
+		a.log.Warn("strict mode: pod sets not updated; the next check re-installs the table", "err", err)
+		return nil
+	}
+	k.applied = &r
+	return nil
 }
 
 // notePeerRoutes records the routes through the device that a reconcile
@@ -181,7 +196,11 @@ func (a *Agent) checkStrict() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	r := a.strictRules()
-	if err := netfilter.Verify(r); err != nil {
+	applied := r
+	if k.applied != nil {
+		applied = *k.applied
+	}
+	if err := netfilter.Verify(applied); err != nil {
 		seen := time.Now()
 		state := StrictAltered
 		if errors.Is(err, netfilter.ErrTableMissing) {
@@ -198,6 +217,7 @@ func (a *Agent) checkStrict() {
 			k.state, k.reason = StrictFailed, fmt.Sprintf("%v; re-install failed: %v", err, ierr)
 			a.log.Error("strict mode: table "+state+" and re-installing it failed", "drift", err, "err", ierr)
 		} else {
+			k.applied = &r
 			k.reinstalls++
 			k.lastReinstall = time.Now()
 			k.state, k.reason = StrictInstalled, ""
@@ -206,6 +226,14 @@ func (a *Agent) checkStrict() {
 			a.strict = true
 			a.mu.Unlock()
 			a.log.Warn("strict mode: table was "+state+"; re-installed", "drift", err, "took", time.Since(seen).Round(time.Microsecond), "reinstalls", k.reinstalls)
+		}
+	} else if !slices.Equal(netfilter.Describe(applied), netfilter.Describe(r)) {
+		// Not drift: the wanted rules changed since the agent last applied them.
+		if err := netfilter.Install(r); err != nil {
+			k.state, k.reason = StrictFailed, "applying a change: "+err.Error()
+			a.log.Error("strict mode: applying a change of the wanted rules failed", "err", err)
+		} else {
+			k.applied = &r
 		}
 	}
 	repaired, err := ensureFailClosedRoutes(r.ClusterCIDRs)

@@ -157,6 +157,21 @@ func TestStrictCheckRepairs(t *testing.T) {
 			t.Errorf("after ReleaseIP: %v", err)
 		}
 
+		// A change of the wanted rules the agent has not applied yet (here an
+		// IPAM reservation made behind changePods' back) is applied by the
+		// next check, and not counted as drift.
+		before := a.Strict().Reinstalls
+		if _, err := a.ipam.Allocate(a.podCIDR, Attachment{ContainerID: "beef", Interface: "eth0"}); err != nil {
+			return err
+		}
+		a.checkStrict()
+		if si := a.Strict(); si.Reinstalls != before || si.State != StrictInstalled || si.Pods != 1 {
+			t.Errorf("after a wanted change: %+v, want installed, %d re-installs, 1 pod", si, before)
+		}
+		if err := netfilter.Verify(a.strictRules()); err != nil {
+			t.Errorf("after a wanted change and a check: %v", err)
+		}
+
 		if err := RemoveFailClosedRoutes(); err != nil {
 			return err
 		}
