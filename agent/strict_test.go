@@ -42,6 +42,7 @@ func TestStrictCheckRepairs(t *testing.T) {
 	}
 	a := newTestAgent(t)
 	a.cfg.StrictMode = true
+	a.metrics.registerStrict(a.Strict)
 	a.mu.Lock()
 	a.joined, a.podCIDR = true, netip.MustParsePrefix("10.244.5.0/24")
 	a.mu.Unlock()
@@ -110,6 +111,22 @@ func TestStrictCheckRepairs(t *testing.T) {
 		a.checkStrict()
 		if si := a.Strict(); si.State != StrictInstalled || si.Reinstalls != 2 {
 			t.Errorf("after the second check: %+v, want installed, 2 re-installs", si)
+		}
+		if got := metricValue(t, a, "confmesh_agent_strict_reinstalls_total"); got != 2 {
+			t.Errorf("confmesh_agent_strict_reinstalls_total = %v, want 2", got)
+		}
+		if got := metricValue(t, a, "confmesh_agent_strict_rules_installed"); got != 1 {
+			t.Errorf("confmesh_agent_strict_rules_installed = %v, want 1", got)
+		}
+		if err := netfilter.Remove(a.cfg.Table); err != nil {
+			return err
+		}
+		if got := metricValue(t, a, "confmesh_agent_strict_rules_installed"); got != 0 {
+			t.Errorf("confmesh_agent_strict_rules_installed with the table gone = %v, want 0", got)
+		}
+		a.checkStrict()
+		if si := a.Strict(); si.Reinstalls != 3 {
+			t.Errorf("re-installs = %d, want 3", si.Reinstalls)
 		}
 
 		// The fail-closed route and a pod route deleted by hand: restored.
@@ -194,4 +211,25 @@ func hasFailClosed(t *testing.T, p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// metricValue reads a single-series counter or gauge from the agent's registry.
+func metricValue(t *testing.T, a *Agent, name string) float64 {
+	t.Helper()
+	fams, err := a.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name || len(f.GetMetric()) != 1 {
+			continue
+		}
+		m := f.GetMetric()[0]
+		if c := m.GetCounter(); c != nil {
+			return c.GetValue()
+		}
+		return m.GetGauge().GetValue()
+	}
+	t.Fatalf("metric %s not registered (or not a single series)", name)
+	return 0
 }
