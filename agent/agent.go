@@ -23,7 +23,6 @@ import (
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/identity"
-	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/confmesh/confmesh/internal/wg"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -122,6 +121,8 @@ type Agent struct {
 
 	reconcileMu sync.Mutex
 	ctx         context.Context // Run's context; bounds background work
+
+	strictK strictKeeper // strict mode as found in the kernel (strict.go)
 }
 
 type peerStatus struct {
@@ -195,13 +196,13 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	m := newMetrics()
-	if cfg.StrictMode {
-		m.registerStrictDrops(cfg.Table)
-	}
 	a := &Agent{
 		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey,
 		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - WireGuardOverhead,
 		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods, ipam: ipam,
+	}
+	if cfg.StrictMode {
+		m.registerStrict(a.Strict)
 	}
 	// What the last join said, so the first strict rules keep local pods
 	// reachable while this agent re-joins.
@@ -211,28 +212,6 @@ func New(cfg Config) (*Agent, error) {
 		a.podCIDR, a.clusterCIDR = st.PodCIDR, st.ClusterCIDR
 	}
 	return a, nil
-}
-
-// InstallStrictRules programs the fail-closed rules: before the agent does
-// anything else, and again whenever the local pod CIDR is known.
-func (a *Agent) InstallStrictRules() error {
-	if !a.cfg.StrictMode {
-		a.log.Warn("strict mode is OFF: pod traffic may leave in plaintext if a route is missing")
-		return nil
-	}
-	a.mu.Lock()
-	r := netfilter.Rules{Table: a.cfg.Table, ClusterCIDRs: uniquePrefixes(a.cfg.ClusterCIDR, a.clusterCIDR), Device: a.cfg.Device}
-	if a.podCIDR.IsValid() {
-		r.LocalCIDRs = []netip.Prefix{a.podCIDR}
-	}
-	a.mu.Unlock()
-	if err := netfilter.Install(r); err != nil {
-		return fmt.Errorf("install strict rules: %w", err)
-	}
-	a.mu.Lock()
-	a.strict = true
-	a.mu.Unlock()
-	return nil
 }
 
 func uniquePrefixes(ps ...netip.Prefix) []netip.Prefix {
@@ -257,6 +236,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.InstallStrictRules(); err != nil {
 		return err
 	}
+	go a.strictLoop(ctx) // from now on, a removed or altered table is re-installed at once
 	if err := a.ensureDevice(ctx); err != nil {
 		return err
 	}
@@ -605,7 +585,9 @@ func (a *Agent) reconcile() {
 	}
 	if err := dev.SyncRoutes(plan.Routes, mtu); err != nil {
 		a.log.Error("sync routes", "err", err)
+		return
 	}
+	a.notePeerRoutes(plan.Routes, mtu)
 }
 
 func (a *Agent) peerStateOf(name string) (peerStatus, bool) {
@@ -717,10 +699,8 @@ func (a *Agent) Ready() (bool, string) {
 			return false, "datapath down: " + err.Error()
 		}
 	}
-	if a.cfg.StrictMode {
-		if ok, err := netfilter.Installed(a.cfg.Table); err != nil || !ok {
-			return false, "strict rules are not installed"
-		}
+	if ok, why := a.strictHealthy(); !ok {
+		return false, why
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

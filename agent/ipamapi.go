@@ -21,12 +21,25 @@ func (a *Agent) AllocateIP(k Attachment) (netip.Addr, netip.Prefix, error) {
 	if !joined || !pod.IsValid() {
 		return netip.Addr{}, netip.Prefix{}, status.Error(codes.Unavailable, "node not attested yet, so it has no pod CIDR: "+reason)
 	}
-	ip, err := a.ipam.Allocate(pod, k)
+	// From now on the pod may send from ip on its veth (strict mode's pod sets).
+	var ip netip.Addr
+	err := a.changePods(func() (err error) {
+		ip, err = a.ipam.Allocate(pod, k)
+		return err
+	})
 	return ip, pod, err
 }
 
-// ReleaseIP frees an attachment's pod address (none held is fine).
-func (a *Agent) ReleaseIP(k Attachment) (netip.Addr, error) { return a.ipam.Release(k) }
+// ReleaseIP frees an attachment's pod address (none held is fine), and
+// takes it out of strict mode's pod sets.
+func (a *Agent) ReleaseIP(k Attachment) (netip.Addr, error) {
+	var ip netip.Addr
+	err := a.changePods(func() (err error) {
+		ip, err = a.ipam.Release(k)
+		return err
+	})
+	return ip, err
+}
 
 // Allocations lists the reserved pod addresses.
 func (a *Agent) Allocations() []Allocation { return a.ipam.List() }

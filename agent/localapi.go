@@ -93,6 +93,7 @@ func (l *localAPI) Status(context.Context, *agentv1.StatusRequest) (*agentv1.Sta
 // Status is what `confmesh status` shows.
 func (a *Agent) Status() *agentv1.StatusResponse {
 	ready, reason := a.Ready()
+	si := a.Strict()
 	var devPeers = map[string]*agentv1.PeerStatus{}
 	kind := ""
 	dev := a.device()
@@ -103,11 +104,16 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 	pub := a.wgKey.PublicKey()
 	resp := &agentv1.StatusResponse{
 		NodeName: a.cfg.NodeName, Attested: a.joined, SpiffeId: a.spiffeID, Datapath: kind,
-		StrictMode: a.cfg.StrictMode && a.strict, Device: a.cfg.Device, Ready: ready, ReadyReason: reason,
+		StrictMode: a.cfg.StrictMode && a.strict && si.State == StrictInstalled, Device: a.cfg.Device, Ready: ready, ReadyReason: reason,
 		TrustsSimulatedRoot: a.verifier.TrustsSimulated(), Revision: a.revision, WireguardPublicKey: pub[:],
 	}
 	if a.podCIDR.IsValid() {
 		resp.PodCidr = a.podCIDR.String()
+	}
+	resp.Strict = &agentv1.StrictStatus{Enabled: si.Enabled, State: si.State, Reason: si.Reason, Reinstalls: si.Reinstalls,
+		RouteRepairs: si.RouteRepairs, Pods: uint32(si.Pods), DropsOut: si.Drops.Out, DropsIn: si.Drops.In, DropsSpoof: si.Drops.Spoof}
+	if !si.LastReinstall.IsZero() {
+		resp.Strict.LastReinstall = timestamppb.New(si.LastReinstall)
 	}
 	if !a.svidExpiry.IsZero() {
 		resp.SvidExpiry = timestamppb.New(a.svidExpiry)

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -12,6 +11,9 @@ type metrics struct {
 	handshake *prometheus.GaugeVec
 	rx, tx    *prometheus.GaugeVec
 	renewals  *prometheus.CounterVec
+
+	strictReinstalls   prometheus.Counter
+	strictRouteRepairs prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -36,28 +38,49 @@ func newMetrics() *metrics {
 			Name: "confmesh_agent_renewals_total", Help: "Node SVID renewals by result.",
 		}, []string{"result"}),
 	}
+	m.strictReinstalls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "confmesh_agent_strict_reinstalls_total",
+		Help: "Times the agent found the strict-mode table missing or altered and re-installed it.",
+	})
+	m.strictRouteRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "confmesh_agent_strict_route_repairs_total",
+		Help: "Deleted routes (fail-closed, pod, peer) the agent restored.",
+	})
 	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals)
 	return m
 }
 
-// registerStrictDrops exports the strict-mode drop counters of the nftables
-// table: packets that would have left (out) or entered (in) in plaintext.
-func (m *metrics) registerStrictDrops(table string) {
-	for _, dir := range []string{"out", "in"} {
+// registerStrict exports strict mode as the kernel has it: whether the
+// table is in force, the drop counters of the nftables table (packets that
+// would have left (out) or entered (in) in plaintext, or that a pod sent
+// from another address (spoof)), and how often the agent had to re-install
+// the table or restore routes.
+func (m *metrics) registerStrict(info func() StrictInfo) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "confmesh_agent_strict_rules_installed",
+		Help: "1 when the kernel holds exactly the strict-mode table the agent wants, 0 otherwise.",
+	}, func() float64 {
+		if info().State == StrictInstalled {
+			return 1
+		}
+		return 0
+	}))
+	for _, dir := range []string{"out", "in", "spoof"} {
 		dir := dir
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name:        "confmesh_agent_strict_drops_total",
-			Help:        "Packets strict mode dropped because they would have bypassed WireGuard.",
+			Help:        "Packets strict mode dropped: would have bypassed WireGuard (out, in) or sent from another pod's address (spoof).",
 			ConstLabels: prometheus.Labels{"direction": dir},
 		}, func() float64 {
-			out, in, err := netfilter.Counters(table)
-			if err != nil {
-				return 0
+			d := info().Drops
+			switch dir {
+			case "out":
+				return float64(d.Out)
+			case "in":
+				return float64(d.In)
 			}
-			if dir == "out" {
-				return float64(out)
-			}
-			return float64(in)
+			return float64(d.Spoof)
 		}))
 	}
+	m.reg.MustRegister(m.strictReinstalls, m.strictRouteRepairs)
 }

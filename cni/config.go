@@ -8,14 +8,13 @@
 package cni
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/hostveth"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 )
@@ -28,7 +27,7 @@ const (
 	// PluginType is the binary name runtimes look up in the CNI bin dir.
 	PluginType = "confmesh-cni"
 	// HostVethPrefix starts every host-side veth name.
-	HostVethPrefix = "cm"
+	HostVethPrefix = hostveth.Prefix
 )
 
 // SupportedVersions are the CNI spec versions the plugin speaks. Results
@@ -165,9 +164,8 @@ func ParseArgs(s string) (PodArgs, error) {
 }
 
 // HostVethName is the host-side veth of an attachment: "cm" and 8 hex
-// digits of SHA-256(containerID NUL ifname). It is derived, not stored, so
-// DEL and GC find the link even when the container's netns is gone.
-func HostVethName(containerID, ifname string) string {
-	h := sha256.Sum256([]byte(containerID + "\x00" + ifname))
-	return HostVethPrefix + hex.EncodeToString(h[:4])
-}
+// digits of SHA-256(containerID NUL ifname) (hostveth.Name, which the
+// agent's strict mode uses to recognise the pod's interface). It is
+// derived, not stored, so DEL and GC find the link even when the
+// container's netns is gone.
+func HostVethName(containerID, ifname string) string { return hostveth.Name(containerID, ifname) }

@@ -235,15 +235,18 @@ func newAgentCleanupCmd() *cobra.Command {
 	var device, table, stateDir string
 	cmd := &cobra.Command{
 		Use:   "cleanup",
-		Short: "remove what the agent leaves in place: strict rules, WireGuard device, datapath",
-		Long: `Removes the strict nftables table (pod traffic to other nodes is then no longer
-forced through WireGuard), stops the userspace datapath and deletes the
-WireGuard device. Run it only when uninstalling confmesh from the node.`,
+		Short: "remove what the agent leaves in place: strict rules and routes, WireGuard device, datapath",
+		Long: `Removes the strict nftables table and the fail-closed routes (pod traffic to
+other nodes is then no longer forced through WireGuard), stops the userspace
+datapath and deletes the WireGuard device. Run it only when uninstalling confmesh from the node.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var errs []error
 			if err := netfilter.Remove(table); err != nil {
 				errs = append(errs, fmt.Errorf("strict rules: %w", err))
+			}
+			if err := agent.RemoveFailClosedRoutes(); err != nil {
+				errs = append(errs, fmt.Errorf("fail-closed routes: %w", err))
 			}
 			if err := agent.RemoveDevice(device, filepath.Join(stateDir, "datapath.pid")); err != nil {
 				errs = append(errs, fmt.Errorf("device: %w", err))

@@ -60,6 +60,21 @@ type statusJSON struct {
 	TrustsSimulatedRoot bool       `json:"trustsSimulatedRoot"`
 	Revision            uint64     `json:"revision"`
 	Peers               []peerJSON `json:"peers"`
+	Strict              strictJSON `json:"strict"`
+}
+
+// strictJSON is strict mode as the agent finds it in the kernel.
+type strictJSON struct {
+	Enabled       bool   `json:"enabled"`
+	State         string `json:"state"`
+	Reason        string `json:"reason,omitempty"`
+	Reinstalls    uint64 `json:"reinstalls"`
+	LastReinstall string `json:"lastReinstall,omitempty"`
+	RouteRepairs  uint64 `json:"routeRepairs"`
+	Pods          uint32 `json:"pods"`
+	DropsOut      uint64 `json:"dropsOut"`
+	DropsIn       uint64 `json:"dropsIn"`
+	DropsSpoof    uint64 `json:"dropsSpoof"`
 }
 
 func ts(t interface{ AsTime() time.Time }, valid bool) string {
@@ -83,6 +98,11 @@ func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
 		Peers: []peerJSON{}}
 	for _, p := range st.Peers {
 		out.Peers = append(out.Peers, toPeerJSON(p))
+	}
+	if s := st.Strict; s != nil {
+		out.Strict = strictJSON{Enabled: s.Enabled, State: s.State, Reason: s.Reason, Reinstalls: s.Reinstalls,
+			LastReinstall: ts(s.LastReinstall, s.LastReinstall != nil), RouteRepairs: s.RouteRepairs, Pods: s.Pods,
+			DropsOut: s.DropsOut, DropsIn: s.DropsIn, DropsSpoof: s.DropsSpoof}
 	}
 	return out
 }
@@ -136,6 +156,15 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 	fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
 	fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)
 	fmt.Fprintf(out, "strict mode: %v\n", s.StrictMode)
+	if s.Strict.Enabled || s.Strict.State != "" {
+		fmt.Fprintf(out, "  rules:     %s%s (%d pod interfaces)\n", s.Strict.State, map[bool]string{true: ": " + s.Strict.Reason}[s.Strict.Reason != ""], s.Strict.Pods)
+		last := ""
+		if s.Strict.LastReinstall != "" {
+			last = ", last " + s.Strict.LastReinstall
+		}
+		fmt.Fprintf(out, "  repairs:   %d table re-installs%s, %d routes restored\n", s.Strict.Reinstalls, last, s.Strict.RouteRepairs)
+		fmt.Fprintf(out, "  drops:     out %d, in %d, spoof %d\n", s.Strict.DropsOut, s.Strict.DropsIn, s.Strict.DropsSpoof)
+	}
 	fmt.Fprintf(out, "pod CIDR:    %s\n", s.PodCIDR)
 	if s.TrustsSimulatedRoot {
 		fmt.Fprintln(out, "WARNING:     this agent's policy trusts a SIMULATED TEE root (development only)")

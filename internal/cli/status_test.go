@@ -45,6 +45,8 @@ func TestStatusAndPeers(t *testing.T) {
 		SvidExpiry: timestamppb.New(handshake.Add(time.Hour)), SpiffeId: "spiffe://cluster.test/confmesh/node/node-a",
 		Datapath: "kernel", StrictMode: true, PodCidr: "10.244.1.0/24", Device: "cm0", Ready: false, ReadyReason: "no peers yet",
 		TrustsSimulatedRoot: true, Revision: 7, WireguardPublicKey: []byte{1, 2},
+		Strict: &agentv1.StrictStatus{Enabled: true, State: "installed", Reinstalls: 2, LastReinstall: timestamppb.New(handshake),
+			RouteRepairs: 3, Pods: 4, DropsOut: 5, DropsIn: 6, DropsSpoof: 7},
 		Peers: []*agentv1.PeerStatus{
 			{Name: "node-b", Endpoint: "198.18.0.2:51820", State: "verified", PodCidrs: []string{"10.244.2.0/24"},
 				WireguardPublicKey: []byte{3, 4}, LatestHandshake: timestamppb.New(handshake), RxBytes: 10, TxBytes: 20},
@@ -91,6 +93,9 @@ func TestStatusAndPeers(t *testing.T) {
 			"ready:       false no peers yet\n" +
 			"datapath:    kernel on cm0\n" +
 			"strict mode: true\n" +
+			"  rules:     installed (4 pod interfaces)\n" +
+			"  repairs:   2 table re-installs, last 2026-03-14T15:09:26Z, 3 routes restored\n" +
+			"  drops:     out 5, in 6, spoof 7\n" +
 			"pod CIDR:    10.244.1.0/24\n" +
 			"WARNING:     this agent's policy trusts a SIMULATED TEE root (development only)\n" +
 			peersText},
@@ -110,7 +115,20 @@ func TestStatusAndPeers(t *testing.T) {
   "wireguardKey": "0102",
   "trustsSimulatedRoot": true,
   "revision": 7,
-  "peers": ` + string(bytes.ReplaceAll([]byte(peersJSON[:len(peersJSON)-1]), []byte("\n"), []byte("\n  "))) + "\n}\n"},
+  "peers": ` + string(bytes.ReplaceAll([]byte(peersJSON[:len(peersJSON)-1]), []byte("\n"), []byte("\n  "))) + `,
+  "strict": {
+    "enabled": true,
+    "state": "installed",
+    "reinstalls": 2,
+    "lastReinstall": "2026-03-14T15:09:26Z",
+    "routeRepairs": 3,
+    "pods": 4,
+    "dropsOut": 5,
+    "dropsIn": 6,
+    "dropsSpoof": 7
+  }
+}
+`},
 		{[]string{"peers"}, peersText},
 		{[]string{"peers", "-o", "json"}, peersJSON},
 	} {

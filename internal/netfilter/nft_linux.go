@@ -55,13 +55,51 @@ func sameBaseChain(got, want *nftables.Chain) bool {
 		got.Priority != nil && *got.Priority == *want.Priority
 }
 
+// wantedSets returns the three pod sets of table t.
+func wantedSets(t *nftables.Table) []*nftables.Set {
+	return []*nftables.Set{
+		{Table: t, Name: SetPodInterfaces, KeyType: nftables.TypeIFName},
+		{Table: t, Name: SetPodAddrs4, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr), Concatenation: true},
+		{Table: t, Name: SetPodAddrs6, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIP6Addr), Concatenation: true},
+	}
+}
+
+// sameSet reports whether the kernel's set got has the shape of want.
+func sameSet(got, want *nftables.Set) bool {
+	return got.Name == want.Name && got.KeyType.Name == want.KeyType.Name && got.KeyType.Bytes == want.KeyType.Bytes &&
+		got.Concatenation == want.Concatenation && !got.IsMap && !got.Interval && !got.HasTimeout && !got.Constant && !got.Anonymous
+}
+
+// elements returns the set elements of r's pods, per set name.
+func (r Rules) elements() map[string][]nftables.SetElement {
+	ifs, a4, a6 := r.podElements()
+	out := map[string][]nftables.SetElement{}
+	for _, n := range ifs {
+		out[SetPodInterfaces] = append(out[SetPodInterfaces], nftables.SetElement{Key: ifname(n)})
+	}
+	for _, p := range a4 {
+		out[SetPodAddrs4] = append(out[SetPodAddrs4], nftables.SetElement{Key: podKey(p)})
+	}
+	for _, p := range a6 {
+		out[SetPodAddrs6] = append(out[SetPodAddrs6], nftables.SetElement{Key: podKey(p)})
+	}
+	return out
+}
+
+// podKey is the ifname . address key of p: the interface name padded to
+// IFNAMSIZ, then the address (each field a multiple of 4 bytes).
+func podKey(p Pod) []byte {
+	return append(ifname(p.Interface), p.Addr.AsSlice()...)
+}
+
 // Install programs r into the current network namespace in one nftables
 // transaction: create the table if absent (and wake it if dormant), flush
-// all its rules, delete any chain that is not one of ours or has a stale
-// type/hook/priority, (re)create the counters and both base chains, and add
-// the drop rules. The kernel applies the batch atomically, so a packet sees
-// either the old rule set or the new one, never an empty table; if any part
-// fails the whole batch is rolled back and the old rules stay in force.
+// all its rules, delete any chain or set that is not one of ours or has a
+// stale shape, (re)create the counters, the pod sets (with exactly r's
+// pods) and both base chains, and add the drop rules. The kernel applies
+// the batch atomically, so a packet sees either the old rule set or the
+// new one, never an empty table; if any part fails the whole batch is
+// rolled back and the old rules stay in force.
 //
 // The named counters are created only if absent: re-installing keeps their
 // values (a counter object has no update operation in the kernel).
@@ -78,10 +116,12 @@ func Install(r Rules) error {
 	}
 	t := tableOf(r.Table)
 	out, in := wantedChains(t)
+	sets := wantedSets(t)
 
-	// What the table holds now (nothing if it is absent), so stale chains can
-	// be replaced inside the same transaction.
-	var stale []*nftables.Chain
+	// What the table holds now (nothing if it is absent), so stale chains
+	// and sets can be replaced inside the same transaction.
+	var staleChains []*nftables.Chain
+	var staleSets []*nftables.Set
 	if exists, err := tableExists(c, t.Name); err != nil {
 		return fmt.Errorf("netfilter: install table inet %s: %w", t.Name, err)
 	} else if exists {
@@ -96,22 +136,53 @@ func Install(r Rules) error {
 			if sameBaseChain(ch, out) || sameBaseChain(ch, in) {
 				continue
 			}
-			stale = append(stale, &nftables.Chain{Name: ch.Name, Table: t})
+			staleChains = append(staleChains, &nftables.Chain{Name: ch.Name, Table: t})
+		}
+		have, err := c.GetSets(t)
+		if err != nil {
+			return fmt.Errorf("netfilter: install table inet %s: list sets: %w", t.Name, err)
+		}
+	next:
+		for _, s := range have {
+			for _, w := range sets {
+				if sameSet(s, w) {
+					continue next
+				}
+			}
+			staleSets = append(staleSets, &nftables.Set{Name: s.Name, Table: t})
 		}
 	}
 
 	c.AddTable(t)   // NLM_F_CREATE without EXCL: create, or update (flags 0 wakes a dormant table)
 	c.FlushTable(t) // every rule of every chain in the table (also jumps into stale chains)
-	for _, ch := range stale {
+	for _, ch := range staleChains {
 		c.DelChain(ch)
 	}
-	c.AddObj(&nftables.CounterObj{Table: t, Name: CounterOut})
-	c.AddObj(&nftables.CounterObj{Table: t, Name: CounterIn})
+	for _, s := range staleSets {
+		c.DelSet(s)
+	}
+	for _, name := range []string{CounterOut, CounterIn, CounterSpoof} {
+		c.AddObj(&nftables.CounterObj{Table: t, Name: name})
+	}
+	elems := r.elements()
+	ids := map[string]uint32{}
+	for _, s := range sets {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("netfilter: install table inet %s: set %s: %w", t.Name, s.Name, err)
+		}
+		ids[s.Name] = s.ID
+		c.FlushSet(s)
+		if e := elems[s.Name]; len(e) > 0 {
+			if err := c.SetAddElements(s, e); err != nil {
+				return fmt.Errorf("netfilter: install table inet %s: elements of %s: %w", t.Name, s.Name, err)
+			}
+		}
+	}
 	c.AddChain(out)
 	c.AddChain(in)
 	for _, ch := range []*nftables.Chain{out, in} {
 		for _, s := range r.specs(ch.Name) {
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: s.exprs(r.Device)})
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: s.exprs(ids)})
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -162,9 +233,15 @@ func Installed(table string) (bool, error) {
 // CounterIn (read with GETOBJ, one object each). They are kept across
 // re-installs and reset only when the table is removed.
 func Counters(table string) (out, in uint64, err error) {
+	d, err := ReadDrops(table)
+	return d.Out, d.In, err
+}
+
+// ReadDrops returns the packet counts of the three drop counters.
+func ReadDrops(table string) (Drops, error) {
 	c, err := nftables.New()
 	if err != nil {
-		return 0, 0, fmt.Errorf("netfilter: open nftables: %w", err)
+		return Drops{}, fmt.Errorf("netfilter: open nftables: %w", err)
 	}
 	t := tableOf(table)
 	read := func(name string) (uint64, error) {
@@ -178,13 +255,16 @@ func Counters(table string) (out, in uint64, err error) {
 		}
 		return co.Packets, nil
 	}
-	if out, err = read(CounterOut); err != nil {
-		return 0, 0, err
+	var d Drops
+	for _, x := range []struct {
+		name string
+		v    *uint64
+	}{{CounterOut, &d.Out}, {CounterIn, &d.In}, {CounterSpoof, &d.Spoof}} {
+		if *x.v, err = read(x.name); err != nil {
+			return Drops{}, err
+		}
 	}
-	if in, err = read(CounterIn); err != nil {
-		return 0, 0, err
-	}
-	return out, in, nil
+	return d, nil
 }
 
 func tableExists(c *nftables.Conn, name string) (bool, error) {
@@ -201,71 +281,104 @@ func tableExists(c *nftables.Conn, name string) (bool, error) {
 }
 
 // exprs compiles s to nftables expressions, in the order describe prints
-// them:
-//
-//	meta nfproto ipv4|ipv6 (implicit in nft syntax)
-//	ip|ip6 daddr|saddr <cluster>
-//	oifname|iifname != <device>
-//	meta oiftype|iiftype != loopback
-//	ip|ip6 daddr|saddr != <local> (each local CIDR inside cluster)
-//	counter name <CounterOut|CounterIn>
-//	drop
-func (s ruleSpec) exprs(device string) []expr.Any {
-	v4 := s.cluster.Addr().Is4()
-	proto, nameKey, typeKey := byte(unix.NFPROTO_IPV6), expr.MetaKeyIIFNAME, expr.MetaKeyIIFTYPE
-	if v4 {
+// them, after an explicit meta nfproto match (implicit in nft syntax).
+// setIDs gives the transaction IDs of sets created in the same batch (nil:
+// none, as when comparing with what the kernel reports).
+func (s ruleSpec) exprs(setIDs map[string]uint32) []expr.Any {
+	proto := byte(unix.NFPROTO_IPV6)
+	if s.v4 {
 		proto = unix.NFPROTO_IPV4
-	}
-	if s.out() {
-		nameKey, typeKey = expr.MetaKeyOIFNAME, expr.MetaKeyOIFTYPE
 	}
 	e := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 	}
-	e = append(e, s.addrMatch(s.cluster, expr.CmpOpEq)...)
-	e = append(e,
-		&expr.Meta{Key: nameKey, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(device)},
-		&expr.Meta{Key: typeKey, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
-	)
-	for _, l := range s.exempt {
-		e = append(e, s.addrMatch(l, expr.CmpOpNeq)...)
+	for _, c := range s.conds {
+		e = append(e, c.exprs(s.v4, setIDs)...)
 	}
 	return append(e,
-		&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: s.counter()},
+		&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: s.counter},
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	)
 }
 
-// addrMatch loads the rule's address (daddr for out, saddr for in) and
-// compares its first p.Bits() bits with p.
-func (s ruleSpec) addrMatch(p netip.Prefix, cmp expr.CmpOp) []expr.Any {
+func cmpOp(neq bool) expr.CmpOp {
+	if neq {
+		return expr.CmpOpNeq
+	}
+	return expr.CmpOpEq
+}
+
+// exprs compiles one condition. Everything is evaluated in register 1
+// except the address of an ifname . address lookup, which goes to
+// register 2 (NFT_REG_2: the 32-bit registers right after the 16 bytes of
+// the interface name, as nft lays out a concatenation).
+func (c cond) exprs(v4 bool, setIDs map[string]uint32) []expr.Any {
+	nameKey, typeKey := expr.MetaKeyIIFNAME, expr.MetaKeyIIFTYPE
+	if c.out {
+		nameKey, typeKey = expr.MetaKeyOIFNAME, expr.MetaKeyOIFTYPE
+	}
+	switch c.kind {
+	case condAddr:
+		return addrMatch(c.prefix, c.dst, c.neq)
+	case condIfname:
+		return []expr.Any{
+			&expr.Meta{Key: nameKey, Register: 1},
+			&expr.Cmp{Op: cmpOp(c.neq), Register: 1, Data: ifname(c.name)},
+		}
+	case condNotLoop:
+		return []expr.Any{
+			&expr.Meta{Key: typeKey, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
+		}
+	case condIfSet:
+		return []expr.Any{
+			&expr.Meta{Key: nameKey, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: c.name, SetID: setIDs[c.name], Invert: c.neq},
+		}
+	case condIfAddrSet:
+		return []expr.Any{
+			&expr.Meta{Key: nameKey, Register: 1},
+			addrLoad(v4, c.dst, 2),
+			&expr.Lookup{SourceRegister: 1, SetName: c.name, SetID: setIDs[c.name], Invert: c.neq},
+		}
+	}
+	panic(fmt.Sprintf("netfilter: condition kind %d has no compiler", c.kind))
+}
+
+// addrLoad loads the source (or destination) address into reg.
+func addrLoad(v4, dst bool, reg uint32) *expr.Payload {
 	var off, n uint32 = 12, 4 // IPv4 saddr
-	if !p.Addr().Is4() {
+	if !v4 {
 		off, n = 8, 16 // IPv6 saddr
 	}
-	if s.out() {
+	if dst {
 		off += n // daddr follows saddr in both headers
 	}
-	e := []expr.Any{&expr.Payload{
+	return &expr.Payload{
 		OperationType: expr.PayloadLoad,
-		DestRegister:  1,
+		DestRegister:  reg,
 		Base:          expr.PayloadBaseNetworkHeader,
 		Offset:        off,
 		Len:           n,
-	}}
+	}
+}
+
+// addrMatch loads the source (or destination) address and compares its
+// first p.Bits() bits with p.
+func addrMatch(p netip.Prefix, dst, neq bool) []expr.Any {
+	load := addrLoad(p.Addr().Is4(), dst, 1)
+	e := []expr.Any{load}
 	if p.Bits() < p.Addr().BitLen() {
 		e = append(e, &expr.Bitwise{
 			SourceRegister: 1,
 			DestRegister:   1,
-			Len:            n,
-			Mask:           mask(p.Bits(), int(n)),
-			Xor:            make([]byte, n),
+			Len:            load.Len,
+			Mask:           mask(p.Bits(), int(load.Len)),
+			Xor:            make([]byte, load.Len),
 		})
 	}
-	return append(e, &expr.Cmp{Op: cmp, Register: 1, Data: p.Addr().AsSlice()})
+	return append(e, &expr.Cmp{Op: cmpOp(neq), Register: 1, Data: p.Addr().AsSlice()})
 }
 
 func mask(bits, n int) []byte {

@@ -4,12 +4,14 @@ package netfilter
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,33 +45,53 @@ func TestMask(t *testing.T) {
 }
 
 func TestExprsOffsets(t *testing.T) {
-	r := Rules{ClusterCIDRs: pfx("10.98.0.0/16", "fd98::/48"), LocalCIDRs: pfx("10.98.1.5/32"), Device: "cm0"}
-	offsets := func(s ruleSpec) (offs []uint32, bitwise int) {
-		for _, e := range s.exprs(r.Device) {
+	r := Rules{ClusterCIDRs: pfx("10.98.0.0/16", "fd98::/48"), LocalCIDRs: pfx("10.98.1.0/24"), Device: "cm0"}
+	type load struct{ off, reg uint32 }
+	loads := func(s ruleSpec) (ls []load, bitwise, lookups int) {
+		for _, e := range s.exprs(nil) {
 			switch e := e.(type) {
 			case *expr.Payload:
-				offs = append(offs, e.Offset)
+				ls = append(ls, load{e.Offset, e.DestRegister})
 			case *expr.Bitwise:
 				bitwise++
+			case *expr.Lookup:
+				lookups++
 			}
 		}
-		return offs, bitwise
+		return ls, bitwise, lookups
 	}
 	for _, tc := range []struct {
-		chain   string
-		i       int
-		offs    []uint32
-		bitwise int
+		chain            string
+		i                int
+		loads            []load
+		bitwise, lookups int
 	}{
-		{ChainOut, 0, []uint32{16, 16}, 1}, // ip daddr; the /32 exemption needs no mask
-		{ChainIn, 0, []uint32{12, 12}, 1},  // ip saddr
-		{ChainOut, 1, []uint32{24}, 1},     // ip6 daddr
-		{ChainIn, 1, []uint32{8}, 1},       // ip6 saddr
+		{ChainOut, 0, []load{{16, 1}, {16, 2}}, 1, 1}, // ip daddr; oifname . ip daddr
+		{ChainOut, 1, []load{{24, 1}, {24, 2}}, 1, 1}, // ip6 daddr; oifname . ip6 daddr
+		{ChainIn, 0, []load{{12, 1}}, 1, 1},           // ip saddr, iifname != @pod_ifs
+		{ChainIn, 1, []load{{16, 1}}, 1, 1},           // ip daddr, iifname != @pod_ifs
+		{ChainIn, 2, []load{{8, 1}}, 1, 1},            // ip6 saddr
+		{ChainIn, 3, []load{{24, 1}}, 1, 1},           // ip6 daddr
+		{ChainIn, 4, []load{{12, 2}}, 0, 2},           // spoof v4: iifname . ip saddr
+		{ChainIn, 5, []load{{8, 1}, {8, 2}}, 1, 2},    // spoof v6: link-local exemption, iifname . ip6 saddr
 	} {
-		offs, bw := offsets(r.specs(tc.chain)[tc.i])
-		if !reflect.DeepEqual(offs, tc.offs) || bw != tc.bitwise {
-			t.Errorf("%s rule %d: payload offsets %v, %d bitwise; want %v, %d", tc.chain, tc.i, offs, bw, tc.offs, tc.bitwise)
+		ls, bw, lk := loads(r.specs(tc.chain)[tc.i])
+		if !reflect.DeepEqual(ls, tc.loads) || bw != tc.bitwise || lk != tc.lookups {
+			t.Errorf("%s rule %d: loads %v, %d bitwise, %d lookups; want %v, %d, %d", tc.chain, tc.i, ls, bw, lk, tc.loads, tc.bitwise, tc.lookups)
 		}
+	}
+	if n := len(r.specs(ChainIn)); n != 6 {
+		t.Errorf("in chain has %d rules, want 6", n)
+	}
+}
+
+func TestPodKey(t *testing.T) {
+	k := podKey(Pod{Interface: "cm1234abcd", Addr: netip.MustParseAddr("10.98.1.5")})
+	if len(k) != 20 || string(k[:10]) != "cm1234abcd" || k[10] != 0 || !bytes.Equal(k[16:], []byte{10, 98, 1, 5}) {
+		t.Errorf("podKey = %x", k)
+	}
+	if k6 := podKey(Pod{Interface: "x", Addr: netip.MustParseAddr("fd98::5")}); len(k6) != 32 {
+		t.Errorf("IPv6 key is %d bytes, want 32", len(k6))
 	}
 }
 
@@ -453,12 +475,12 @@ func checkInstalled(t *testing.T, rb readBack, r Rules) {
 			continue
 		}
 		for i, s := range specs {
-			if got, w := rb.rules[want.name][i].Exprs, s.exprs(r.Device); !reflect.DeepEqual(got, w) {
+			if got, w := normalize(rb.rules[want.name][i].Exprs), s.exprs(nil); !reflect.DeepEqual(got, w) {
 				t.Errorf("chain %s rule %d: kernel has\n%s\nwant\n%s", want.name, i, dump(got), dump(w))
 			}
 		}
 	}
-	for _, c := range []string{CounterOut, CounterIn} {
+	for _, c := range []string{CounterOut, CounterIn, CounterSpoof} {
 		if !rb.objects[c] {
 			t.Errorf("counter %s missing", c)
 		}
@@ -713,7 +735,9 @@ func TestForwardedPodTrafficIsDropped(t *testing.T) {
 	expectArrived(t, "no rules: pod -> remote pod, forwarded via underlay", p, "10.98.1.5", remote)
 	expectArrived(t, "no rules: remote pod address -> pod, forwarded", tb.b, "10.98.2.5", pod)
 
-	install(t, tb.a, v4Rules)
+	withPod := v4Rules
+	withPod.Pods = []Pod{{Interface: "pod0", Addr: netip.MustParseAddr("10.98.1.5")}}
+	install(t, tb.a, withPod)
 	out0, in0 := counters(t, tb.a, "")
 	expectDropped(t, "strict: pod -> remote pod, forwarded via underlay", p, "10.98.1.5", remote)
 	expectDropped(t, "strict: remote pod address -> pod, forwarded", tb.b, "10.98.2.5", pod)
@@ -721,10 +745,48 @@ func TestForwardedPodTrafficIsDropped(t *testing.T) {
 	if out1 < out0+probeCount || in1 < in0+probeCount {
 		t.Errorf("counters out %d -> %d, in %d -> %d; want +%d each", out0, out1, in0, in1, probeCount)
 	}
-	// Local pod <-> host traffic on the veth is exempt in both directions.
+	// Local pod <-> host traffic on the pod's own veth is allowed both ways.
 	host := listen(t, tb.a, "10.98.1.2")
 	expectArrived(t, "strict: pod -> host", p, "10.98.1.5", host)
 	expectArrived(t, "strict: host -> pod", tb.a, "10.98.1.2", pod)
+
+	// The underlay (B) claiming a local pod-range address, or its own, to
+	// reach the pod: dropped before routing (in), counted.
+	testutil.InNetNS(t, tb.b, func() error {
+		l, err := netlink.LinkByName("ulb")
+		if err != nil {
+			return err
+		}
+		return addAddr(l, "10.98.1.9/32")
+	})
+	_, in2 := counters(t, tb.a, "")
+	expectDropped(t, "strict: underlay with a local pod-range source -> pod", tb.b, "10.98.1.9", pod)
+	expectDropped(t, "strict: underlay with its own address -> pod", tb.b, "198.18.0.2", pod)
+	if _, in3 := counters(t, tb.a, ""); in3 < in2+2*probeCount {
+		t.Errorf("in counter %d -> %d, want +%d", in2, in3, 2*probeCount)
+	}
+
+	// The pod claiming another address (here one it was not given):
+	// dropped on its veth, counted as spoofing.
+	testutil.InNetNS(t, p, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return addAddr(l, "10.98.1.6/32")
+	})
+	var d0, d1 Drops
+	testutil.InNetNS(t, tb.a, func() (err error) { d0, err = ReadDrops(""); return err })
+	expectDropped(t, "strict: pod with another source -> host", p, "10.98.1.6", host)
+	testutil.InNetNS(t, tb.a, func() (err error) { d1, err = ReadDrops(""); return err })
+	if d1.Spoof < d0.Spoof+probeCount {
+		t.Errorf("spoof counter %d -> %d, want +%d", d0.Spoof, d1.Spoof, probeCount)
+	}
+
+	// Without the pod in the sets, its veth is just another interface.
+	install(t, tb.a, v4Rules)
+	expectDropped(t, "strict, pod unknown: host -> pod", tb.a, "10.98.1.2", pod)
+	expectDropped(t, "strict, pod unknown: pod -> host", p, "10.98.1.5", host)
 }
 
 // Before join: no local CIDR, everything in the cluster CIDR must use the
@@ -761,22 +823,160 @@ func TestBootCaseDropsAllClusterTraffic(t *testing.T) {
 	expectArrived(t, "boot: A -> its own cluster address over loopback", tb.a, "0.0.0.0", self)
 }
 
-// Install with other LocalCIDRs replaces the exemption; it does not add to it.
-func TestInstallReplacesLocalExemption(t *testing.T) {
+// Install with other Pods replaces the pod sets; it does not add to them.
+func TestInstallReplacesPods(t *testing.T) {
 	tb := newTestbed(t)
 	remote := listen(t, tb.b, "10.98.2.5")
 	inbound := listen(t, tb.a, "198.18.0.1")
 
 	r := v4Rules
-	r.LocalCIDRs = pfx("10.98.2.0/24") // pretend 10.98.2.0/24 is this node's
+	r.LocalCIDRs = pfx("10.98.2.0/24") // pretend 10.98.2.5 is a pod of this node, behind ula
+	r.Pods = []Pod{{Interface: "ula", Addr: netip.MustParseAddr("10.98.2.5")}}
 	install(t, tb.a, r)
-	expectArrived(t, "local=10.98.2.0/24: A -> 10.98.2.5", tb.a, "0.0.0.0", remote)
-	expectArrived(t, "local=10.98.2.0/24: 10.98.2.5 -> A", tb.b, "10.98.2.5", inbound)
+	checkInstalled(t, readTable(t, tb.a, ""), r)
+	expectArrived(t, "pod 10.98.2.5 on ula: A -> 10.98.2.5", tb.a, "0.0.0.0", remote)
+	expectArrived(t, "pod 10.98.2.5 on ula: 10.98.2.5 -> A", tb.b, "10.98.2.5", inbound)
 
-	install(t, tb.a, v4Rules) // local=10.98.1.0/24: 10.98.2.0/24 is remote again
-	expectDropped(t, "local=10.98.1.0/24: A -> 10.98.2.5", tb.a, "0.0.0.0", remote)
-	expectDropped(t, "local=10.98.1.0/24: 10.98.2.5 -> A", tb.b, "10.98.2.5", inbound)
+	install(t, tb.a, v4Rules) // no pods: 10.98.2.5 is remote again
+	expectDropped(t, "no pods: A -> 10.98.2.5", tb.a, "0.0.0.0", remote)
+	expectDropped(t, "no pods: 10.98.2.5 -> A", tb.b, "10.98.2.5", inbound)
 	checkInstalled(t, readTable(t, tb.a, ""), v4Rules)
+	testutil.InNetNS(t, tb.a, func() error { return Verify(v4Rules) })
+}
+
+// SyncPods changes only the pod sets, to exactly the wanted pods, and
+// Verify agrees afterwards; with the table gone it fails and changes nothing.
+func TestSyncPods(t *testing.T) {
+	needRoot(t)
+	n := testutil.NewNetNS(t)
+	r := dualRules
+	install(t, n, r)
+	pod := func(ifn, a string) Pod { return Pod{Interface: ifn, Addr: netip.MustParseAddr(a)} }
+	steps := [][]Pod{
+		{pod("cmaaaa0001", "10.98.1.5")},
+		{pod("cmaaaa0001", "10.98.1.5"), pod("cmaaaa0002", "10.98.1.6"), pod("cmaaaa0002", "fd98:0:0:1::6")},
+		{pod("cmaaaa0002", "fd98:0:0:1::6")},
+		nil,
+	}
+	for i, pods := range steps {
+		r.Pods = pods
+		testutil.InNetNS(t, n, func() error {
+			if err := SyncPods(r); err != nil {
+				return fmt.Errorf("step %d: SyncPods: %w", i, err)
+			}
+			if err := Verify(r); err != nil {
+				return fmt.Errorf("step %d: Verify after SyncPods: %w", i, err)
+			}
+			return nil
+		})
+		checkInstalled(t, readTable(t, n, ""), r)
+	}
+	remove(t, n, "")
+	testutil.InNetNS(t, n, func() error {
+		if err := SyncPods(r); err == nil {
+			return errors.New("SyncPods without the table: no error")
+		}
+		if ok, _ := Installed(""); ok {
+			return errors.New("SyncPods created the table")
+		}
+		return nil
+	})
+}
+
+// Verify tells a missing table from an altered one, and names what changed.
+func TestVerifyDetectsDrift(t *testing.T) {
+	needRoot(t)
+	n := testutil.NewNetNS(t)
+	r := v4Rules
+	r.Pods = []Pod{{Interface: "cmaaaa0001", Addr: netip.MustParseAddr("10.98.1.5")}}
+	tab := tableOf("")
+	for _, tc := range []struct {
+		name   string
+		change func(c *nftables.Conn) error
+		want   error
+		says   string
+	}{
+		{"flush ruleset", func(c *nftables.Conn) error { c.FlushRuleset(); return nil }, ErrTableMissing, "does not exist"},
+		{"accept rule on top of in", func(c *nftables.Conn) error {
+			c.InsertRule(&nftables.Rule{Table: tab, Chain: &nftables.Chain{Name: ChainIn, Table: tab},
+				Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+			return nil
+		}, ErrTableAltered, "chain in holds 4 rules, want 3"},
+		{"rules flushed", func(c *nftables.Conn) error { c.FlushTable(tab); return nil }, ErrTableAltered, "chain out holds 0 rules"},
+		{"pod element deleted", func(c *nftables.Conn) error {
+			return c.SetDeleteElements(&nftables.Set{Table: tab, Name: SetPodAddrs4, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)},
+				[]nftables.SetElement{{Key: podKey(r.Pods[0])}})
+		}, ErrTableAltered, "set pod_addrs4 holds 0 elements, want 1"},
+		{"foreign element added", func(c *nftables.Conn) error {
+			return c.SetAddElements(&nftables.Set{Table: tab, Name: SetPodInterfaces, KeyType: nftables.TypeIFName},
+				[]nftables.SetElement{{Key: ifname("eth0")}})
+		}, ErrTableAltered, "set pod_ifs holds 2 elements, want 1"},
+	} {
+		install(t, n, r)
+		testutil.InNetNS(t, n, func() error {
+			if err := Verify(r); err != nil {
+				return fmt.Errorf("%s: Verify right after Install: %w", tc.name, err)
+			}
+			c, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			if err := tc.change(c); err != nil {
+				return err
+			}
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("%s: %w", tc.name, err)
+			}
+			err = Verify(r)
+			if !errors.Is(err, tc.want) || !strings.Contains(fmt.Sprint(err), tc.says) {
+				return fmt.Errorf("%s: Verify = %v, want %v saying %q", tc.name, err, tc.want, tc.says)
+			}
+			return nil
+		})
+	}
+	install(t, n, r)
+	testutil.InNetNS(t, n, func() error { return Verify(r) })
+}
+
+// Watch signals every committed change, by anyone, promptly.
+func TestWatchSignalsChanges(t *testing.T) {
+	needRoot(t)
+	n := testutil.NewNetNS(t)
+	install(t, n, v4Rules)
+	ctx, cancel := context.WithCancel(context.Background())
+	var ch <-chan struct{}
+	testutil.InNetNS(t, n, func() (err error) { ch, err = Watch(ctx); return err })
+	for i, change := range []func(c *nftables.Conn){
+		func(c *nftables.Conn) { c.FlushRuleset() },
+		func(c *nftables.Conn) { c.AddTable(&nftables.Table{Name: "other", Family: nftables.TableFamilyINet}) },
+	} {
+		start := time.Now()
+		testutil.InNetNS(t, n, func() error {
+			c, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			change(c)
+			return c.Flush()
+		})
+		select {
+		case <-ch:
+			t.Logf("change %d signalled after %s", i, time.Since(start))
+		case <-time.After(10 * time.Second):
+			t.Fatalf("change %d: no signal within 10s", i)
+		}
+	}
+	cancel()
+	for deadline := time.After(10 * time.Second); ; {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatal("Watch's channel not closed 10s after its context ended")
+		}
+	}
 }
 
 // Re-installing, also with changing rules, while remote traffic is being

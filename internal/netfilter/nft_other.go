@@ -3,6 +3,7 @@
 package netfilter
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -28,3 +29,15 @@ func Installed(table string) (bool, error) { return false, ErrUnsupported }
 
 // Counters is unavailable off Linux.
 func Counters(table string) (out, in uint64, err error) { return 0, 0, ErrUnsupported }
+
+// ReadDrops is unavailable off Linux.
+func ReadDrops(table string) (Drops, error) { return Drops{}, ErrUnsupported }
+
+// Verify is unavailable off Linux.
+func Verify(r Rules) error { return ErrUnsupported }
+
+// SyncPods is unavailable off Linux.
+func SyncPods(r Rules) error { return ErrUnsupported }
+
+// Watch is unavailable off Linux.
+func Watch(ctx context.Context) (<-chan struct{}, error) { return nil, ErrUnsupported }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 	"strings"
 )
 
@@ -21,8 +22,22 @@ const (
 
 	// CounterOut counts packets dropped by ChainOut.
 	CounterOut = "strict_out_drop"
-	// CounterIn counts packets dropped by ChainIn.
+	// CounterIn counts packets ChainIn dropped because they came in clear
+	// from outside the node (the underlay) with a cluster source or
+	// destination.
 	CounterIn = "strict_in_drop"
+	// CounterSpoof counts packets ChainIn dropped because a pod sent them
+	// from an address that is not its own.
+	CounterSpoof = "strict_spoof_drop"
+
+	// SetPodInterfaces holds the names of this node's pod interfaces (the
+	// host ends of the veths the CNI plugin made): type ifname.
+	SetPodInterfaces = "pod_ifs"
+	// SetPodAddrs4 holds each IPv4 pod's interface and address: type
+	// ifname . ipv4_addr.
+	SetPodAddrs4 = "pod_addrs4"
+	// SetPodAddrs6 is SetPodAddrs4 for IPv6: type ifname . ipv6_addr.
+	SetPodAddrs6 = "pod_addrs6"
 
 	// PriorityOut is ChainOut's priority on the postrouting hook: srcnat+100.
 	// It runs after every standard postrouting priority that may still touch
@@ -45,8 +60,31 @@ const maxTableName = 255
 // maxDeviceName is IFNAMSIZ (16) less the terminating NUL.
 const maxDeviceName = 15
 
+// Errors Verify wraps.
+var (
+	// ErrTableMissing means the strict-mode table does not exist.
+	ErrTableMissing = errors.New("netfilter: strict-mode table missing")
+	// ErrTableAltered means the table exists but differs from what Install
+	// programs.
+	ErrTableAltered = errors.New("netfilter: strict-mode table altered")
+)
+
 // ErrInvalidRules is wrapped by every error Validate returns.
 var ErrInvalidRules = errors.New("netfilter: invalid strict-mode rules")
+
+// Drops are the packet counts of the three drop counters.
+type Drops struct {
+	Out   uint64 // CounterOut
+	In    uint64 // CounterIn
+	Spoof uint64 // CounterSpoof
+}
+
+// Pod is one pod attachment on this node: the host-side interface the CNI
+// plugin created for it and the address the agent assigned to it.
+type Pod struct {
+	Interface string
+	Addr      netip.Addr
+}
 
 // Rules describes the strict-mode table of one node.
 type Rules struct {
@@ -54,10 +92,14 @@ type Rules struct {
 	Table string
 	// ClusterCIDRs are the cluster pod network(s), IPv4 and/or IPv6.
 	ClusterCIDRs []netip.Prefix
-	// LocalCIDRs are this node's own pod CIDRs. Traffic to and from them
-	// (local pods on veths) is exempt. Empty before the node has joined: then
-	// everything in the cluster CIDRs must go through Device.
+	// LocalCIDRs are this node's own pod CIDRs: every Pods address must lie
+	// in one. Empty before the node has joined.
 	LocalCIDRs []netip.Prefix
+	// Pods are this node's pod attachments: a packet with a cluster address
+	// may enter or leave other than through Device only on a pod's own
+	// interface, and only from (entering) or to (leaving) that pod's
+	// address. Empty: everything in the cluster CIDRs must use Device.
+	Pods []Pod
 	// Device is the WireGuard device name (e.g. cm0): the only interface
 	// through which remote-pod traffic may leave or arrive. It is matched by
 	// name, so the rules hold (and drop) before the device exists.
@@ -108,7 +150,41 @@ func (r Rules) Validate() error {
 			return invalid("local CIDR %s is not inside any cluster CIDR (%s)", p, joinPrefixes(r.ClusterCIDRs, ", "))
 		}
 	}
+	owner := map[netip.Addr]string{}
+	for i, p := range r.Pods {
+		if err := p.validate(i, r); err != nil {
+			return err
+		}
+		if o, dup := owner[p.Addr]; dup && o != p.Interface {
+			return invalid("pod address %s is on two interfaces, %s and %s", p.Addr, o, p.Interface)
+		}
+		owner[p.Addr] = p.Interface
+	}
 	return nil
+}
+
+func (p Pod) validate(i int, r Rules) error {
+	if err := validDevice(p.Interface); err != nil {
+		return invalid("pod #%d: interface: %v", i, strings.TrimPrefix(err.Error(), ErrInvalidRules.Error()+": "))
+	}
+	if p.Interface == r.Device {
+		return invalid("pod #%d: interface %s is the WireGuard device", i, p.Interface)
+	}
+	a := p.Addr
+	switch {
+	case !a.IsValid():
+		return invalid("pod #%d (%s): no address", i, p.Interface)
+	case a.Is4In6():
+		return invalid("pod #%d (%s): address %s is IPv4-mapped IPv6; write it as IPv4", i, p.Interface, a)
+	case a.Zone() != "":
+		return invalid("pod #%d (%s): address %s has a zone", i, p.Interface, a)
+	}
+	for _, l := range r.LocalCIDRs {
+		if l.Contains(a) {
+			return nil
+		}
+	}
+	return invalid("pod #%d (%s): address %s is not inside a local CIDR (%s)", i, p.Interface, a, joinPrefixes(r.LocalCIDRs, ", "))
 }
 
 func validDevice(name string) error {
@@ -169,55 +245,165 @@ func joinPrefixes(ps []netip.Prefix, sep string) string {
 	return strings.Join(s, sep)
 }
 
-// ruleSpec is one drop rule: the single model behind both Describe and the
-// kernel expressions, so the two cannot drift apart.
+// The rule model: every rule is a list of conditions and a counter, and
+// both Describe (nft syntax) and the kernel expressions (nft_linux.go) are
+// rendered from it, so the two cannot drift apart.
+
+type condKind int
+
+const (
+	condAddr      condKind = iota // ip|ip6 saddr|daddr [!=] prefix
+	condIfname                    // iifname|oifname [!=] "name"
+	condNotLoop                   // meta iiftype|oiftype != loopback
+	condIfSet                     // iifname|oifname [!=] @set
+	condIfAddrSet                 // iifname|oifname . ip|ip6 saddr|daddr [!=] @set
+)
+
+// cond is one condition of a rule. out selects the output interface
+// (oifname, oiftype) instead of the input one; dst selects the destination
+// address instead of the source.
+type cond struct {
+	kind   condKind
+	out    bool
+	dst    bool
+	neq    bool
+	prefix netip.Prefix // condAddr
+	name   string       // condIfname: the interface; condIfSet, condIfAddrSet: the set
+}
+
+// ruleSpec is one drop rule: a family, its conditions (all must hold) and
+// the counter it feeds.
 type ruleSpec struct {
-	chain   string         // ChainOut or ChainIn
-	cluster netip.Prefix   // match: address in cluster
-	exempt  []netip.Prefix // and address in none of these (local CIDRs inside cluster)
+	chain   string
+	v4      bool
+	conds   []cond
+	counter string
 }
 
-func (s ruleSpec) out() bool { return s.chain == ChainOut }
-
-func (s ruleSpec) counter() string {
-	if s.out() {
-		return CounterOut
+func addrSet(v4 bool) string {
+	if v4 {
+		return SetPodAddrs4
 	}
-	return CounterIn
+	return SetPodAddrs6
 }
 
-// specs returns the drop rules of one chain: one rule per cluster CIDR, in
-// the order given, each excluding the local CIDRs that lie inside it.
+var ipv6LinkLocal = netip.MustParsePrefix("fe80::/10")
+
+// specs returns the drop rules of one chain, in order.
+//
+// out, per cluster CIDR C: daddr in C, leaving neither through the device
+// nor loopback nor the interface of the pod that holds daddr.
+//
+// in, per cluster CIDR C: saddr in C, and then daddr in C, arriving through
+// neither the device nor loopback nor a pod interface (that is: from the
+// underlay, in clear). Then, once per address family of the cluster CIDRs:
+// arriving on a pod interface from an address that is not that pod's
+// (IPv6 link-local sources aside: neighbour discovery needs them).
 func (r Rules) specs(chain string) []ruleSpec {
 	var out []ruleSpec
-	for _, c := range r.ClusterCIDRs {
-		s := ruleSpec{chain: chain, cluster: c}
-		for _, l := range r.LocalCIDRs {
-			if inside(l, c) {
-				s.exempt = append(s.exempt, l)
-			}
+	notDevice := func(o bool) []cond {
+		return []cond{{kind: condIfname, out: o, neq: true, name: r.Device}, {kind: condNotLoop, out: o}}
+	}
+	if chain == ChainOut {
+		for _, c := range r.ClusterCIDRs {
+			v4 := c.Addr().Is4()
+			conds := append([]cond{{kind: condAddr, dst: true, prefix: c}}, notDevice(true)...)
+			conds = append(conds, cond{kind: condIfAddrSet, out: true, dst: true, neq: true, name: addrSet(v4)})
+			out = append(out, ruleSpec{chain: ChainOut, v4: v4, conds: conds, counter: CounterOut})
 		}
-		out = append(out, s)
+		return out
+	}
+	fams := map[bool]bool{}
+	for _, c := range r.ClusterCIDRs {
+		v4 := c.Addr().Is4()
+		fams[v4] = true
+		for _, dst := range []bool{false, true} {
+			conds := append([]cond{{kind: condAddr, dst: dst, prefix: c}}, notDevice(false)...)
+			conds = append(conds, cond{kind: condIfSet, neq: true, name: SetPodInterfaces})
+			out = append(out, ruleSpec{chain: ChainIn, v4: v4, conds: conds, counter: CounterIn})
+		}
+	}
+	for _, v4 := range []bool{true, false} {
+		if !fams[v4] {
+			continue
+		}
+		conds := []cond{{kind: condIfSet, name: SetPodInterfaces}}
+		if !v4 {
+			conds = append(conds, cond{kind: condAddr, neq: true, prefix: ipv6LinkLocal})
+		}
+		conds = append(conds, cond{kind: condIfAddrSet, neq: true, name: addrSet(v4)})
+		out = append(out, ruleSpec{chain: ChainIn, v4: v4, conds: conds, counter: CounterSpoof})
 	}
 	return out
 }
 
-// describe renders s in nft syntax.
-func (s ruleSpec) describe(device string) string {
-	fam, addr, ifname, iftype := "ip", "saddr", "iifname", "iiftype"
-	if !s.cluster.Addr().Is4() {
-		fam = "ip6"
+// describe renders c in nft syntax.
+func (c cond) describe(v4 bool) string {
+	fam := "ip6"
+	if v4 {
+		fam = "ip"
 	}
-	if s.out() {
-		addr, ifname, iftype = "daddr", "oifname", "oiftype"
+	addr, ifname, iftype := "saddr", "iifname", "iiftype"
+	if c.dst {
+		addr = "daddr"
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s %s %s != %q meta %s != loopback", fam, addr, s.cluster, ifname, device, iftype)
-	for _, l := range s.exempt {
-		fmt.Fprintf(&b, " %s %s != %s", fam, addr, l)
+	if c.out {
+		ifname, iftype = "oifname", "oiftype"
 	}
-	fmt.Fprintf(&b, " counter name %q drop", s.counter())
-	return b.String()
+	op := " "
+	if c.neq {
+		op = " != "
+	}
+	switch c.kind {
+	case condAddr:
+		return fam + " " + addr + op + c.prefix.String()
+	case condIfname:
+		return fmt.Sprintf("%s%s%q", ifname, op, c.name)
+	case condNotLoop:
+		return "meta " + iftype + " != loopback"
+	case condIfSet:
+		return ifname + op + "@" + c.name
+	case condIfAddrSet:
+		return ifname + " . " + fam + " " + addr + op + "@" + c.name
+	}
+	return fmt.Sprintf("<condition kind %d>", c.kind)
+}
+
+// describe renders s in nft syntax (the rule's nfproto match is implicit
+// in its ip/ip6 expressions).
+func (s ruleSpec) describe() string {
+	parts := make([]string, 0, len(s.conds)+2)
+	for _, c := range s.conds {
+		parts = append(parts, c.describe(s.v4))
+	}
+	parts = append(parts, fmt.Sprintf("counter name %q", s.counter), "drop")
+	return strings.Join(parts, " ")
+}
+
+// podElements returns the elements of the three pod sets, sorted.
+func (r Rules) podElements() (ifs []string, addrs4, addrs6 []Pod) {
+	seen := map[string]bool{}
+	for _, p := range r.Pods {
+		if !seen[p.Interface] {
+			seen[p.Interface] = true
+			ifs = append(ifs, p.Interface)
+		}
+		if p.Addr.Is4() {
+			addrs4 = append(addrs4, p)
+		} else {
+			addrs6 = append(addrs6, p)
+		}
+	}
+	sort.Strings(ifs)
+	for _, ps := range [][]Pod{addrs4, addrs6} {
+		sort.Slice(ps, func(i, j int) bool {
+			if ps[i].Interface != ps[j].Interface {
+				return ps[i].Interface < ps[j].Interface
+			}
+			return ps[i].Addr.Less(ps[j].Addr)
+		})
+	}
+	return ifs, addrs4, addrs6
 }
 
 // Describe returns, one per line, what Install programs, in nft syntax
@@ -229,14 +415,39 @@ func Describe(r Rules) []string {
 		"table " + t,
 		"counter " + t + " " + CounterOut,
 		"counter " + t + " " + CounterIn,
-		fmt.Sprintf("chain %s %s { type filter hook postrouting priority %d; policy accept; }", t, ChainOut, PriorityOut),
+		"counter " + t + " " + CounterSpoof,
+		"set " + t + " " + SetPodInterfaces + " { type ifname; }",
+		"set " + t + " " + SetPodAddrs4 + " { type ifname . ipv4_addr; }",
+		"set " + t + " " + SetPodAddrs6 + " { type ifname . ipv6_addr; }",
 	}
+	ifs, a4, a6 := r.podElements()
+	if len(ifs) > 0 {
+		q := make([]string, len(ifs))
+		for i, n := range ifs {
+			q[i] = fmt.Sprintf("%q", n)
+		}
+		lines = append(lines, "element "+t+" "+SetPodInterfaces+" { "+strings.Join(q, ", ")+" }")
+	}
+	for _, set := range []struct {
+		name string
+		pods []Pod
+	}{{SetPodAddrs4, a4}, {SetPodAddrs6, a6}} {
+		if len(set.pods) == 0 {
+			continue
+		}
+		q := make([]string, len(set.pods))
+		for i, p := range set.pods {
+			q[i] = fmt.Sprintf("%q . %s", p.Interface, p.Addr)
+		}
+		lines = append(lines, "element "+t+" "+set.name+" { "+strings.Join(q, ", ")+" }")
+	}
+	lines = append(lines, fmt.Sprintf("chain %s %s { type filter hook postrouting priority %d; policy accept; }", t, ChainOut, PriorityOut))
 	for _, s := range r.specs(ChainOut) {
-		lines = append(lines, fmt.Sprintf("rule %s %s %s", t, ChainOut, s.describe(r.Device)))
+		lines = append(lines, fmt.Sprintf("rule %s %s %s", t, ChainOut, s.describe()))
 	}
 	lines = append(lines, fmt.Sprintf("chain %s %s { type filter hook prerouting priority %d; policy accept; }", t, ChainIn, PriorityIn))
 	for _, s := range r.specs(ChainIn) {
-		lines = append(lines, fmt.Sprintf("rule %s %s %s", t, ChainIn, s.describe(r.Device)))
+		lines = append(lines, fmt.Sprintf("rule %s %s %s", t, ChainIn, s.describe()))
 	}
 	return lines
 }

@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -99,47 +100,83 @@ func TestDescribeDualStack(t *testing.T) {
 	got := Describe(Rules{
 		ClusterCIDRs: pfx("10.98.0.0/16", "fd98::/48"),
 		LocalCIDRs:   pfx("10.98.1.0/24", "fd98:0:0:1::/64"),
-		Device:       "cm0",
+		Pods: []Pod{
+			{Interface: "cm2222bbbb", Addr: netip.MustParseAddr("10.98.1.6")},
+			{Interface: "cm1111aaaa", Addr: netip.MustParseAddr("fd98:0:0:1::5")},
+			{Interface: "cm1111aaaa", Addr: netip.MustParseAddr("10.98.1.5")},
+		},
+		Device: "cm0",
 	})
 	want := []string{
 		`table inet confmesh`,
 		`counter inet confmesh strict_out_drop`,
 		`counter inet confmesh strict_in_drop`,
+		`counter inet confmesh strict_spoof_drop`,
+		`set inet confmesh pod_ifs { type ifname; }`,
+		`set inet confmesh pod_addrs4 { type ifname . ipv4_addr; }`,
+		`set inet confmesh pod_addrs6 { type ifname . ipv6_addr; }`,
+		`element inet confmesh pod_ifs { "cm1111aaaa", "cm2222bbbb" }`,
+		`element inet confmesh pod_addrs4 { "cm1111aaaa" . 10.98.1.5, "cm2222bbbb" . 10.98.1.6 }`,
+		`element inet confmesh pod_addrs6 { "cm1111aaaa" . fd98:0:0:1::5 }`,
 		`chain inet confmesh out { type filter hook postrouting priority 200; policy accept; }`,
-		`rule inet confmesh out ip daddr 10.98.0.0/16 oifname != "cm0" meta oiftype != loopback ip daddr != 10.98.1.0/24 counter name "strict_out_drop" drop`,
-		`rule inet confmesh out ip6 daddr fd98::/48 oifname != "cm0" meta oiftype != loopback ip6 daddr != fd98:0:0:1::/64 counter name "strict_out_drop" drop`,
+		`rule inet confmesh out ip daddr 10.98.0.0/16 oifname != "cm0" meta oiftype != loopback oifname . ip daddr != @pod_addrs4 counter name "strict_out_drop" drop`,
+		`rule inet confmesh out ip6 daddr fd98::/48 oifname != "cm0" meta oiftype != loopback oifname . ip6 daddr != @pod_addrs6 counter name "strict_out_drop" drop`,
 		`chain inet confmesh in { type filter hook prerouting priority -300; policy accept; }`,
-		`rule inet confmesh in ip saddr 10.98.0.0/16 iifname != "cm0" meta iiftype != loopback ip saddr != 10.98.1.0/24 counter name "strict_in_drop" drop`,
-		`rule inet confmesh in ip6 saddr fd98::/48 iifname != "cm0" meta iiftype != loopback ip6 saddr != fd98:0:0:1::/64 counter name "strict_in_drop" drop`,
+		`rule inet confmesh in ip saddr 10.98.0.0/16 iifname != "cm0" meta iiftype != loopback iifname != @pod_ifs counter name "strict_in_drop" drop`,
+		`rule inet confmesh in ip daddr 10.98.0.0/16 iifname != "cm0" meta iiftype != loopback iifname != @pod_ifs counter name "strict_in_drop" drop`,
+		`rule inet confmesh in ip6 saddr fd98::/48 iifname != "cm0" meta iiftype != loopback iifname != @pod_ifs counter name "strict_in_drop" drop`,
+		`rule inet confmesh in ip6 daddr fd98::/48 iifname != "cm0" meta iiftype != loopback iifname != @pod_ifs counter name "strict_in_drop" drop`,
+		`rule inet confmesh in iifname @pod_ifs iifname . ip saddr != @pod_addrs4 counter name "strict_spoof_drop" drop`,
+		`rule inet confmesh in iifname @pod_ifs ip6 saddr != fe80::/10 iifname . ip6 saddr != @pod_addrs6 counter name "strict_spoof_drop" drop`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("Describe() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
-func TestDescribeBootAndMultipleLocals(t *testing.T) {
-	// Before join: no exemption at all.
+func TestDescribeBootHasNoPods(t *testing.T) {
+	// Before join: no pods, no elements; the spoof rule exists for IPv4 only.
 	boot := Describe(Rules{Table: "t1", ClusterCIDRs: pfx("10.98.0.0/16"), Device: "cm0"})
-	if want := `rule inet t1 out ip daddr 10.98.0.0/16 oifname != "cm0" meta oiftype != loopback counter name "strict_out_drop" drop`; boot[4] != want {
-		t.Errorf("boot out rule = %q, want %q", boot[4], want)
-	}
 	for _, l := range boot {
-		if strings.Contains(l, "addr !=") {
-			t.Errorf("boot rules exempt something: %q", l)
+		if strings.HasPrefix(l, "element ") {
+			t.Errorf("boot rules hold elements: %q", l)
+		}
+		if strings.Contains(l, "ip6") {
+			t.Errorf("IPv4-only cluster has an IPv6 rule: %q", l)
 		}
 	}
-
-	// Each cluster CIDR's rule carries only the local CIDRs inside it.
-	got := Describe(Rules{
-		ClusterCIDRs: pfx("10.96.0.0/16", "10.98.0.0/16"),
-		LocalCIDRs:   pfx("10.98.1.0/24", "10.98.7.0/24"),
-		Device:       "wg-x",
-	})
-	wantOut := []string{
-		`rule inet confmesh out ip daddr 10.96.0.0/16 oifname != "wg-x" meta oiftype != loopback counter name "strict_out_drop" drop`,
-		`rule inet confmesh out ip daddr 10.98.0.0/16 oifname != "wg-x" meta oiftype != loopback ip daddr != 10.98.1.0/24 ip daddr != 10.98.7.0/24 counter name "strict_out_drop" drop`,
+	if want := `rule inet t1 out ip daddr 10.98.0.0/16 oifname != "cm0" meta oiftype != loopback oifname . ip daddr != @pod_addrs4 counter name "strict_out_drop" drop`; boot[8] != want {
+		t.Errorf("boot out rule = %q, want %q", boot[8], want)
 	}
-	if g := strings.Join(got[4:6], "\n"); g != strings.Join(wantOut, "\n") {
-		t.Errorf("out rules =\n%s\nwant\n%s", g, strings.Join(wantOut, "\n"))
+}
+
+func TestValidatePods(t *testing.T) {
+	base := Rules{ClusterCIDRs: pfx("10.98.0.0/16"), LocalCIDRs: pfx("10.98.1.0/24"), Device: "cm0"}
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		name string
+		pods []Pod
+		want string
+	}{
+		{"ok", []Pod{{"cm1", a("10.98.1.5")}, {"cm2", a("10.98.1.6")}}, ""},
+		{"outside local", []Pod{{"cm1", a("10.98.2.5")}}, "pod #0 (cm1): address 10.98.2.5 is not inside a local CIDR (10.98.1.0/24)"},
+		{"no address", []Pod{{"cm1", netip.Addr{}}}, "pod #0 (cm1): no address"},
+		{"mapped", []Pod{{"cm1", a("::ffff:10.98.1.5")}}, "IPv4-mapped"},
+		{"bad interface", []Pod{{"cm 1", a("10.98.1.5")}}, "pod #0: interface: device name \"cm 1\""},
+		{"the device", []Pod{{"cm0", a("10.98.1.5")}}, "is the WireGuard device"},
+		{"shared address", []Pod{{"cm1", a("10.98.1.5")}, {"cm2", a("10.98.1.5")}}, "pod address 10.98.1.5 is on two interfaces, cm1 and cm2"},
+	} {
+		r := base
+		r.Pods = tc.pods
+		err := r.Validate()
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%s: Validate() = %v", tc.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrInvalidRules) || !strings.Contains(fmt.Sprint(err), tc.want) {
+			t.Errorf("%s: Validate() = %v, want ErrInvalidRules containing %q", tc.name, err, tc.want)
+		}
 	}
 }

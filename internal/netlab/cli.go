@@ -24,6 +24,22 @@ type Status struct {
 	WireGuardKey        string `json:"wireguardKey"`
 	TrustsSimulatedRoot bool   `json:"trustsSimulatedRoot"`
 	Peers               []Peer `json:"peers"`
+	// Strict is what the agent found in the kernel.
+	Strict StrictStatus `json:"strict"`
+}
+
+// StrictStatus is the "strict" part of `confmesh status -o json`.
+type StrictStatus struct {
+	Enabled       bool   `json:"enabled"`
+	State         string `json:"state"` // installed, missing, altered, off
+	Reason        string `json:"reason"`
+	Reinstalls    uint64 `json:"reinstalls"`
+	LastReinstall string `json:"lastReinstall"`
+	RouteRepairs  uint64 `json:"routeRepairs"`
+	DropsOut      uint64 `json:"dropsOut"`
+	DropsIn       uint64 `json:"dropsIn"`
+	DropsSpoof    uint64 `json:"dropsSpoof"`
+	Pods          int    `json:"pods"`
 }
 
 // Peer is one entry of `confmesh peers -o json`.

@@ -4,11 +4,15 @@ package netlab
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/internal/netfilter"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -68,4 +72,23 @@ func KeyFromHex(h string) (wgtypes.Key, error) {
 		return wgtypes.Key{}, err
 	}
 	return wgtypes.NewKey(b)
+}
+
+// RoutingRefuses reports whether the node's routing table refuses dst: the
+// route lookup ends at an unreachable route (strict mode's fail-closed
+// route for the cluster CIDR) instead of a device.
+func (n *Node) RoutingRefuses(dst netip.Addr) (bool, error) {
+	var refused bool
+	err := InNS(n.NS, func() error {
+		_, err := netlink.RouteGet(dst.AsSlice())
+		switch {
+		case errors.Is(err, unix.EHOSTUNREACH), errors.Is(err, unix.ENETUNREACH):
+			refused = true
+			return nil
+		case err != nil:
+			return fmt.Errorf("%s: route get %s: %w", n.Name, dst, err)
+		}
+		return nil
+	})
+	return refused, err
 }

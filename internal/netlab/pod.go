@@ -3,10 +3,15 @@
 package netlab
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 
 	"github.com/confmesh/confmesh/agent"
+	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"github.com/confmesh/confmesh/internal/hostveth"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // PodMTU is the underlay MTU (1500) minus WireGuard's 80, as the CNI
@@ -44,10 +49,11 @@ func (c *Cluster) AddPod(n *Node) (*Pod, error) {
 }
 
 // AddHandPod makes the next pod on node n by hand (n must be attested: its
-// pod CIDR is known). Pod k gets the (9+k)-th host address of the pod CIDR;
-// the first is the gateway, which lives on the WireGuard device. The agent
-// knows nothing of such a pod (no IPAM reservation, no pod record, so no
-// Workload API identity).
+// pod CIDR is known), doing what the CNI plugin does with the ip command:
+// the address comes from the agent's IPAM (AllocateIP on its local socket)
+// and the host end of the veth gets the plugin's name for the attachment,
+// so strict mode lets the pod send from its address. The agent has no pod
+// record for it (so no Workload API identity).
 func (c *Cluster) AddHandPod(n *Node) (*Pod, error) {
 	n.mu.Lock()
 	n.pods++
@@ -57,15 +63,16 @@ func (c *Cluster) AddHandPod(n *Node) (*Pod, error) {
 	if !cidr.IsValid() {
 		return nil, fmt.Errorf("AddPod(%s): the node has no pod CIDR yet (WaitReady first)", n.Name)
 	}
-	addr := cidr.Masked().Addr()
-	for range 9 + k {
-		addr = addr.Next()
+	ns := fmt.Sprintf("%sp%d", n.NS, k)
+	addr, err := allocateIP(n.Socket, ns, "eth0")
+	if err != nil {
+		return nil, fmt.Errorf("AddPod(%s): %w", n.Name, err)
 	}
 	if !cidr.Contains(addr) {
-		return nil, fmt.Errorf("AddPod(%s): pod CIDR %s too small", n.Name, cidr)
+		return nil, fmt.Errorf("AddPod(%s): the agent allocated %s, outside pod CIDR %s", n.Name, addr, cidr)
 	}
 	gw := agent.Gateway(cidr).String()
-	p := &Pod{Name: fmt.Sprintf("%s/pod-%d", n.Name, k), NS: fmt.Sprintf("%sp%d", n.NS, k), IP: addr, Node: n, HostIf: fmt.Sprintf("pod%d", k)}
+	p := &Pod{Name: fmt.Sprintf("%s/pod-%d", n.Name, k), NS: ns, IP: addr, Node: n, HostIf: hostveth.Name(ns, "eth0"), ContainerID: ns}
 	c.trackNS(p.NS)
 	if err := AddNetns(p.NS); err != nil {
 		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
@@ -97,4 +104,25 @@ func (c *Cluster) Pods() []*Pod {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]*Pod(nil), c.pods...)
+}
+
+// allocateIP asks the agent on its local socket for the address of the
+// attachment (containerID, ifname), as the CNI plugin does at ADD.
+func allocateIP(socket, containerID, ifname string) (netip.Addr, error) {
+	cc, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("agent socket %s: %w", socket, err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
+	defer cancel()
+	r, err := agentv1.NewAgentClient(cc).AllocateIP(ctx, &agentv1.AllocateIPRequest{ContainerId: containerID, Interface: ifname})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("allocate an address from the agent at %s: %w", socket, err)
+	}
+	a, err := netip.ParseAddr(r.GetIp())
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("agent at %s allocated %q: %w", socket, r.GetIp(), err)
+	}
+	return a, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -20,6 +21,8 @@ type UDPStream struct {
 	sent     atomic.Int64
 	r        *UDPReceiver
 	done     chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
 }
 
 // StartUDPStream starts a stream of count datagrams from one pod to another.
@@ -34,7 +37,7 @@ func StartUDPStream(from, to *Pod, count int, interval time.Duration) (*UDPStrea
 		r.Close()
 		return nil, err
 	}
-	s := &UDPStream{From: from, To: to, count: count, token: fmt.Sprintf("%x", RandomPayload("", 8)), r: r, done: make(chan struct{})}
+	s := &UDPStream{From: from, To: to, count: count, token: fmt.Sprintf("%x", RandomPayload("", 8)), r: r, done: make(chan struct{}), stop: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		defer conn.Close()
@@ -43,13 +46,21 @@ func StartUDPStream(from, to *Pod, count int, interval time.Duration) (*UDPStrea
 		for i := range count {
 			_, _ = conn.Write(fmt.Appendf(nil, "stream %s seq %06d", s.token, i)) // a failed send is a loss
 			s.sent.Add(1)
-			<-t.C
+			select {
+			case <-t.C:
+			case <-s.stop:
+				return
+			}
 		}
 	}()
 	return s, nil
 }
 
-// Count is how many datagrams the stream sends in all.
+// Stop ends the sending early; Finish then accounts for the datagrams
+// sent until then.
+func (s *UDPStream) Stop() { s.stopOnce.Do(func() { close(s.stop) }) }
+
+// Count is how many datagrams the stream sends in all (unless stopped).
 func (s *UDPStream) Count() int { return s.count }
 
 // Sent is how many datagrams have been sent so far.
@@ -73,14 +84,14 @@ func (s *UDPStream) Finish(timeout time.Duration) (missing []int, err error) {
 				got[seq] = true
 			}
 		}
-		if len(got) < s.count {
+		if len(got) < s.Sent() {
 			return ErrNotYet
 		}
 		return nil
 	}
 	_ = Eventually(500*time.Millisecond, 50*time.Millisecond, collect) // stragglers
 	s.r.Close()
-	for i := range s.count {
+	for i := range s.Sent() {
 		if !got[i] {
 			missing = append(missing, i)
 		}

@@ -649,8 +649,11 @@ type StatusResponse struct {
 	Revision            uint64                 `protobuf:"varint,14,opt,name=revision,proto3" json:"revision,omitempty"`
 	Peers               []*PeerStatus          `protobuf:"bytes,15,rep,name=peers,proto3" json:"peers,omitempty"`
 	WireguardPublicKey  []byte                 `protobuf:"bytes,16,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// strict is strict mode as the agent finds it in the kernel (strict_mode
+	// above is true only while the table is really installed).
+	Strict        *StrictStatus `protobuf:"bytes,30,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -795,6 +798,138 @@ func (x *StatusResponse) GetWireguardPublicKey() []byte {
 	return nil
 }
 
+func (x *StatusResponse) GetStrict() *StrictStatus {
+	if x != nil {
+		return x.Strict
+	}
+	return nil
+}
+
+// StrictStatus is the state of the strict-mode nftables table and the
+// fail-closed routes, checked on every nftables or route change and every
+// 500 ms.
+type StrictStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Enabled bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// state is off, installed, missing, altered or failed.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// reason says what differed, or why re-installing failed.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// reinstalls counts the times the table was found missing or altered and
+	// re-installed since the agent started.
+	Reinstalls    uint64                 `protobuf:"varint,4,opt,name=reinstalls,proto3" json:"reinstalls,omitempty"`
+	LastReinstall *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_reinstall,json=lastReinstall,proto3" json:"last_reinstall,omitempty"`
+	// route_repairs counts deleted routes (fail-closed, pod, peer) restored.
+	RouteRepairs uint64 `protobuf:"varint,6,opt,name=route_repairs,json=routeRepairs,proto3" json:"route_repairs,omitempty"`
+	// pods is how many pod interfaces the table lets send from their address.
+	Pods          uint32 `protobuf:"varint,7,opt,name=pods,proto3" json:"pods,omitempty"`
+	DropsOut      uint64 `protobuf:"varint,8,opt,name=drops_out,json=dropsOut,proto3" json:"drops_out,omitempty"`
+	DropsIn       uint64 `protobuf:"varint,9,opt,name=drops_in,json=dropsIn,proto3" json:"drops_in,omitempty"`
+	DropsSpoof    uint64 `protobuf:"varint,10,opt,name=drops_spoof,json=dropsSpoof,proto3" json:"drops_spoof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StrictStatus) Reset() {
+	*x = StrictStatus{}
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StrictStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StrictStatus) ProtoMessage() {}
+
+func (x *StrictStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StrictStatus.ProtoReflect.Descriptor instead.
+func (*StrictStatus) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StrictStatus) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *StrictStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *StrictStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StrictStatus) GetReinstalls() uint64 {
+	if x != nil {
+		return x.Reinstalls
+	}
+	return 0
+}
+
+func (x *StrictStatus) GetLastReinstall() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastReinstall
+	}
+	return nil
+}
+
+func (x *StrictStatus) GetRouteRepairs() uint64 {
+	if x != nil {
+		return x.RouteRepairs
+	}
+	return 0
+}
+
+func (x *StrictStatus) GetPods() uint32 {
+	if x != nil {
+		return x.Pods
+	}
+	return 0
+}
+
+func (x *StrictStatus) GetDropsOut() uint64 {
+	if x != nil {
+		return x.DropsOut
+	}
+	return 0
+}
+
+func (x *StrictStatus) GetDropsIn() uint64 {
+	if x != nil {
+		return x.DropsIn
+	}
+	return 0
+}
+
+func (x *StrictStatus) GetDropsSpoof() uint64 {
+	if x != nil {
+		return x.DropsSpoof
+	}
+	return 0
+}
+
 type AllocateIPRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -805,7 +940,7 @@ type AllocateIPRequest struct {
 
 func (x *AllocateIPRequest) Reset() {
 	*x = AllocateIPRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +952,7 @@ func (x *AllocateIPRequest) String() string {
 func (*AllocateIPRequest) ProtoMessage() {}
 
 func (x *AllocateIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +965,7 @@ func (x *AllocateIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateIPRequest.ProtoReflect.Descriptor instead.
 func (*AllocateIPRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AllocateIPRequest) GetContainerId() string {
@@ -859,7 +994,7 @@ type AllocateIPResponse struct {
 
 func (x *AllocateIPResponse) Reset() {
 	*x = AllocateIPResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1006,7 @@ func (x *AllocateIPResponse) String() string {
 func (*AllocateIPResponse) ProtoMessage() {}
 
 func (x *AllocateIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1019,7 @@ func (x *AllocateIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateIPResponse.ProtoReflect.Descriptor instead.
 func (*AllocateIPResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AllocateIPResponse) GetIp() string {
@@ -911,7 +1046,7 @@ type ReleaseIPRequest struct {
 
 func (x *ReleaseIPRequest) Reset() {
 	*x = ReleaseIPRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1058,7 @@ func (x *ReleaseIPRequest) String() string {
 func (*ReleaseIPRequest) ProtoMessage() {}
 
 func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1071,7 @@ func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseIPRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseIPRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReleaseIPRequest) GetContainerId() string {
@@ -963,7 +1098,7 @@ type ReleaseIPResponse struct {
 
 func (x *ReleaseIPResponse) Reset() {
 	*x = ReleaseIPResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1110,7 @@ func (x *ReleaseIPResponse) String() string {
 func (*ReleaseIPResponse) ProtoMessage() {}
 
 func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1123,7 @@ func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseIPResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseIPResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReleaseIPResponse) GetIp() string {
@@ -1006,7 +1141,7 @@ type ListAllocationsRequest struct {
 
 func (x *ListAllocationsRequest) Reset() {
 	*x = ListAllocationsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1153,7 @@ func (x *ListAllocationsRequest) String() string {
 func (*ListAllocationsRequest) ProtoMessage() {}
 
 func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1166,7 @@ func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListAllocationsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 type Allocation struct {
@@ -1048,7 +1183,7 @@ type Allocation struct {
 
 func (x *Allocation) Reset() {
 	*x = Allocation{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1195,7 @@ func (x *Allocation) String() string {
 func (*Allocation) ProtoMessage() {}
 
 func (x *Allocation) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1208,7 @@ func (x *Allocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Allocation.ProtoReflect.Descriptor instead.
 func (*Allocation) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Allocation) GetContainerId() string {
@@ -1113,7 +1248,7 @@ type ListAllocationsResponse struct {
 
 func (x *ListAllocationsResponse) Reset() {
 	*x = ListAllocationsResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1260,7 @@ func (x *ListAllocationsResponse) String() string {
 func (*ListAllocationsResponse) ProtoMessage() {}
 
 func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1273,7 @@ func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListAllocationsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAllocationsResponse) GetAllocations() []*Allocation {
@@ -1190,7 +1325,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x14wireguard_public_key\x18\x06 \x01(\fR\x12wireguardPublicKey\x12E\n" +
 	"\x10latest_handshake\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0flatestHandshake\x12\x19\n" +
 	"\brx_bytes\x18\b \x01(\x03R\arxBytes\x12\x19\n" +
-	"\btx_bytes\x18\t \x01(\x03R\atxBytes\"\xb7\x04\n" +
+	"\btx_bytes\x18\t \x01(\x03R\atxBytes\"\xf0\x04\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1a\n" +
 	"\battested\x18\x02 \x01(\bR\battested\x12\x10\n" +
@@ -1210,7 +1345,23 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x15trusts_simulated_root\x18\r \x01(\bR\x13trustsSimulatedRoot\x12\x1a\n" +
 	"\brevision\x18\x0e \x01(\x04R\brevision\x123\n" +
 	"\x05peers\x18\x0f \x03(\v2\x1d.confmesh.agent.v1.PeerStatusR\x05peers\x120\n" +
-	"\x14wireguard_public_key\x18\x10 \x01(\fR\x12wireguardPublicKey\"T\n" +
+	"\x14wireguard_public_key\x18\x10 \x01(\fR\x12wireguardPublicKey\x127\n" +
+	"\x06strict\x18\x1e \x01(\v2\x1f.confmesh.agent.v1.StrictStatusR\x06strict\"\xcb\x02\n" +
+	"\fStrictStatus\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1e\n" +
+	"\n" +
+	"reinstalls\x18\x04 \x01(\x04R\n" +
+	"reinstalls\x12A\n" +
+	"\x0elast_reinstall\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rlastReinstall\x12#\n" +
+	"\rroute_repairs\x18\x06 \x01(\x04R\frouteRepairs\x12\x12\n" +
+	"\x04pods\x18\a \x01(\rR\x04pods\x12\x1b\n" +
+	"\tdrops_out\x18\b \x01(\x04R\bdropsOut\x12\x19\n" +
+	"\bdrops_in\x18\t \x01(\x04R\adropsIn\x12\x1f\n" +
+	"\vdrops_spoof\x18\n" +
+	" \x01(\x04R\n" +
+	"dropsSpoof\"T\n" +
 	"\x11AllocateIPRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
 	"\tinterface\x18\x02 \x01(\tR\tinterface\"?\n" +
@@ -1254,7 +1405,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*ReadyRequest)(nil),            // 0: confmesh.agent.v1.ReadyRequest
 	(*ReadyResponse)(nil),           // 1: confmesh.agent.v1.ReadyResponse
@@ -1268,43 +1419,46 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),           // 9: confmesh.agent.v1.StatusRequest
 	(*PeerStatus)(nil),              // 10: confmesh.agent.v1.PeerStatus
 	(*StatusResponse)(nil),          // 11: confmesh.agent.v1.StatusResponse
-	(*AllocateIPRequest)(nil),       // 12: confmesh.agent.v1.AllocateIPRequest
-	(*AllocateIPResponse)(nil),      // 13: confmesh.agent.v1.AllocateIPResponse
-	(*ReleaseIPRequest)(nil),        // 14: confmesh.agent.v1.ReleaseIPRequest
-	(*ReleaseIPResponse)(nil),       // 15: confmesh.agent.v1.ReleaseIPResponse
-	(*ListAllocationsRequest)(nil),  // 16: confmesh.agent.v1.ListAllocationsRequest
-	(*Allocation)(nil),              // 17: confmesh.agent.v1.Allocation
-	(*ListAllocationsResponse)(nil), // 18: confmesh.agent.v1.ListAllocationsResponse
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	(*StrictStatus)(nil),            // 12: confmesh.agent.v1.StrictStatus
+	(*AllocateIPRequest)(nil),       // 13: confmesh.agent.v1.AllocateIPRequest
+	(*AllocateIPResponse)(nil),      // 14: confmesh.agent.v1.AllocateIPResponse
+	(*ReleaseIPRequest)(nil),        // 15: confmesh.agent.v1.ReleaseIPRequest
+	(*ReleaseIPResponse)(nil),       // 16: confmesh.agent.v1.ReleaseIPResponse
+	(*ListAllocationsRequest)(nil),  // 17: confmesh.agent.v1.ListAllocationsRequest
+	(*Allocation)(nil),              // 18: confmesh.agent.v1.Allocation
+	(*ListAllocationsResponse)(nil), // 19: confmesh.agent.v1.ListAllocationsResponse
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: confmesh.agent.v1.RegisterPodRequest.pod:type_name -> confmesh.agent.v1.Pod
-	19, // 1: confmesh.agent.v1.PeerStatus.latest_handshake:type_name -> google.protobuf.Timestamp
-	19, // 2: confmesh.agent.v1.StatusResponse.svid_expiry:type_name -> google.protobuf.Timestamp
+	20, // 1: confmesh.agent.v1.PeerStatus.latest_handshake:type_name -> google.protobuf.Timestamp
+	20, // 2: confmesh.agent.v1.StatusResponse.svid_expiry:type_name -> google.protobuf.Timestamp
 	10, // 3: confmesh.agent.v1.StatusResponse.peers:type_name -> confmesh.agent.v1.PeerStatus
-	19, // 4: confmesh.agent.v1.Allocation.allocated:type_name -> google.protobuf.Timestamp
-	17, // 5: confmesh.agent.v1.ListAllocationsResponse.allocations:type_name -> confmesh.agent.v1.Allocation
-	0,  // 6: confmesh.agent.v1.Agent.Ready:input_type -> confmesh.agent.v1.ReadyRequest
-	2,  // 7: confmesh.agent.v1.Agent.NodeInfo:input_type -> confmesh.agent.v1.NodeInfoRequest
-	5,  // 8: confmesh.agent.v1.Agent.RegisterPod:input_type -> confmesh.agent.v1.RegisterPodRequest
-	7,  // 9: confmesh.agent.v1.Agent.UnregisterPod:input_type -> confmesh.agent.v1.UnregisterPodRequest
-	9,  // 10: confmesh.agent.v1.Agent.Status:input_type -> confmesh.agent.v1.StatusRequest
-	12, // 11: confmesh.agent.v1.Agent.AllocateIP:input_type -> confmesh.agent.v1.AllocateIPRequest
-	14, // 12: confmesh.agent.v1.Agent.ReleaseIP:input_type -> confmesh.agent.v1.ReleaseIPRequest
-	16, // 13: confmesh.agent.v1.Agent.ListAllocations:input_type -> confmesh.agent.v1.ListAllocationsRequest
-	1,  // 14: confmesh.agent.v1.Agent.Ready:output_type -> confmesh.agent.v1.ReadyResponse
-	3,  // 15: confmesh.agent.v1.Agent.NodeInfo:output_type -> confmesh.agent.v1.NodeInfoResponse
-	6,  // 16: confmesh.agent.v1.Agent.RegisterPod:output_type -> confmesh.agent.v1.RegisterPodResponse
-	8,  // 17: confmesh.agent.v1.Agent.UnregisterPod:output_type -> confmesh.agent.v1.UnregisterPodResponse
-	11, // 18: confmesh.agent.v1.Agent.Status:output_type -> confmesh.agent.v1.StatusResponse
-	13, // 19: confmesh.agent.v1.Agent.AllocateIP:output_type -> confmesh.agent.v1.AllocateIPResponse
-	15, // 20: confmesh.agent.v1.Agent.ReleaseIP:output_type -> confmesh.agent.v1.ReleaseIPResponse
-	18, // 21: confmesh.agent.v1.Agent.ListAllocations:output_type -> confmesh.agent.v1.ListAllocationsResponse
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 4: confmesh.agent.v1.StatusResponse.strict:type_name -> confmesh.agent.v1.StrictStatus
+	20, // 5: confmesh.agent.v1.StrictStatus.last_reinstall:type_name -> google.protobuf.Timestamp
+	20, // 6: confmesh.agent.v1.Allocation.allocated:type_name -> google.protobuf.Timestamp
+	18, // 7: confmesh.agent.v1.ListAllocationsResponse.allocations:type_name -> confmesh.agent.v1.Allocation
+	0,  // 8: confmesh.agent.v1.Agent.Ready:input_type -> confmesh.agent.v1.ReadyRequest
+	2,  // 9: confmesh.agent.v1.Agent.NodeInfo:input_type -> confmesh.agent.v1.NodeInfoRequest
+	5,  // 10: confmesh.agent.v1.Agent.RegisterPod:input_type -> confmesh.agent.v1.RegisterPodRequest
+	7,  // 11: confmesh.agent.v1.Agent.UnregisterPod:input_type -> confmesh.agent.v1.UnregisterPodRequest
+	9,  // 12: confmesh.agent.v1.Agent.Status:input_type -> confmesh.agent.v1.StatusRequest
+	13, // 13: confmesh.agent.v1.Agent.AllocateIP:input_type -> confmesh.agent.v1.AllocateIPRequest
+	15, // 14: confmesh.agent.v1.Agent.ReleaseIP:input_type -> confmesh.agent.v1.ReleaseIPRequest
+	17, // 15: confmesh.agent.v1.Agent.ListAllocations:input_type -> confmesh.agent.v1.ListAllocationsRequest
+	1,  // 16: confmesh.agent.v1.Agent.Ready:output_type -> confmesh.agent.v1.ReadyResponse
+	3,  // 17: confmesh.agent.v1.Agent.NodeInfo:output_type -> confmesh.agent.v1.NodeInfoResponse
+	6,  // 18: confmesh.agent.v1.Agent.RegisterPod:output_type -> confmesh.agent.v1.RegisterPodResponse
+	8,  // 19: confmesh.agent.v1.Agent.UnregisterPod:output_type -> confmesh.agent.v1.UnregisterPodResponse
+	11, // 20: confmesh.agent.v1.Agent.Status:output_type -> confmesh.agent.v1.StatusResponse
+	14, // 21: confmesh.agent.v1.Agent.AllocateIP:output_type -> confmesh.agent.v1.AllocateIPResponse
+	16, // 22: confmesh.agent.v1.Agent.ReleaseIP:output_type -> confmesh.agent.v1.ReleaseIPResponse
+	19, // 23: confmesh.agent.v1.Agent.ListAllocations:output_type -> confmesh.agent.v1.ListAllocationsResponse
+	16, // [16:24] is the sub-list for method output_type
+	8,  // [8:16] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1318,7 +1472,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
