@@ -20,6 +20,7 @@ var (
 	ErrDebug              = errors.New("debug guest")
 	ErrVMPL               = errors.New("VMPL not allowed")
 	ErrMeasurement        = errors.New("measurement not allowed")
+	ErrTCBFMC             = errors.New("FMC TCB below minimum")
 	ErrTCBBootloader      = errors.New("bootloader TCB below minimum")
 	ErrTCBTEE             = errors.New("TEE TCB below minimum")
 	ErrTCBSNP             = errors.New("SNP TCB below minimum")
@@ -58,6 +59,7 @@ var reasons = []struct {
 	{ErrDebug, "debug"},
 	{ErrVMPL, "vmpl"},
 	{ErrMeasurement, "measurement"},
+	{ErrTCBFMC, "tcb_fmc"},
 	{ErrTCBBootloader, "tcb_bootloader"},
 	{ErrTCBTEE, "tcb_tee"},
 	{ErrTCBSNP, "tcb_snp"},

@@ -58,13 +58,12 @@ type Policy struct {
 	anyMeasurement bool
 }
 
-// TCBMinimum is a minimum security patch level per TCB component.
-type TCBMinimum struct {
-	Bootloader uint8 `json:"bootloader"`
-	TEE        uint8 `json:"tee"`
-	SNP        uint8 `json:"snp"`
-	Microcode  uint8 `json:"microcode"`
-}
+// TCBMinimum is a minimum security patch level per TCB component, compared
+// with the reported TCB decoded for the reporting product. FMC applies only
+// to products that have an FMC (Turin); Milan and Genoa have none, so it is
+// not checked for them, and a policy whose roots certify no Turin product
+// may not set it (LoadTrustedRoots refuses it).
+type TCBMinimum = TCBParts
 
 // RootRef names a trusted root: the AMD roots pinned in the binary, or a
 // simulated root read from a file (PEM: ASK then ARK).
@@ -250,7 +249,7 @@ func (p *Policy) Validate() error {
 	for _, part := range []struct {
 		name string
 		v    uint8
-	}{{"bootloader", p.MinimumTCB.Bootloader}, {"tee", p.MinimumTCB.TEE}, {"snp", p.MinimumTCB.SNP}} {
+	}{{"fmc", p.MinimumTCB.FMC}, {"bootloader", p.MinimumTCB.Bootloader}, {"tee", p.MinimumTCB.TEE}, {"snp", p.MinimumTCB.SNP}} {
 		if part.v > 127 {
 			return fmt.Errorf("minimumTCB.%s: %d exceeds 127", part.name, part.v)
 		}

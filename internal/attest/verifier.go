@@ -457,19 +457,37 @@ func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
 	if !p.anyMeasurement && !containsBytes(p.Measurements, report.GetMeasurement()) {
 		return fmt.Errorf("%w: %x is not one of the %d accepted measurements", ErrMeasurement, report.GetMeasurement(), len(p.Measurements))
 	}
-	tcb := tcbFrom(report.GetReportedTcb())
+	// The TCB is decoded with the layout of the product the chain
+	// certifies (a v3+ report's CPUID has been checked to name the same).
+	line := cv.root.ProductLine()
+	tcb, err := DecodeTCB(line, report.GetReportedTcb())
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrWrongProduct, err)
+	}
+	min := p.MinimumTCB
+	if !HasFMC(line) {
+		min.FMC = 0 // no such component on this product
+	}
+	have := tcb.Parts()
 	for _, part := range []struct {
 		err       error
 		got, want uint8
 	}{
-		{ErrTCBBootloader, tcb.Bootloader, p.MinimumTCB.Bootloader},
-		{ErrTCBTEE, tcb.TEE, p.MinimumTCB.TEE},
-		{ErrTCBSNP, tcb.SNP, p.MinimumTCB.SNP},
-		{ErrTCBMicrocode, tcb.Microcode, p.MinimumTCB.Microcode},
+		{ErrTCBFMC, have.FMC, min.FMC},
+		{ErrTCBBootloader, have.Bootloader, min.Bootloader},
+		{ErrTCBTEE, have.TEE, min.TEE},
+		{ErrTCBSNP, have.SNP, min.SNP},
+		{ErrTCBMicrocode, have.Microcode, min.Microcode},
 	} {
 		if part.got < part.want {
-			return fmt.Errorf("%w: reported %d, minimum %d", part.err, part.got, part.want)
+			return fmt.Errorf("%w: %s reported %d, minimum %d", part.err, line, part.got, part.want)
 		}
+	}
+	// go-sev-guest v0.15.0 compares TCBs byte by byte in the Milan layout,
+	// so it gets the minimum in the reporting product's own byte positions.
+	minRaw, err := EncodeTCB(line, min)
+	if err != nil {
+		return fmt.Errorf("%w: minimumTCB for %s: %v", ErrValidation, line, err)
 	}
 	if len(p.ChipIDs) > 0 && !containsBytes(p.ChipIDs, report.GetChipId()) {
 		return fmt.Errorf("%w: chip %x… is not on the policy's allowlist", ErrChipID, head(report.GetChipId()))
@@ -487,7 +505,7 @@ func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
 			Debug: p.AllowDebug, SMT: true, MigrateMA: p.AllowMigrationAgent,
 			CXLAllowed: true,
 		},
-		MinimumTCB: kds.TCBParts{BlSpl: p.MinimumTCB.Bootloader, TeeSpl: p.MinimumTCB.TEE, SnpSpl: p.MinimumTCB.SNP, UcodeSpl: p.MinimumTCB.Microcode},
+		MinimumTCB: kds.DecomposeTCBVersion(kds.TCBVersion(minRaw)),
 		// Provisional firmware (committed < current) is accepted: the reported
 		// TCB, which the VCEK certifies and the policy bounds, is what counts.
 		PermitProvisionalFirmware: true,
@@ -510,6 +528,10 @@ func (v *Verifier) claims(ev *attestv1.Evidence, report *spb.Report, signer abi.
 	gp, _ := abi.ParseSnpPolicy(report.GetPolicy())
 	pi, _ := abi.ParseSnpPlatformInfo(report.GetPlatformInfo())
 	digest := sha256.Sum256(ev.GetReport())
+	// checkPolicy has decoded the reported TCB with this product's layout.
+	line := cv.root.ProductLine()
+	reported, _ := DecodeTCB(line, report.GetReportedTcb())
+	launch, _ := DecodeTCB(line, report.GetLaunchTcb())
 	return &Claims{
 		TEE:            ev.GetTee(),
 		Product:        cv.root.ProductLine(),
@@ -519,8 +541,8 @@ func (v *Verifier) claims(ev *attestv1.Evidence, report *spb.Report, signer abi.
 		Measurement:    report.GetMeasurement(),
 		HostData:       report.GetHostData(),
 		ReportData:     report.GetReportData(),
-		ReportedTCB:    tcbFrom(report.GetReportedTcb()),
-		LaunchTCB:      tcbFrom(report.GetLaunchTcb()),
+		ReportedTCB:    reported,
+		LaunchTCB:      launch,
 		ChipID:         report.GetChipId(),
 		GuestPolicy:    report.GetPolicy(),
 		Debug:          gp.Debug,
