@@ -36,6 +36,9 @@ var (
 	ErrEvidenceTooOld     = errors.New("evidence too old")
 	ErrEvidenceFromFuture = errors.New("evidence from the future")
 	ErrStaleChallenge     = errors.New("challenge not fresh")
+	// ErrNoControlPlaneTrust: the policy lists no control-plane measurement,
+	// so an agent trusts no control plane (ForControlPlane).
+	ErrNoControlPlaneTrust = errors.New("policy trusts no control plane")
 )
 
 // reasons maps each sentinel to a short stable label for logs and
@@ -75,6 +78,7 @@ var reasons = []struct {
 	{ErrEvidenceTooOld, "too_old"},
 	{ErrEvidenceFromFuture, "from_future"},
 	{ErrStaleChallenge, "stale_challenge"},
+	{ErrNoControlPlaneTrust, "no_controlplane_policy"},
 }
 
 // Reason returns the stable label of the check that rejected err, or

@@ -164,3 +164,28 @@ func TestFMCNeedsTurinRoot(t *testing.T) {
 		t.Fatalf("fmc with a Turin root: %v", err)
 	}
 }
+
+// TestVCEKURLPerProduct: the VCEK URL of a Turin chip carries its FMC level
+// and an 8-byte hardware ID; Milan's is go-sev-guest's form, unchanged.
+func TestVCEKURLPerProduct(t *testing.T) {
+	chip := make([]byte, 64)
+	for i := range chip {
+		chip[i] = byte(i + 1)
+	}
+	raw, err := attest.EncodeTCB(attest.ProductTurin, attest.TCBParts{FMC: 3, Bootloader: 1, TEE: 2, SNP: 4, Microcode: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := attest.VCEKURL(attest.ProductTurin, chip, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(u, "/vcek/v1/Turin/0102030405060708?fmcSPL=03&blSPL=01&teeSPL=02&snpSPL=04&ucodeSPL=05") {
+		t.Errorf("Turin URL %s", u)
+	}
+	raw, _ = attest.EncodeTCB(attest.ProductMilan, attest.TCBParts{Bootloader: 1, TEE: 2, SNP: 4, Microcode: 5})
+	u, _ = attest.VCEKURL(attest.ProductMilan, chip, raw)
+	if !strings.Contains(u, "/vcek/v1/Milan/0102030405060708090a") || !strings.HasSuffix(u, "?blSPL=1&teeSPL=2&snpSPL=4&ucodeSPL=5") {
+		t.Errorf("Milan URL %s", u)
+	}
+}

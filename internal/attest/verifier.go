@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,11 @@ type Verifier struct {
 
 	mu     sync.Mutex
 	chains map[[32]byte]*chainVerdict
+
+	// cp verifies the control plane (the policy's ForControlPlane), or cpErr
+	// says why this policy trusts no control plane.
+	cp    *Verifier
+	cpErr error
 }
 
 type chainVerdict struct {
@@ -89,7 +95,24 @@ func NewVerifier(p *Policy, opts Options) (*Verifier, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}, nil
+	v := &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+	if cpp, err := p.ForControlPlane(); err != nil {
+		v.cpErr = err
+	} else {
+		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+	}
+	return v, nil
+}
+
+// ForControlPlane returns the verifier an agent applies to the control
+// plane's evidence: the policy's ForControlPlane, sharing this verifier's
+// roots. The error (wrapping ErrNoControlPlaneTrust) says the policy lists
+// no control-plane measurement; there is no fallback to the node list.
+func (v *Verifier) ForControlPlane() (*Verifier, error) {
+	if v.cp == nil {
+		return nil, v.cpErr
+	}
+	return v.cp, nil
 }
 
 // Policy returns the policy the verifier applies.
@@ -274,7 +297,11 @@ func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
 	}
 	var lastErr error
 	for _, line := range lines {
-		url := kds.VCEKCertURL(line, report.GetChipId(), kds.TCBVersion(report.GetReportedTcb()))
+		url, err := VCEKURL(line, report.GetChipId(), report.GetReportedTcb())
+		if err != nil {
+			lastErr = err
+			continue
+		}
 		der, err := v.fetcher.Get(url)
 		if err == nil && len(der) > 0 {
 			return der, nil
@@ -282,6 +309,25 @@ func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
 		lastErr = err
 	}
 	return nil, fmt.Errorf("%w: evidence carries no VCEK and fetching it failed: %v", ErrMissingChain, lastErr)
+}
+
+// VCEKURL is the key distribution service URL of the VCEK for a chip at a
+// reported TCB. The TCB is decoded for the product line: Turin's URL names
+// its FMC level too and its hardware ID is the first 8 bytes of the chip ID;
+// go-sev-guest's kds.VCEKCertURL knows only the Milan/Genoa form.
+func VCEKURL(productLine string, chipID []byte, reportedTCB uint64) (string, error) {
+	if !HasFMC(productLine) {
+		return kds.VCEKCertURL(productLine, chipID, kds.TCBVersion(reportedTCB)), nil
+	}
+	t, err := DecodeTCB(productLine, reportedTCB)
+	if err != nil {
+		return "", err
+	}
+	if len(chipID) < 8 {
+		return "", fmt.Errorf("chip ID is %d bytes, want at least 8", len(chipID))
+	}
+	base, _, _ := strings.Cut(kds.VCEKCertURL(productLine, chipID[:8], 0), "?")
+	return fmt.Sprintf("%s?fmcSPL=%02d&blSPL=%02d&teeSPL=%02d&snpSPL=%02d&ucodeSPL=%02d", base, *t.FMC, t.Bootloader, t.TEE, t.SNP, t.Microcode), nil
 }
 
 // chain returns the cached verdict for the endorsement key or verifies the
