@@ -30,6 +30,9 @@ type Policy struct {
 	// accepts; ZeroMeasurement (what the lab's control plane reports) when
 	// empty.
 	ControlPlaneMeasurements []string
+	// TrustNoControlPlane leaves controlPlane out: an agent with this policy
+	// refuses to dial any control plane.
+	TrustNoControlPlane bool
 }
 
 // YAML renders the policy trusting the simulated root file root.
@@ -47,9 +50,11 @@ func (p Policy) YAML(root string) string {
 	if len(cps) == 0 {
 		cps = []string{ZeroMeasurement}
 	}
-	b.WriteString("controlPlane:\n  measurements:\n")
-	for _, m := range cps {
-		fmt.Fprintf(&b, "    - %q\n", m)
+	if !p.TrustNoControlPlane {
+		b.WriteString("controlPlane:\n  measurements:\n")
+		for _, m := range cps {
+			fmt.Fprintf(&b, "    - %q\n", m)
+		}
 	}
 	fmt.Fprintf(&b, "allowDebug: %v\nallowSMT: false\nallowMigrationAgent: false\nallowedVMPLs: [0]\nmaxEvidenceAge: 90m\n", p.AllowDebug)
 	fmt.Fprintf(&b, "trustedRoots:\n  - kind: simulated\n    file: %q\n", root)
