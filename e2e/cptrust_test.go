@@ -16,10 +16,11 @@ import (
 // whose controlPlane.measurements does not name it, and one whose policy
 // has no control-plane list, refuse it (real binaries over the real gRPC
 // API): they stay unattested with the refusal in their ready reason, and
-// the honest node, whose list names it, joins as before.
+// the honest nodes, whose list names it, join as before (and show each
+// other's product and TCB in `confmesh peers`).
 func TestAgentTrustsOnlyItsControlPlaneList(t *testing.T) {
-	c := NewCluster(t, Options{Nodes: 1})
-	honest := c.Nodes[0]
+	c := NewCluster(t, Options{Nodes: 2})
+	honest, other := c.Nodes[0], c.Nodes[1]
 	refusing := map[*Node]string{
 		c.AddNode(NodeOptions{Policy: &Policy{ControlPlaneMeasurements: []string{netlab.OtherMeasurement}}}): "control plane refused: measurement",
 		c.AddNode(NodeOptions{Policy: &Policy{TrustNoControlPlane: true}}):                                   "control plane refused: no_controlplane_policy",
@@ -48,11 +49,18 @@ func TestAgentTrustsOnlyItsControlPlaneList(t *testing.T) {
 		}
 		t.Logf("%s: attested=%v ready=%v reason=%q", n.Name, last.Attested, last.Ready, last.ReadyReason)
 	}
-	// The honest node joined; the refusing ones never do, and no node
+	// The honest nodes joined; the refusing ones never do, and no node
 	// lists them as peers.
 	st, err := honest.Status()
 	if err != nil || !st.Attested {
 		t.Fatalf("honest node: attested=%v err=%v", st != nil && st.Attested, err)
+	}
+	peers, err := honest.Peers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 1 || peers[0].Name != other.Name || peers[0].Product != "Milan" || peers[0].ReportedTCB == nil || peers[0].ReportedTCB.FMC != nil {
+		t.Fatalf("honest node's peers %+v: want %s verified with its product (Milan) and TCB, no fmc", peers, other.Name)
 	}
 	deadline := time.Now().Add(observeFor)
 	for time.Now().Before(deadline) {
@@ -69,8 +77,10 @@ func TestAgentTrustsOnlyItsControlPlaneList(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(peers) != 0 {
-			t.Fatalf("honest node has peers %+v; the refusing nodes never joined", peers)
+		for _, p := range peers {
+			if p.Name != other.Name {
+				t.Fatalf("honest node lists %s as a peer; the refusing nodes never joined", p.Name)
+			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
