@@ -2,6 +2,7 @@ package attest_test
 
 import (
 	"encoding/pem"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,5 +235,44 @@ func TestPolicyDefaultedFields(t *testing.T) {
 		if p.Defaulted(f) {
 			t.Errorf("%s reported as defaulted though the file sets it", f)
 		}
+	}
+}
+
+// TestForControlPlane: the control-plane policy swaps in the control-plane
+// list and shares the rest; without a list there is an error, never the
+// node list.
+func TestForControlPlane(t *testing.T) {
+	cp := strings.Repeat("c3", 48)
+	p, err := attest.ParsePolicy([]byte("measurements: [" + m1 + "]\nminimumTCB: {snp: 8}\ncontrolPlane: {measurements: [\"" + cp + "\"]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.ForControlPlane()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Measurements) != 1 || c.Measurements[0].String() != cp || c.MinimumTCB.SNP != 8 || len(p.Measurements) != 1 || p.Measurements[0].String() != m1 {
+		t.Fatalf("control-plane policy %+v (from %+v)", c, p)
+	}
+	v, err := attest.NewVerifier(p, attest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cv, err := v.ForControlPlane()
+	if err != nil || cv.Policy().Measurements[0].String() != cp {
+		t.Fatalf("verifier for the control plane: %v", err)
+	}
+	if again, err := cv.ForControlPlane(); err != nil || again != cv {
+		t.Fatalf("ForControlPlane of the control-plane verifier: %v %v", again, err)
+	}
+	noCP, err := attest.ParsePolicy([]byte("measurements: [" + m1 + "]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := noCP.ForControlPlane(); !errors.Is(err, attest.ErrNoControlPlaneTrust) || attest.Reason(err) != "no_controlplane_policy" {
+		t.Fatalf("no list: err = %v", err)
+	}
+	if _, err := attest.DefaultPolicy().ForControlPlane(); !errors.Is(err, attest.ErrNoControlPlaneTrust) {
+		t.Fatalf("the any-measurement CLI policy trusts a control plane: %v", err)
 	}
 }

@@ -100,6 +100,7 @@ func NewVerifier(p *Policy, opts Options) (*Verifier, error) {
 		v.cpErr = err
 	} else {
 		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+		v.cp.cp = v.cp // the control-plane policy's own ForControlPlane is itself
 	}
 	return v, nil
 }
