@@ -511,20 +511,20 @@ func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrWrongProduct, err)
 	}
-	min := p.MinimumTCB
+	floor := p.MinimumTCB
 	if !HasFMC(line) {
-		min.FMC = 0 // no such component on this product
+		floor.FMC = 0 // no such component on this product
 	}
 	have := tcb.Parts()
 	for _, part := range []struct {
 		err       error
 		got, want uint8
 	}{
-		{ErrTCBFMC, have.FMC, min.FMC},
-		{ErrTCBBootloader, have.Bootloader, min.Bootloader},
-		{ErrTCBTEE, have.TEE, min.TEE},
-		{ErrTCBSNP, have.SNP, min.SNP},
-		{ErrTCBMicrocode, have.Microcode, min.Microcode},
+		{ErrTCBFMC, have.FMC, floor.FMC},
+		{ErrTCBBootloader, have.Bootloader, floor.Bootloader},
+		{ErrTCBTEE, have.TEE, floor.TEE},
+		{ErrTCBSNP, have.SNP, floor.SNP},
+		{ErrTCBMicrocode, have.Microcode, floor.Microcode},
 	} {
 		if part.got < part.want {
 			return fmt.Errorf("%w: %s reported %d, minimum %d", part.err, line, part.got, part.want)
@@ -532,7 +532,7 @@ func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
 	}
 	// go-sev-guest v0.15.0 compares TCBs byte by byte in the Milan layout,
 	// so it gets the minimum in the reporting product's own byte positions.
-	minRaw, err := EncodeTCB(line, min)
+	minRaw, err := EncodeTCB(line, floor)
 	if err != nil {
 		return fmt.Errorf("%w: minimumTCB for %s: %v", ErrValidation, line, err)
 	}
