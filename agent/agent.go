@@ -129,6 +129,7 @@ type peerStatus struct {
 	record *cpv1.Peer
 	err    error
 	key    wgtypes.Key
+	claims *attest.Claims // what the verified evidence says (product, TCB)
 }
 
 // New validates the configuration and loads the node's keys.
@@ -536,7 +537,7 @@ func (a *Agent) reconcile() {
 	var desired []DesiredPeer
 	claimed := map[netip.Prefix]string{}
 	for _, r := range records {
-		d, _, err := checker.Check(r)
+		d, claims, err := checker.Check(r)
 		if err == nil {
 			for _, p := range d.AllowedIPs {
 				for q, owner := range claimed {
@@ -559,7 +560,7 @@ func (a *Agent) reconcile() {
 			claimed[p] = d.Name
 		}
 		desired = append(desired, d)
-		states[r.GetName()] = peerStatus{record: r, key: d.PublicKey}
+		states[r.GetName()] = peerStatus{record: r, key: d.PublicKey, claims: claims}
 	}
 	a.mu.Lock()
 	a.peerState = states

@@ -127,6 +127,9 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 			ps.State, ps.Reason = "refused", PeerReason(s.err)+": "+s.err.Error()
 		} else {
 			ps.State = "verified"
+			if s.claims != nil {
+				ps.Product, ps.ReportedTcb = s.claims.Product, s.claims.ReportedTCB.Raw
+			}
 		}
 		devPeers[string(s.record.GetWireguardPublicKey())] = ps
 		resp.Peers = append(resp.Peers, ps)

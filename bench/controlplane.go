@@ -89,8 +89,8 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (ControlPlaneR
 		return ControlPlaneResult{}, err
 	}
 	measurement := bytes.Repeat([]byte{0x42}, 48)
-	policy, err := attest.ParsePolicy(fmt.Appendf(nil, "trustDomain: bench.test\nmeasurements: [\"%x\"]\ntrustedRoots:\n- kind: simulated\n  file: %q\n",
-		measurement, ca.RootPath()))
+	policy, err := attest.ParsePolicy(fmt.Appendf(nil, "trustDomain: bench.test\nmeasurements: [\"%x\"]\ncontrolPlane: {measurements: [\"%x\"]}\ntrustedRoots:\n- kind: simulated\n  file: %q\n",
+		measurement, measurement, ca.RootPath()))
 	if err != nil {
 		return ControlPlaneResult{}, err
 	}

@@ -32,7 +32,9 @@ var ErrControlPlaneRefused = errors.New("control plane refused")
 type Config struct {
 	// Addr is host:port of the control plane's agent listener.
 	Addr string
-	// Verifier applies the agent's own policy to the control plane's evidence.
+	// Verifier holds the agent's own policy; the control plane's evidence is
+	// checked with its ForControlPlane verifier (the policy's control-plane
+	// measurements), never with the node measurement list.
 	Verifier *attest.Verifier
 	// TrustDomain names the expected control plane identity.
 	TrustDomain spiffeid.TrustDomain
@@ -95,6 +97,11 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		now = cfg.Now
 	}
 	cfg.Now = now
+	cpv, err := cfg.Verifier.ForControlPlane()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrControlPlaneRefused, attest.Reason(err), err)
+	}
+	cfg.Verifier = cpv
 	p := &pin{}
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS13,

@@ -93,7 +93,9 @@ func OtherCA(t testing.TB) *sim.CA {
 }
 
 // Policy returns a policy for TrustDomain that trusts SimCA's root, VMPL 0
-// only, and allows the given launch measurements.
+// only, and allows the given launch measurements for nodes and
+// GoodMeasurement (what Start's default control plane reports) for the
+// control plane.
 func Policy(t testing.TB, measurements ...[]byte) *attest.Policy {
 	t.Helper()
 	p := &attest.Policy{
@@ -101,6 +103,7 @@ func Policy(t testing.TB, measurements ...[]byte) *attest.Policy {
 		AllowedVMPLs:   []uint32{0},
 		MaxEvidenceAge: attest.Duration(30 * time.Minute),
 		TrustedRoots:   []attest.RootRef{{Kind: attest.RootSimulated, File: SimCA(t).RootPath()}},
+		ControlPlane:   &attest.ControlPlanePolicy{Measurements: []attest.HexBytes{GoodMeasurement}},
 	}
 	for _, m := range measurements {
 		p.Measurements = append(p.Measurements, m)

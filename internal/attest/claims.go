@@ -1,10 +1,6 @@
 package attest
 
-import (
-	"time"
-
-	"github.com/google/go-sev-guest/kds"
-)
+import "time"
 
 // TEE types evidence may carry.
 const (
@@ -13,22 +9,9 @@ const (
 	TEETDX    = "tdx"
 )
 
-// TCB is a TCB version with its parts decomposed.
-type TCB struct {
-	Raw        uint64 `json:"raw"`
-	Bootloader uint8  `json:"bootloader"`
-	TEE        uint8  `json:"tee"`
-	SNP        uint8  `json:"snp"`
-	Microcode  uint8  `json:"microcode"`
-}
-
-func tcbFrom(v uint64) TCB {
-	p := kds.DecomposeTCBVersion(kds.TCBVersion(v))
-	return TCB{Raw: v, Bootloader: p.BlSpl, TEE: p.TeeSpl, SNP: p.SnpSpl, Microcode: p.UcodeSpl}
-}
-
 // Claims is what a verified report says about the machine that produced it.
-// Byte fields render as lower-case hex in JSON.
+// Byte fields render as lower-case hex in JSON. ReportedTCB and LaunchTCB
+// are decoded with the TCB layout of Product.
 type Claims struct {
 	TEE            string    `json:"tee"`
 	Product        string    `json:"product"`

@@ -20,6 +20,7 @@ var (
 	ErrDebug              = errors.New("debug guest")
 	ErrVMPL               = errors.New("VMPL not allowed")
 	ErrMeasurement        = errors.New("measurement not allowed")
+	ErrTCBFMC             = errors.New("FMC TCB below minimum")
 	ErrTCBBootloader      = errors.New("bootloader TCB below minimum")
 	ErrTCBTEE             = errors.New("TEE TCB below minimum")
 	ErrTCBSNP             = errors.New("SNP TCB below minimum")
@@ -35,6 +36,9 @@ var (
 	ErrEvidenceTooOld     = errors.New("evidence too old")
 	ErrEvidenceFromFuture = errors.New("evidence from the future")
 	ErrStaleChallenge     = errors.New("challenge not fresh")
+	// ErrNoControlPlaneTrust: the policy lists no control-plane measurement,
+	// so an agent trusts no control plane (ForControlPlane).
+	ErrNoControlPlaneTrust = errors.New("policy trusts no control plane")
 )
 
 // reasons maps each sentinel to a short stable label for logs and
@@ -58,6 +62,7 @@ var reasons = []struct {
 	{ErrDebug, "debug"},
 	{ErrVMPL, "vmpl"},
 	{ErrMeasurement, "measurement"},
+	{ErrTCBFMC, "tcb_fmc"},
 	{ErrTCBBootloader, "tcb_bootloader"},
 	{ErrTCBTEE, "tcb_tee"},
 	{ErrTCBSNP, "tcb_snp"},
@@ -73,6 +78,7 @@ var reasons = []struct {
 	{ErrEvidenceTooOld, "too_old"},
 	{ErrEvidenceFromFuture, "from_future"},
 	{ErrStaleChallenge, "stale_challenge"},
+	{ErrNoControlPlaneTrust, "no_controlplane_policy"},
 }
 
 // Reason returns the stable label of the check that rejected err, or

@@ -21,11 +21,18 @@ const (
 	RootSimulated = "simulated"
 )
 
-// Defaults applied to fields a policy file leaves out.
+// Defaults applied to fields a policy file leaves out. A field written in
+// the file is never replaced by a default: an explicit zero, empty or null
+// value is validated like any other (and refused where it makes no sense).
 const (
 	DefaultTrustDomain    = "confmesh.local"
 	DefaultMaxEvidenceAge = 90 * time.Minute
 )
+
+// MaxMaxEvidenceAge is the longest maxEvidenceAge a policy may set: evidence
+// older than a day says little about the machine now, and a larger value is
+// far more likely a typo (876000h) than a decision.
+const MaxMaxEvidenceAge = 24 * time.Hour
 
 // Policy is what a verifier accepts. The same schema serves the control
 // plane and every agent; each applies its own copy.
@@ -52,18 +59,32 @@ type Policy struct {
 	MaxEvidenceAge Duration `json:"maxEvidenceAge"`
 	// TrustedRoots lists the roots endorsement chains may end at.
 	TrustedRoots []RootRef `json:"trustedRoots"`
+	// ControlPlane is what an agent accepts from the control plane. The node
+	// measurement list never admits a control plane: an agent whose policy
+	// has no control-plane measurements refuses to dial (see ForControlPlane).
+	ControlPlane *ControlPlanePolicy `json:"controlPlane,omitempty"`
 
+	// defaulted names the top-level fields the policy file left out.
+	defaulted map[string]bool
 	// anyMeasurement is set only by programmatic policies (the CLI without
 	// --policy): it skips the measurement allowlist.
 	anyMeasurement bool
 }
 
-// TCBMinimum is a minimum security patch level per TCB component.
-type TCBMinimum struct {
-	Bootloader uint8 `json:"bootloader"`
-	TEE        uint8 `json:"tee"`
-	SNP        uint8 `json:"snp"`
-	Microcode  uint8 `json:"microcode"`
+// TCBMinimum is a minimum security patch level per TCB component, compared
+// with the reported TCB decoded for the reporting product. FMC applies only
+// to products that have an FMC (Turin); Milan and Genoa have none, so it is
+// not checked for them, and a policy whose roots certify no Turin product
+// may not set it (LoadTrustedRoots refuses it).
+type TCBMinimum = TCBParts
+
+// ControlPlanePolicy is what an agent requires of the control plane beyond
+// the rest of the policy (roots, TCB, debug, SMT, VMPLs, evidence age), which
+// it shares with the nodes.
+type ControlPlanePolicy struct {
+	// Measurements lists the accepted launch measurements of the control
+	// plane's image (48 bytes, hex).
+	Measurements []HexBytes `json:"measurements"`
 }
 
 // RootRef names a trusted root: the AMD roots pinned in the binary, or a
@@ -146,12 +167,15 @@ func LoadPolicy(path string) (*Policy, error) {
 }
 
 // ParsePolicy decodes YAML strictly (an unknown field is an error naming
-// it), applies defaults and validates.
+// it), applies defaults to the fields the file leaves out and validates.
 func ParsePolicy(data []byte) (*Policy, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("policy is empty")
 	}
-	var p Policy
+	// Defaults go in first and the file is decoded over them, so a field the
+	// file writes (even as 0s, "" or []) is validated as written instead of
+	// being silently replaced.
+	p := policyDefaults()
 	if err := yaml.UnmarshalStrict(data, &p); err != nil {
 		return nil, fmt.Errorf("decode policy: %w", err)
 	}
@@ -168,19 +192,53 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	if err := exactKeys(generic, reflect.TypeOf(p), ""); err != nil {
 		return nil, err
 	}
-	p.applyDefaults()
+	top, _ := generic.(map[string]any)
+	p.defaulted = map[string]bool{}
+	for _, name := range policyFields() {
+		if _, ok := top[name]; !ok {
+			p.defaulted[name] = true
+		}
+	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	return &p, nil
 }
 
+// policyDefaults is the policy a file starts from: AMD roots, VMPL 0, the
+// default trust domain and evidence age, everything else off or empty.
+func policyDefaults() Policy {
+	return Policy{
+		TrustDomain:    DefaultTrustDomain,
+		MaxEvidenceAge: Duration(DefaultMaxEvidenceAge),
+		AllowedVMPLs:   []uint32{0},
+		TrustedRoots:   []RootRef{{Kind: RootAMD}},
+	}
+}
+
+// policyFields lists the top-level field names of the policy schema.
+func policyFields() []string {
+	var out []string
+	t := reflect.TypeOf(Policy{})
+	for i := 0; i < t.NumField(); i++ {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// Defaulted reports whether the policy file left out the top-level field
+// (by its YAML name), so that its value is the default. False for policies
+// not parsed from a file.
+func (p *Policy) Defaulted(field string) bool { return p.defaulted[field] }
+
 // DefaultPolicy is the policy the CLI applies without --policy: AMD roots,
 // no debug, any measurement, VMPL 0-3, no TCB minimum.
 func DefaultPolicy() *Policy {
-	p := &Policy{anyMeasurement: true, AllowSMT: true, AllowedVMPLs: []uint32{0, 1, 2, 3}}
-	p.applyDefaults()
-	return p
+	p := policyDefaults()
+	p.anyMeasurement, p.AllowSMT, p.AllowedVMPLs = true, true, []uint32{0, 1, 2, 3}
+	return &p
 }
 
 // AcceptAnyMeasurement returns a copy of p that skips the measurement
@@ -203,32 +261,43 @@ func (p *Policy) RequireMeasurements(ms ...HexBytes) *Policy {
 // AcceptsAnyMeasurement reports whether the measurement allowlist is skipped.
 func (p *Policy) AcceptsAnyMeasurement() bool { return p.anyMeasurement }
 
-func (p *Policy) applyDefaults() {
-	if p.TrustDomain == "" {
-		p.TrustDomain = DefaultTrustDomain
+// ForControlPlane returns the policy an agent verifies the control plane
+// with: this policy with controlPlane.measurements in place of the node
+// measurements, everything else shared. A policy without control-plane
+// measurements is an error wrapping ErrNoControlPlaneTrust: the node list is
+// never used for the control plane, or any image approved for nodes could
+// serve as one.
+func (p *Policy) ForControlPlane() (*Policy, error) {
+	if p.ControlPlane == nil || len(p.ControlPlane.Measurements) == 0 {
+		return nil, fmt.Errorf("%w: the policy lists no controlPlane.measurements, so no control plane can be trusted (the node measurement list is never used for it); add the control plane image's launch measurement under controlPlane.measurements", ErrNoControlPlaneTrust)
 	}
-	if p.MaxEvidenceAge == 0 {
-		p.MaxEvidenceAge = Duration(DefaultMaxEvidenceAge)
+	c := p.RequireMeasurements(p.ControlPlane.Measurements...)
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("control-plane policy: %w", err)
 	}
-	if p.AllowedVMPLs == nil {
-		p.AllowedVMPLs = []uint32{0}
-	}
-	if len(p.TrustedRoots) == 0 {
-		p.TrustedRoots = []RootRef{{Kind: RootAMD}}
-	}
+	return c, nil
 }
 
 // Validate checks every field and names the first one that is wrong.
 func (p *Policy) Validate() error {
+	if p.TrustDomain == "" {
+		return fmt.Errorf("trustDomain: empty; name the cluster's SPIFFE trust domain (leave the field out for %s)", DefaultTrustDomain)
+	}
 	if strings.ContainsAny(p.TrustDomain, "/:@ ") || p.TrustDomain != strings.ToLower(p.TrustDomain) {
 		return fmt.Errorf("trustDomain %q: must be a lower-case DNS-like name without scheme or path", p.TrustDomain)
 	}
 	if len(p.Measurements) == 0 && !p.anyMeasurement {
 		return fmt.Errorf("measurements: at least one accepted measurement is required")
 	}
-	for i, m := range p.Measurements {
-		if len(m) != abi.MeasurementSize {
-			return fmt.Errorf("measurements[%d]: %d bytes, want %d (96 hex digits)", i, len(m), abi.MeasurementSize)
+	if err := p.checkMeasurements("measurements", p.Measurements); err != nil {
+		return err
+	}
+	if cp := p.ControlPlane; cp != nil {
+		if len(cp.Measurements) == 0 {
+			return fmt.Errorf("controlPlane.measurements: empty list trusts no control plane; list the control plane image's measurement (or leave controlPlane out where no control plane is dialled)")
+		}
+		if err := p.checkMeasurements("controlPlane.measurements", cp.Measurements); err != nil {
+			return err
 		}
 	}
 	for i, c := range p.ChipIDs {
@@ -244,13 +313,18 @@ func (p *Policy) Validate() error {
 			return fmt.Errorf("allowedVMPLs[%d]: %d is not a VMPL (0-3)", i, v)
 		}
 	}
-	if p.MaxEvidenceAge < 0 {
-		return fmt.Errorf("maxEvidenceAge: must be positive, got %s", time.Duration(p.MaxEvidenceAge))
+	if age := time.Duration(p.MaxEvidenceAge); age <= 0 {
+		return fmt.Errorf("maxEvidenceAge: %s: must be positive and exceed the renewal interval, half the node SVID TTL (leave the field out for %s)", age, DefaultMaxEvidenceAge)
+	} else if age > MaxMaxEvidenceAge {
+		return fmt.Errorf("maxEvidenceAge: %s is longer than %s: evidence that old says little about the node now", age, shortDuration(MaxMaxEvidenceAge))
+	}
+	if len(p.TrustedRoots) == 0 {
+		return fmt.Errorf("trustedRoots: empty list trusts nothing; list at least one root (leave the field out for the AMD roots)")
 	}
 	for _, part := range []struct {
 		name string
 		v    uint8
-	}{{"bootloader", p.MinimumTCB.Bootloader}, {"tee", p.MinimumTCB.TEE}, {"snp", p.MinimumTCB.SNP}} {
+	}{{"fmc", p.MinimumTCB.FMC}, {"bootloader", p.MinimumTCB.Bootloader}, {"tee", p.MinimumTCB.TEE}, {"snp", p.MinimumTCB.SNP}} {
 		if part.v > 127 {
 			return fmt.Errorf("minimumTCB.%s: %d exceeds 127", part.name, part.v)
 		}
@@ -275,6 +349,52 @@ func (p *Policy) Validate() error {
 		seen[r.String()] = true
 	}
 	return nil
+}
+
+// checkMeasurements checks a measurement list's lengths, and refuses a list
+// holding only the all-zero placeholder unless the policy trusts only
+// simulated roots: no SEV-SNP guest reports an all-zero measurement, but a
+// simulated node does by default, so under a hardware root that placeholder
+// is an example value left in place, not an image anyone approved.
+func (p *Policy) checkMeasurements(field string, ms []HexBytes) error {
+	placeholder := len(ms) > 0
+	for i, m := range ms {
+		if len(m) != abi.MeasurementSize {
+			return fmt.Errorf("%s[%d]: %d bytes, want %d (96 hex digits)", field, i, len(m), abi.MeasurementSize)
+		}
+		placeholder = placeholder && allZero(m)
+	}
+	if placeholder && !p.TrustsOnlySimulated() {
+		return fmt.Errorf("%s: only the all-zero placeholder, which no SEV-SNP hardware reports; list the launch measurement of your image (the placeholder is accepted only in a policy whose trustedRoots are all simulated)", field)
+	}
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// shortDuration renders whole hours as "24h" rather than "24h0m0s".
+func shortDuration(d time.Duration) string {
+	if d%time.Hour == 0 {
+		return fmt.Sprintf("%dh", d/time.Hour)
+	}
+	return d.String()
+}
+
+// TrustsOnlySimulated reports whether every trusted root is simulated.
+func (p *Policy) TrustsOnlySimulated() bool {
+	for _, r := range p.TrustedRoots {
+		if r.Kind != RootSimulated {
+			return false
+		}
+	}
+	return len(p.TrustedRoots) > 0
 }
 
 // TrustsSimulated reports whether any simulated root is trusted.

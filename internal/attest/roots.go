@@ -68,6 +68,18 @@ func LoadTrustedRoots(p *Policy) ([]*TrustedRoot, error) {
 			return nil, fmt.Errorf("trustedRoots[%d]: unknown kind %q", i, ref.Kind)
 		}
 	}
+	if p.MinimumTCB.FMC > 0 {
+		var lines []string
+		turin := false
+		for _, r := range out {
+			lines = append(lines, r.ProductLine())
+			turin = turin || HasFMC(r.ProductLine())
+		}
+		if !turin {
+			return nil, fmt.Errorf("minimumTCB.fmc: %d, but no trusted root certifies a product with an FMC (only Turin has one; the roots certify %s): it would check nothing; remove it or trust a Turin root",
+				p.MinimumTCB.FMC, strings.Join(lines, ", "))
+		}
+	}
 	return out, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,11 @@ type Verifier struct {
 
 	mu     sync.Mutex
 	chains map[[32]byte]*chainVerdict
+
+	// cp verifies the control plane (the policy's ForControlPlane), or cpErr
+	// says why this policy trusts no control plane.
+	cp    *Verifier
+	cpErr error
 }
 
 type chainVerdict struct {
@@ -89,7 +95,25 @@ func NewVerifier(p *Policy, opts Options) (*Verifier, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}, nil
+	v := &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+	if cpp, err := p.ForControlPlane(); err != nil {
+		v.cpErr = err
+	} else {
+		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+		v.cp.cp = v.cp // the control-plane policy's own ForControlPlane is itself
+	}
+	return v, nil
+}
+
+// ForControlPlane returns the verifier an agent applies to the control
+// plane's evidence: the policy's ForControlPlane, sharing this verifier's
+// roots. The error (wrapping ErrNoControlPlaneTrust) says the policy lists
+// no control-plane measurement; there is no fallback to the node list.
+func (v *Verifier) ForControlPlane() (*Verifier, error) {
+	if v.cp == nil {
+		return nil, v.cpErr
+	}
+	return v.cp, nil
 }
 
 // Policy returns the policy the verifier applies.
@@ -274,7 +298,11 @@ func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
 	}
 	var lastErr error
 	for _, line := range lines {
-		url := kds.VCEKCertURL(line, report.GetChipId(), kds.TCBVersion(report.GetReportedTcb()))
+		url, err := VCEKURL(line, report.GetChipId(), report.GetReportedTcb())
+		if err != nil {
+			lastErr = err
+			continue
+		}
 		der, err := v.fetcher.Get(url)
 		if err == nil && len(der) > 0 {
 			return der, nil
@@ -282,6 +310,25 @@ func (v *Verifier) fetchVCEK(report *spb.Report) ([]byte, error) {
 		lastErr = err
 	}
 	return nil, fmt.Errorf("%w: evidence carries no VCEK and fetching it failed: %v", ErrMissingChain, lastErr)
+}
+
+// VCEKURL is the key distribution service URL of the VCEK for a chip at a
+// reported TCB. The TCB is decoded for the product line: Turin's URL names
+// its FMC level too and its hardware ID is the first 8 bytes of the chip ID;
+// go-sev-guest's kds.VCEKCertURL knows only the Milan/Genoa form.
+func VCEKURL(productLine string, chipID []byte, reportedTCB uint64) (string, error) {
+	if !HasFMC(productLine) {
+		return kds.VCEKCertURL(productLine, chipID, kds.TCBVersion(reportedTCB)), nil
+	}
+	t, err := DecodeTCB(productLine, reportedTCB)
+	if err != nil {
+		return "", err
+	}
+	if len(chipID) < 8 {
+		return "", fmt.Errorf("chip ID is %d bytes, want at least 8", len(chipID))
+	}
+	base, _, _ := strings.Cut(kds.VCEKCertURL(productLine, chipID[:8], 0), "?")
+	return fmt.Sprintf("%s?fmcSPL=%02d&blSPL=%02d&teeSPL=%02d&snpSPL=%02d&ucodeSPL=%02d", base, *t.FMC, t.Bootloader, t.TEE, t.SNP, t.Microcode), nil
 }
 
 // chain returns the cached verdict for the endorsement key or verifies the
@@ -457,19 +504,37 @@ func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
 	if !p.anyMeasurement && !containsBytes(p.Measurements, report.GetMeasurement()) {
 		return fmt.Errorf("%w: %x is not one of the %d accepted measurements", ErrMeasurement, report.GetMeasurement(), len(p.Measurements))
 	}
-	tcb := tcbFrom(report.GetReportedTcb())
+	// The TCB is decoded with the layout of the product the chain
+	// certifies (a v3+ report's CPUID has been checked to name the same).
+	line := cv.root.ProductLine()
+	tcb, err := DecodeTCB(line, report.GetReportedTcb())
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrWrongProduct, err)
+	}
+	floor := p.MinimumTCB
+	if !HasFMC(line) {
+		floor.FMC = 0 // no such component on this product
+	}
+	have := tcb.Parts()
 	for _, part := range []struct {
 		err       error
 		got, want uint8
 	}{
-		{ErrTCBBootloader, tcb.Bootloader, p.MinimumTCB.Bootloader},
-		{ErrTCBTEE, tcb.TEE, p.MinimumTCB.TEE},
-		{ErrTCBSNP, tcb.SNP, p.MinimumTCB.SNP},
-		{ErrTCBMicrocode, tcb.Microcode, p.MinimumTCB.Microcode},
+		{ErrTCBFMC, have.FMC, floor.FMC},
+		{ErrTCBBootloader, have.Bootloader, floor.Bootloader},
+		{ErrTCBTEE, have.TEE, floor.TEE},
+		{ErrTCBSNP, have.SNP, floor.SNP},
+		{ErrTCBMicrocode, have.Microcode, floor.Microcode},
 	} {
 		if part.got < part.want {
-			return fmt.Errorf("%w: reported %d, minimum %d", part.err, part.got, part.want)
+			return fmt.Errorf("%w: %s reported %d, minimum %d", part.err, line, part.got, part.want)
 		}
+	}
+	// go-sev-guest v0.15.0 compares TCBs byte by byte in the Milan layout,
+	// so it gets the minimum in the reporting product's own byte positions.
+	minRaw, err := EncodeTCB(line, floor)
+	if err != nil {
+		return fmt.Errorf("%w: minimumTCB for %s: %v", ErrValidation, line, err)
 	}
 	if len(p.ChipIDs) > 0 && !containsBytes(p.ChipIDs, report.GetChipId()) {
 		return fmt.Errorf("%w: chip %x… is not on the policy's allowlist", ErrChipID, head(report.GetChipId()))
@@ -487,7 +552,7 @@ func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
 			Debug: p.AllowDebug, SMT: true, MigrateMA: p.AllowMigrationAgent,
 			CXLAllowed: true,
 		},
-		MinimumTCB: kds.TCBParts{BlSpl: p.MinimumTCB.Bootloader, TeeSpl: p.MinimumTCB.TEE, SnpSpl: p.MinimumTCB.SNP, UcodeSpl: p.MinimumTCB.Microcode},
+		MinimumTCB: kds.DecomposeTCBVersion(kds.TCBVersion(minRaw)),
 		// Provisional firmware (committed < current) is accepted: the reported
 		// TCB, which the VCEK certifies and the policy bounds, is what counts.
 		PermitProvisionalFirmware: true,
@@ -510,6 +575,10 @@ func (v *Verifier) claims(ev *attestv1.Evidence, report *spb.Report, signer abi.
 	gp, _ := abi.ParseSnpPolicy(report.GetPolicy())
 	pi, _ := abi.ParseSnpPlatformInfo(report.GetPlatformInfo())
 	digest := sha256.Sum256(ev.GetReport())
+	// checkPolicy has decoded the reported TCB with this product's layout.
+	line := cv.root.ProductLine()
+	reported, _ := DecodeTCB(line, report.GetReportedTcb())
+	launch, _ := DecodeTCB(line, report.GetLaunchTcb())
 	return &Claims{
 		TEE:            ev.GetTee(),
 		Product:        cv.root.ProductLine(),
@@ -519,8 +588,8 @@ func (v *Verifier) claims(ev *attestv1.Evidence, report *spb.Report, signer abi.
 		Measurement:    report.GetMeasurement(),
 		HostData:       report.GetHostData(),
 		ReportData:     report.GetReportData(),
-		ReportedTCB:    tcbFrom(report.GetReportedTcb()),
-		LaunchTCB:      tcbFrom(report.GetLaunchTcb()),
+		ReportedTCB:    reported,
+		LaunchTCB:      launch,
 		ChipID:         report.GetChipId(),
 		GuestPolicy:    report.GetPolicy(),
 		Debug:          gp.Debug,

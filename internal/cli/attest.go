@@ -21,7 +21,6 @@ import (
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/attest/snp"
 	"github.com/google/go-sev-guest/abi"
-	"github.com/google/go-sev-guest/kds"
 	"github.com/spf13/cobra"
 )
 
@@ -297,9 +296,9 @@ func writeJSON(w io.Writer, v any) error {
 	return nil
 }
 
-func fmtTCB(t attest.TCB) string {
-	return fmt.Sprintf("bootloader=%d tee=%d snp=%d microcode=%d (0x%016x)", t.Bootloader, t.TEE, t.SNP, t.Microcode, t.Raw)
-}
+// fmtTCB shows the components of the product's TCB layout (FMC only on
+// Turin) and the raw value.
+func fmtTCB(t attest.TCB) string { return t.String() }
 
 func writeClaimsText(w io.Writer, c *attest.Claims, binding string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
@@ -344,6 +343,7 @@ type reportFlags struct {
 	debug, smt  bool
 	vmpl        uint32
 	tcb         string
+	product     string
 	out         string
 }
 
@@ -363,8 +363,10 @@ and write it to the output directory:
 With --sim-dir the simulated TEE (sim-snp) produces it: the simulated CA in
 DIR is opened or created, and the node --name keeps its chip ID and VCEK key
 there across runs; measurement, debug, SMT, VMPL and TCB come from the flags
-each time, so a non-compliant node is one flag away. Evidence from it
-verifies only under a policy that names DIR/root.pem as a simulated root.
+each time, so a non-compliant node is one flag away. --sim-product picks the
+product a new CA certifies (Turin-B0 simulates a Turin node, whose --tcb
+takes five parts, FMC first). Evidence from it verifies only under a policy
+that names DIR/root.pem as a simulated root.
 
 Without --sim-dir the report comes from this machine's SEV-SNP device.`,
 		Args: cobra.NoArgs,
@@ -381,7 +383,8 @@ Without --sim-dir the report comes from this machine's SEV-SNP device.`,
 	fl.BoolVar(&f.debug, "debug", false, "simulated guest allows debugging")
 	fl.BoolVar(&f.smt, "smt", false, "simulated guest allows and host enables SMT")
 	fl.Uint32Var(&f.vmpl, "vmpl", 0, "simulated VMPL `N` (0-3)")
-	fl.StringVar(&f.tcb, "tcb", "", "simulated TCB `BL,TEE,SNP,UCODE` (default 0,0,0,0)")
+	fl.StringVar(&f.tcb, "tcb", "", "simulated TCB `BL,TEE,SNP,UCODE`, or FMC,BL,TEE,SNP,UCODE on Turin (default all 0)")
+	fl.StringVar(&f.product, "sim-product", "", "product `NAME` with stepping (Milan-B1, Genoa-B1, Turin-B0) the simulated CA certifies when --sim-dir creates it (default Milan-B1; must match an existing CA)")
 	fl.StringVarP(&f.out, "out", "o", "", "output `DIR` (created if missing)")
 	_ = cmd.MarkFlagRequired("nonce")
 	_ = cmd.MarkFlagRequired("key")
@@ -413,7 +416,7 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 	var p attest.Provider
 	var ca *sim.CA
 	if f.simDir == "" {
-		for _, name := range []string{"name", "measurement", "debug", "smt", "vmpl", "tcb"} {
+		for _, name := range []string{"name", "measurement", "debug", "smt", "vmpl", "tcb", "sim-product"} {
 			if cmd.Flags().Changed(name) {
 				return usageErrorf("--%s configures the simulated TEE and needs --sim-dir", name)
 			}
@@ -434,7 +437,7 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 				return err
 			}
 		}
-		if ca, err = sim.OpenCA(f.simDir, ""); err != nil {
+		if ca, err = sim.OpenCA(f.simDir, f.product); err != nil {
 			return usageErrorf("--sim-dir: %v", err)
 		}
 		if p, err = ca.OpenNode(f.name, cfg); err != nil {
@@ -515,23 +518,26 @@ func parseMeasurementFlag(s string) ([]byte, error) {
 	return parseHexFlag("measurement", s, abi.MeasurementSize)
 }
 
-// parseTCBFlag reads "BL,TEE,SNP,UCODE".
-func parseTCBFlag(s string) (kds.TCBParts, error) {
+// parseTCBFlag reads "BL,TEE,SNP,UCODE", or "FMC,BL,TEE,SNP,UCODE" for a
+// product with an FMC (Turin).
+func parseTCBFlag(s string) (attest.TCBParts, error) {
 	parts := strings.Split(s, ",")
-	if len(parts) != 4 {
-		return kds.TCBParts{}, usageErrorf("--tcb %q: want four numbers BL,TEE,SNP,UCODE", s)
+	if len(parts) != 4 && len(parts) != 5 {
+		return attest.TCBParts{}, usageErrorf("--tcb %q: want four numbers BL,TEE,SNP,UCODE (or five, FMC,BL,TEE,SNP,UCODE, for Turin)", s)
 	}
-	var v [4]uint8
+	var v []uint8
 	for i, p := range parts {
 		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 8)
 		if err != nil {
-			return kds.TCBParts{}, usageErrorf("--tcb %q: part %d: %v", s, i+1, err)
+			return attest.TCBParts{}, usageErrorf("--tcb %q: part %d: %v", s, i+1, err)
 		}
-		v[i] = uint8(n)
+		if n > 127 && i < len(parts)-1 {
+			return attest.TCBParts{}, usageErrorf("--tcb %q: part %d: %d exceeds 127 (only microcode may reach 255)", s, i+1, n)
+		}
+		v = append(v, uint8(n))
 	}
-	t := kds.TCBParts{BlSpl: v[0], TeeSpl: v[1], SnpSpl: v[2], UcodeSpl: v[3]}
-	if _, err := kds.ComposeTCBParts(t); err != nil {
-		return kds.TCBParts{}, usageErrorf("--tcb %q: %v", s, err)
+	if len(v) == 4 {
+		v = append([]uint8{0}, v...)
 	}
-	return t, nil
+	return attest.TCBParts{FMC: v[0], Bootloader: v[1], TEE: v[2], SNP: v[3], Microcode: v[4]}, nil
 }

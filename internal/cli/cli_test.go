@@ -338,3 +338,77 @@ func TestBenchVerify(t *testing.T) {
 	run(t, "bench", "verify", "-o", "xml").want(t, 2, "unknown output format")
 	run(t, "bench", "verify", "--duration", "0s").want(t, 2, "--duration")
 }
+
+// TestTurinVerifyShowsFMC: a simulated Turin report's TCB is shown with
+// Turin's components (FMC first) by attest verify, and minimumTCB.tee is
+// checked against Turin's TEE byte.
+func TestTurinVerifyShowsFMC(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "turin-ca")
+	ca, err := sim.NewTestCA("Turin-B0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	nonce, key, m := randHex(t, 32), randHex(t, 32), randHex(t, 48)
+	out := t.TempDir()
+	run(t, "attest", "report", "--sim-dir", dir, "--sim-product", "Turin-B0", "--name", "turin", "--nonce", nonce, "--key", key,
+		"--measurement", m, "--tcb", "4,5,0,7,8", "-o", out).want(t, 0)
+	policy := func(extra string) string {
+		y := fmt.Sprintf("measurements: [%q]\ntrustedRoots:\n- kind: simulated\n  file: %q\n%s", m, filepath.Join(dir, sim.RootFile), extra)
+		return writeFile(t, t.TempDir(), "policy.yaml", []byte(y))
+	}
+	verify := func(p string) result {
+		return run(t, "attest", "verify", "--report", filepath.Join(out, "report.bin"), "--vcek", filepath.Join(out, "vcek.pem"),
+			"--chain", filepath.Join(out, "chain.pem"), "--nonce", nonce, "--key", key, "--policy", p)
+	}
+	r := verify(policy(""))
+	r.want(t, 0)
+	for _, s := range []string{"Turin", "fmc=4 bootloader=5 tee=0 snp=7 microcode=8"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("attest verify output lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	verify(policy("minimumTCB: {tee: 3}\n")).want(t, 1, "tcb_tee", "Turin reported 0, minimum 3")
+	verify(policy("minimumTCB: {fmc: 5}\n")).want(t, 1, "tcb_fmc", "Turin reported 4, minimum 5")
+	// The CA certifies Turin; asking it for another product is an error.
+	run(t, "attest", "report", "--sim-dir", dir, "--sim-product", "Milan-B1", "--nonce", nonce, "--key", key, "-o", out).want(t, 2, "certifies Turin-B0, not Milan-B1")
+}
+
+// TestPolicyCheckShowsDefaultsAndRefusesSilentValues: policy check marks
+// every value the file leaves out as a default, shows the control-plane
+// list, and refuses values that used to be replaced or accepted silently.
+func TestPolicyCheckShowsDefaultsAndRefusesSilentValues(t *testing.T) {
+	t.Parallel()
+	m := randHex(t, 48)
+	r := run(t, "policy", "check", writeFile(t, t.TempDir(), "amd.yaml", []byte(fmt.Sprintf("measurements: [%q]\n", m))))
+	r.want(t, 0)
+	for _, s := range []string{
+		"max evidence age: 1h30m0s (default)", "trust domain:     confmesh.local (default)", "VMPLs:            0 (default)",
+		"amd (Milan, Genoa, Turin) (default)", "debug guests:     forbidden (default)", "fmc 0 (Turin only",
+		"control plane:    none trusted", "half the node SVID TTL",
+	} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("output lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	r = run(t, "policy", "check", simPolicy(t, m, fmt.Sprintf("maxEvidenceAge: 45m\ncontrolPlane: {measurements: [%q]}\n", m)))
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, "max evidence age: 45m0s;") || !strings.Contains(r.stdout, "control plane:    1 accepted") {
+		t.Errorf("explicit values shown wrong:\n%s", r.stdout)
+	}
+	zero := strings.Repeat("00", 48)
+	for _, c := range []struct{ doc, want string }{
+		{fmt.Sprintf("measurements: [%q]\nmaxEvidenceAge: 0s\n", m), "maxEvidenceAge: 0s: must be positive"},
+		{fmt.Sprintf("measurements: [%q]\nmaxEvidenceAge: 876000h\n", m), "longer than 24h"},
+		{fmt.Sprintf("measurements: [%q]\n", zero), "all-zero placeholder"},
+		{fmt.Sprintf("measurements: [%q]\ncontrolPlane: {measurements: [%q]}\n", m, zero), "controlPlane.measurements: only the all-zero placeholder"},
+		{fmt.Sprintf("measurements: [%q]\ncontrolPlane: {measurements: []}\n", m), "controlPlane.measurements: empty"},
+	} {
+		run(t, "policy", "check", writeFile(t, t.TempDir(), "p.yaml", []byte(c.doc))).want(t, 1, "invalid policy", c.want)
+	}
+	// The placeholder is accepted where only a simulated root is trusted.
+	run(t, "policy", "check", simPolicy(t, zero, "")).want(t, 0)
+}

@@ -210,11 +210,16 @@ func checkPolicyFor(p *attest.Policy, td spiffeid.TrustDomain, svidTTL time.Dura
 	return nil
 }
 
-// selfCheck verifies evidence from the control plane's own TEE under p,
-// bound to throwaway keys (fetching a missing VCEK with fetcher, if set). It fails when agents applying the same policy
-// would refuse this control plane (measurement not listed, simulated root
-// not named, debug guest...).
+// selfCheck verifies evidence from the control plane's own TEE under p's
+// control-plane policy (ForControlPlane), bound to throwaway keys (fetching
+// a missing VCEK with fetcher, if set). It fails when agents applying the
+// same policy would refuse this control plane (no controlPlane.measurements,
+// measurement not listed, simulated root not named, debug guest...).
 func selfCheck(prov attest.Provider, p *attest.Policy, fetcher trust.HTTPSGetter) error {
+	p, err := p.ForControlPlane()
+	if err != nil {
+		return err
+	}
 	td, err := spiffeid.TrustDomainFromString(p.TrustDomain)
 	if err != nil {
 		return err

@@ -106,7 +106,7 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() (boo
 // size so that two versions can share size and modification time.
 func e2ePolicy(root string, ms ...[]byte) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "trustDomain: cluster.test\nallowedVMPLs: [0]\nmaxEvidenceAge: 90m\ntrustedRoots:\n  - kind: simulated\n    file: %q\nmeasurements:\n", root)
+	fmt.Fprintf(&b, "trustDomain: cluster.test\nallowedVMPLs: [0]\nmaxEvidenceAge: 90m\ntrustedRoots:\n  - kind: simulated\n    file: %q\ncontrolPlane: {measurements: [%q]}\nmeasurements:\n", root, strings.Repeat("11", 48))
 	for _, m := range ms {
 		fmt.Fprintf(&b, "  - %q\n", hex.EncodeToString(m))
 	}
@@ -306,6 +306,7 @@ func TestControlPlaneBinaryEndToEnd(t *testing.T) {
 		TrustDomain: "cluster.test", AllowedVMPLs: []uint32{0}, MaxEvidenceAge: attest.Duration(90 * time.Minute),
 		TrustedRoots: []attest.RootRef{{Kind: attest.RootSimulated, File: ca.RootPath()}},
 		Measurements: []attest.HexBytes{goodMeas, altMeas},
+		ControlPlane: &attest.ControlPlanePolicy{Measurements: []attest.HexBytes{goodMeas}},
 	}
 	a := newE2EAgent(t, ca, "node-a", goodMeas)
 	b := newE2EAgent(t, ca, "node-b", altMeas)
@@ -610,7 +611,7 @@ func TestControlPlaneWithoutSEVSNP(t *testing.T) {
 		return nil, fmt.Errorf("%w; pass --sim-dir to use the simulated TEE", snp.ErrNoDevice)
 	}
 	dir := t.TempDir()
-	p := writeFile(t, dir, "p.yaml", []byte("trustDomain: cluster.test\nmeasurements: [\""+strings.Repeat("00", 48)+"\"]\n"))
+	p := writeFile(t, dir, "p.yaml", []byte("trustDomain: cluster.test\nmeasurements: [\""+strings.Repeat("5e", 48)+"\"]\n"))
 	r := run(t, "controlplane", "--policy", p, "--state-dir", filepath.Join(dir, "state"))
 	r.want(t, 1, "/dev/sev-guest", "--sim-dir")
 	if _, err := os.Stat(filepath.Join(dir, "state")); !errors.Is(err, os.ErrNotExist) {
@@ -729,14 +730,22 @@ func TestSelfCheck(t *testing.T) {
 	p := &attest.Policy{
 		TrustDomain: "cluster.test", AllowedVMPLs: []uint32{0}, MaxEvidenceAge: attest.Duration(time.Hour),
 		TrustedRoots: []attest.RootRef{{Kind: attest.RootSimulated, File: filepath.Join(simDir, sim.RootFile)}},
-		Measurements: []attest.HexBytes{m},
+		Measurements: []attest.HexBytes{bytes.Repeat([]byte{0x55}, 48)},
+		ControlPlane: &attest.ControlPlanePolicy{Measurements: []attest.HexBytes{m}},
 	}
+	// The control-plane list decides, not the node list.
 	if err := selfCheck(n, p, nil); err != nil {
 		t.Fatalf("own evidence refused: %v", err)
 	}
-	q := p.RequireMeasurements(bytes.Repeat([]byte{0x44}, 48))
-	if err := selfCheck(n, q, nil); err == nil || !strings.HasPrefix(err.Error(), "measurement:") {
-		t.Fatalf("measurement not listed: err = %v", err)
+	q := *p
+	q.Measurements = []attest.HexBytes{m}
+	q.ControlPlane = &attest.ControlPlanePolicy{Measurements: []attest.HexBytes{bytes.Repeat([]byte{0x44}, 48)}}
+	if err := selfCheck(n, &q, nil); err == nil || !strings.HasPrefix(err.Error(), "measurement:") {
+		t.Fatalf("measurement not on the control-plane list: err = %v", err)
+	}
+	q.ControlPlane = nil
+	if err := selfCheck(n, &q, nil); !errors.Is(err, attest.ErrNoControlPlaneTrust) {
+		t.Fatalf("no control-plane list: err = %v", err)
 	}
 	amd := *p
 	amd.TrustedRoots = []attest.RootRef{{Kind: attest.RootAMD}}

@@ -65,9 +65,17 @@ func allowed(b bool) string {
 }
 
 func writePolicySummary(out io.Writer, p *attest.Policy, roots []*attest.TrustedRoot) {
-	fmt.Fprintln(out, "accepts:")
+	fmt.Fprintln(out, "accepts (\"(default)\": the file leaves the field out):")
 	tw := tabwriter.NewWriter(out, 0, 0, 1, ' ', 0)
 	line := func(k, v string) { fmt.Fprintf(tw, "  %s\t%s\n", k, v) }
+	// field marks a value the policy file left out, so an operator sees
+	// every default in effect.
+	field := func(name, v string) string {
+		if p.Defaulted(name) {
+			return v + " (default)"
+		}
+		return v
+	}
 	if p.AcceptsAnyMeasurement() {
 		line("measurements:", "any")
 	} else {
@@ -76,23 +84,33 @@ func writePolicySummary(out io.Writer, p *attest.Policy, roots []*attest.Trusted
 			line("", m.String())
 		}
 	}
+	if p.ControlPlane == nil {
+		line("control plane:", "none trusted (agents with this policy refuse to dial; the control plane's own policy needs none)")
+	} else {
+		line("control plane:", fmt.Sprintf("%d accepted", len(p.ControlPlane.Measurements)))
+		for _, m := range p.ControlPlane.Measurements {
+			line("", m.String())
+		}
+	}
 	t := p.MinimumTCB
-	line("minimum TCB:", fmt.Sprintf("bootloader %d, tee %d, snp %d, microcode %d", t.Bootloader, t.TEE, t.SNP, t.Microcode))
-	line("debug guests:", allowed(p.AllowDebug))
-	line("SMT:", allowed(p.AllowSMT))
-	line("migration agent:", allowed(p.AllowMigrationAgent))
+	line("minimum TCB:", field("minimumTCB", fmt.Sprintf("bootloader %d, tee %d, snp %d, microcode %d; fmc %d (Turin only: Milan and Genoa have no FMC)",
+		t.Bootloader, t.TEE, t.SNP, t.Microcode, t.FMC)))
+	line("debug guests:", field("allowDebug", allowed(p.AllowDebug)))
+	line("SMT:", field("allowSMT", allowed(p.AllowSMT)))
+	line("migration agent:", field("allowMigrationAgent", allowed(p.AllowMigrationAgent)))
 	vmpls := make([]string, len(p.AllowedVMPLs))
 	for i, v := range p.AllowedVMPLs {
 		vmpls[i] = fmt.Sprint(v)
 	}
-	line("VMPLs:", strings.Join(vmpls, ", "))
+	line("VMPLs:", field("allowedVMPLs", strings.Join(vmpls, ", ")))
 	if len(p.ChipIDs) == 0 {
-		line("chips:", "any chip")
+		line("chips:", field("chipIDs", "any chip"))
 	} else {
 		line("chips:", fmt.Sprintf("%d on the allowlist", len(p.ChipIDs)))
 	}
-	line("max evidence age:", time.Duration(p.MaxEvidenceAge).String())
-	line("trust domain:", p.TrustDomain)
+	line("max evidence age:", field("maxEvidenceAge", time.Duration(p.MaxEvidenceAge).String())+
+		"; must exceed the renewal interval, half the node SVID TTL (the control plane checks)")
+	line("trust domain:", field("trustDomain", p.TrustDomain))
 	// The AMD kind resolves to one root per product line: group by name.
 	var names []string
 	lines := map[string][]string{}
@@ -113,7 +131,7 @@ func writePolicySummary(out io.Writer, p *attest.Policy, roots []*attest.Trusted
 		if simulated[n] {
 			desc += " SIMULATED"
 		}
-		line(k, desc)
+		line(k, field("trustedRoots", desc))
 	}
 	tw.Flush()
 	if p.TrustsSimulated() {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -41,6 +42,10 @@ type peerJSON struct {
 	LatestHandshake string   `json:"latestHandshake,omitempty"`
 	RxBytes         int64    `json:"rxBytes"`
 	TxBytes         int64    `json:"txBytes"`
+	// Product and ReportedTCB come from the evidence this agent verified;
+	// the TCB is decoded with the product's layout (fmc only on Turin).
+	Product     string      `json:"product,omitempty"`
+	ReportedTCB *attest.TCB `json:"reportedTCB,omitempty"`
 }
 
 type statusJSON struct {
@@ -85,9 +90,29 @@ func ts(t interface{ AsTime() time.Time }, valid bool) string {
 }
 
 func toPeerJSON(p *agentv1.PeerStatus) peerJSON {
-	return peerJSON{Name: p.Name, Endpoint: p.Endpoint, State: p.State, Reason: p.Reason, PodCIDRs: p.PodCidrs,
+	j := peerJSON{Name: p.Name, Endpoint: p.Endpoint, State: p.State, Reason: p.Reason, PodCIDRs: p.PodCidrs,
 		WireGuardKey: hex.EncodeToString(p.WireguardPublicKey), LatestHandshake: ts(p.LatestHandshake, p.LatestHandshake != nil),
-		RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+		RxBytes: p.RxBytes, TxBytes: p.TxBytes, Product: p.Product}
+	if p.Product != "" {
+		if t, err := attest.DecodeTCB(p.Product, p.ReportedTcb); err == nil {
+			j.ReportedTCB = &t
+		}
+	}
+	return j
+}
+
+// peerTCB is the compact TCB column: the product and its components (FMC
+// only on Turin), or "-" when unknown.
+func peerTCB(j peerJSON) string {
+	t := j.ReportedTCB
+	if t == nil {
+		return "-"
+	}
+	s := j.Product
+	if t.FMC != nil {
+		s += fmt.Sprintf(" fmc=%d", *t.FMC)
+	}
+	return s + fmt.Sprintf(" bl=%d tee=%d snp=%d ucode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
 }
 
 func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
@@ -174,10 +199,10 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 
 func writePeers(out io.Writer, peers []*agentv1.PeerStatus) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tENDPOINT\tPOD-CIDRS\tHANDSHAKE\tRX\tTX\tREASON")
+	fmt.Fprintln(tw, "PEER\tSTATE\tENDPOINT\tPOD-CIDRS\tHANDSHAKE\tRX\tTX\tTCB\tREASON")
 	for _, p := range peers {
 		j := toPeerJSON(p)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\t%s\n", j.Name, j.State, j.Endpoint, j.PodCIDRs, j.LatestHandshake, j.RxBytes, j.TxBytes, j.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\t%s\t%s\n", j.Name, j.State, j.Endpoint, j.PodCIDRs, j.LatestHandshake, j.RxBytes, j.TxBytes, peerTCB(j), j.Reason)
 	}
 	return tw.Flush()
 }

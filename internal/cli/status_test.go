@@ -49,14 +49,15 @@ func TestStatusAndPeers(t *testing.T) {
 			RouteRepairs: 3, Pods: 4, DropsOut: 5, DropsIn: 6, DropsSpoof: 7},
 		Peers: []*agentv1.PeerStatus{
 			{Name: "node-b", Endpoint: "198.18.0.2:51820", State: "verified", PodCidrs: []string{"10.244.2.0/24"},
-				WireguardPublicKey: []byte{3, 4}, LatestHandshake: timestamppb.New(handshake), RxBytes: 10, TxBytes: 20},
+				WireguardPublicKey: []byte{3, 4}, LatestHandshake: timestamppb.New(handshake), RxBytes: 10, TxBytes: 20,
+				Product: "Turin", ReportedTcb: 0x800000007000504}, // Turin bytes: FMC 4, bootloader 5, TEE 0, SNP 7, microcode 8
 			{Name: "node-c", Endpoint: "198.18.0.3:51820", State: "refused", Reason: "measurement"},
 		},
 	})
 	peersText := "" +
-		"PEER    STATE     ENDPOINT          POD-CIDRS        HANDSHAKE             RX  TX  REASON\n" +
-		"node-b  verified  198.18.0.2:51820  [10.244.2.0/24]  2026-03-14T15:09:26Z  10  20  \n" +
-		"node-c  refused   198.18.0.3:51820  []                                     0   0   measurement\n"
+		"PEER    STATE     ENDPOINT          POD-CIDRS        HANDSHAKE             RX  TX  TCB                                   REASON\n" +
+		"node-b  verified  198.18.0.2:51820  [10.244.2.0/24]  2026-03-14T15:09:26Z  10  20  Turin fmc=4 bl=5 tee=0 snp=7 ucode=8  \n" +
+		"node-c  refused   198.18.0.3:51820  []                                     0   0   -                                     measurement\n"
 	peersJSON := `[
   {
     "name": "node-b",
@@ -68,7 +69,16 @@ func TestStatusAndPeers(t *testing.T) {
     "wireguardKey": "0304",
     "latestHandshake": "2026-03-14T15:09:26Z",
     "rxBytes": 10,
-    "txBytes": 20
+    "txBytes": 20,
+    "product": "Turin",
+    "reportedTCB": {
+      "raw": 576460752420865284,
+      "fmc": 4,
+      "bootloader": 5,
+      "tee": 0,
+      "snp": 7,
+      "microcode": 8
+    }
   },
   {
     "name": "node-c",

@@ -5,6 +5,8 @@ package netlab
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/confmesh/confmesh/internal/attest"
 )
 
 // Status is `confmesh status -o json`.
@@ -50,6 +52,10 @@ type Peer struct {
 	Reason       string   `json:"reason"`
 	PodCIDRs     []string `json:"podCIDRs"`
 	WireGuardKey string   `json:"wireguardKey"`
+	// Product and ReportedTCB (decoded for the product) come from the
+	// evidence the agent verified; empty for a refused peer.
+	Product     string      `json:"product"`
+	ReportedTCB *attest.TCB `json:"reportedTCB"`
 }
 
 // NodeRecord is one entry of `confmesh nodes -o json`.

@@ -26,6 +26,13 @@ type Policy struct {
 	AllowDebug bool
 	// Measurements accepted, 96 hex digits each; ZeroMeasurement when empty.
 	Measurements []string
+	// ControlPlaneMeasurements are the control plane measurements an agent
+	// accepts; ZeroMeasurement (what the lab's control plane reports) when
+	// empty.
+	ControlPlaneMeasurements []string
+	// TrustNoControlPlane leaves controlPlane out: an agent with this policy
+	// refuses to dial any control plane.
+	TrustNoControlPlane bool
 }
 
 // YAML renders the policy trusting the simulated root file root.
@@ -38,6 +45,16 @@ func (p Policy) YAML(root string) string {
 	b.WriteString("# written by netlab (confmesh e2e tests and demo)\ntrustDomain: confmesh.local\nmeasurements:\n")
 	for _, m := range ms {
 		fmt.Fprintf(&b, "  - %q\n", m) // quoted: YAML reads all-digit hex as a number
+	}
+	cps := p.ControlPlaneMeasurements
+	if len(cps) == 0 {
+		cps = []string{ZeroMeasurement}
+	}
+	if !p.TrustNoControlPlane {
+		b.WriteString("controlPlane:\n  measurements:\n")
+		for _, m := range cps {
+			fmt.Fprintf(&b, "    - %q\n", m)
+		}
 	}
 	fmt.Fprintf(&b, "allowDebug: %v\nallowSMT: false\nallowMigrationAgent: false\nallowedVMPLs: [0]\nmaxEvidenceAge: 90m\n", p.AllowDebug)
 	fmt.Fprintf(&b, "trustedRoots:\n  - kind: simulated\n    file: %q\n", root)

@@ -534,8 +534,14 @@ type PeerStatus struct {
 	LatestHandshake    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=latest_handshake,json=latestHandshake,proto3" json:"latest_handshake,omitempty"`
 	RxBytes            int64                  `protobuf:"varint,8,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
 	TxBytes            int64                  `protobuf:"varint,9,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// product is the peer's product line (Milan, Genoa, Turin) and
+	// reported_tcb its raw REPORTED_TCB, both from the evidence this agent
+	// verified; empty and 0 for a refused peer. Decode reported_tcb with the
+	// product's layout (Turin's differs).
+	Product       string `protobuf:"bytes,20,opt,name=product,proto3" json:"product,omitempty"`
+	ReportedTcb   uint64 `protobuf:"varint,21,opt,name=reported_tcb,json=reportedTcb,proto3" json:"reported_tcb,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PeerStatus) Reset() {
@@ -627,6 +633,20 @@ func (x *PeerStatus) GetRxBytes() int64 {
 func (x *PeerStatus) GetTxBytes() int64 {
 	if x != nil {
 		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetReportedTcb() uint64 {
+	if x != nil {
+		return x.ReportedTcb
 	}
 	return 0
 }
@@ -1314,7 +1334,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x14UnregisterPodRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x17\n" +
 	"\x15UnregisterPodResponse\"\x0f\n" +
-	"\rStatusRequest\"\xb6\x02\n" +
+	"\rStatusRequest\"\xf3\x02\n" +
 	"\n" +
 	"PeerStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
@@ -1325,7 +1345,9 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x14wireguard_public_key\x18\x06 \x01(\fR\x12wireguardPublicKey\x12E\n" +
 	"\x10latest_handshake\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0flatestHandshake\x12\x19\n" +
 	"\brx_bytes\x18\b \x01(\x03R\arxBytes\x12\x19\n" +
-	"\btx_bytes\x18\t \x01(\x03R\atxBytes\"\xf0\x04\n" +
+	"\btx_bytes\x18\t \x01(\x03R\atxBytes\x12\x18\n" +
+	"\aproduct\x18\x14 \x01(\tR\aproduct\x12!\n" +
+	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xf0\x04\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1a\n" +
 	"\battested\x18\x02 \x01(\bR\battested\x12\x10\n" +

@@ -31,8 +31,9 @@ type NodeConfig struct {
 	Measurement []byte
 	// HostData is the 32-byte host data field (optional).
 	HostData []byte
-	// TCB is the reported (and current, committed, launch) TCB; the VCEK certifies it.
-	TCB kds.TCBParts
+	// TCB is the reported (and current, committed, launch) TCB, laid out
+	// for the node's product (FMC only on Turin); the VCEK certifies it.
+	TCB attest.TCBParts
 	// Debug sets the guest policy's debug bit.
 	Debug bool
 	// SMT sets the guest policy's SMT bit and the platform's SMT-enabled bit.
@@ -51,7 +52,7 @@ type NodeConfig struct {
 
 type vcekSpec struct {
 	product string
-	tcb     kds.TCBParts
+	tcb     uint64 // raw TCB_VERSION
 	chipID  []byte
 	issued  time.Time
 }
@@ -60,6 +61,7 @@ type vcekSpec struct {
 type Node struct {
 	ca      *CA
 	cfg     NodeConfig
+	tcb     uint64 // raw TCB_VERSION in the product's layout
 	vcekKey *ecdsa.PrivateKey
 	vcek    *x509.Certificate
 }
@@ -104,21 +106,23 @@ func (ca *CA) node(cfg NodeConfig, key *ecdsa.PrivateKey) (*Node, error) {
 	if cfg.Product == "" {
 		cfg.Product = ca.product
 	}
-	if _, err := kds.ParseProductName(cfg.Product, abi.VcekReportSigner); err != nil {
+	product, err := kds.ParseProductName(cfg.Product, abi.VcekReportSigner)
+	if err != nil {
 		return nil, fmt.Errorf("product %q: %w", cfg.Product, err)
 	}
-	if _, err := kds.ComposeTCBParts(cfg.TCB); err != nil {
+	tcb, err := attest.EncodeTCB(kds.ProductLine(product), cfg.TCB)
+	if err != nil {
 		return nil, fmt.Errorf("TCB: %w", err)
 	}
 	if cfg.VCEKIssued.IsZero() {
 		cfg.VCEKIssued = ca.created
 	}
-	spec := &vcekSpec{product: cfg.Product, tcb: cfg.TCB, chipID: cfg.ChipID, issued: cfg.VCEKIssued}
+	spec := &vcekSpec{product: cfg.Product, tcb: tcb, chipID: cfg.ChipID, issued: cfg.VCEKIssued}
 	s, err := ca.builder(key, spec).TestOnlyCertChain()
 	if err != nil {
 		return nil, fmt.Errorf("certify simulated VCEK: %w", err)
 	}
-	return &Node{ca: ca, cfg: cfg, vcekKey: key, vcek: s.Vcek}, nil
+	return &Node{ca: ca, cfg: cfg, tcb: tcb, vcekKey: key, vcek: s.Vcek}, nil
 }
 
 // VCEK returns the node's endorsement certificate.
@@ -150,7 +154,7 @@ func (n *Node) Report(reportData [64]byte) (*attestv1.Evidence, error) {
 // RawReport builds and signs a report in the SNP ABI. The signature uses
 // crypto/rand (go-sev-guest's test signer uses a predictable RNG).
 func (n *Node) RawReport(reportData [64]byte) ([]byte, error) {
-	tcb, _ := kds.ComposeTCBParts(n.cfg.TCB)
+	tcb := n.tcb
 	product, _ := kds.ParseProductName(n.cfg.Product, abi.VcekReportSigner)
 	reportID := make([]byte, abi.ReportIDSize)
 	if _, err := rand.Read(reportID); err != nil {

@@ -48,7 +48,7 @@ func TestOpenCAPersists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n2, err := again.OpenNode("node-a", sim.NodeConfig{Debug: true, TCB: kds.TCBParts{SnpSpl: 3}})
+	n2, err := again.OpenNode("node-a", sim.NodeConfig{Debug: true, TCB: attest.TCBParts{SNP: 3}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,8 @@ func TestNodeConfigErrors(t *testing.T) {
 		"short measurement": {Measurement: make([]byte, 47)},
 		"vmpl":              {VMPL: 4},
 		"product":           {Product: "Pentium-B0"},
-		"tcb":               {TCB: kds.TCBParts{BlSpl: 200}},
+		"tcb":               {TCB: attest.TCBParts{Bootloader: 200}},
+		"fmc on Milan":      {TCB: attest.TCBParts{FMC: 1}},
 	} {
 		if _, err := ca.NewNode(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -99,7 +100,7 @@ func TestReportCarriesSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := bytes.Repeat([]byte{0x42}, 48)
-	n, err := ca.NewNode(sim.NodeConfig{Measurement: m, Debug: true, SMT: true, VMPL: 2, TCB: kds.TCBParts{BlSpl: 3, TeeSpl: 1, SnpSpl: 14, UcodeSpl: 209}})
+	n, err := ca.NewNode(sim.NodeConfig{Measurement: m, Debug: true, SMT: true, VMPL: 2, TCB: attest.TCBParts{Bootloader: 3, TEE: 1, SNP: 14, Microcode: 209}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +127,44 @@ func TestReportCarriesSettings(t *testing.T) {
 	}
 	if !bytes.Equal(exts.HWID[:], n.ChipID()) || exts.TCBVersion != kds.TCBVersion(r.ReportedTcb) || exts.ProductName != "Milan-B1" {
 		t.Fatalf("VCEK extensions %+v do not match the report", exts)
+	}
+}
+
+// TestTurinNode: a simulated Turin node lays its TCB out as Turin does
+// (FMC, bootloader, TEE, SNP, reserved, microcode), names Turin in its
+// CPUID and VCEK, and its VCEK certifies exactly the report's raw TCB.
+func TestTurinNode(t *testing.T) {
+	ca, err := sim.NewTestCA("Turin-B0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := ca.NewNode(sim.NodeConfig{TCB: attest.TCBParts{FMC: 2, Bootloader: 3, TEE: 1, SNP: 14, Microcode: 209}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := n.RawReport([64]byte{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := abi.ReportToProto(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := raw[0x180:0x188], []byte{2, 3, 1, 14, 0, 0, 0, 209}; !bytes.Equal(got, want) {
+		t.Errorf("REPORTED_TCB bytes % x, want % x (Turin layout)", got, want)
+	}
+	if line := kds.ProductLineFromFms(r.GetCpuid1EaxFms()); line != "Turin" {
+		t.Errorf("CPUID names %s, want Turin", line)
+	}
+	exts, err := kds.VcekCertificateExtensions(n.VCEK())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exts.ProductName != "Turin-B0" || exts.TCBVersion != kds.TCBVersion(r.ReportedTcb) {
+		t.Fatalf("VCEK extensions %+v do not match the Turin report (TCB %#x)", exts, r.ReportedTcb)
+	}
+	if _, err := ca.NewNode(sim.NodeConfig{Product: "Milan-B1", TCB: attest.TCBParts{FMC: 1}}); err == nil || !strings.Contains(err.Error(), "no FMC") {
+		t.Errorf("FMC on a Milan node: err = %v", err)
 	}
 }
 
