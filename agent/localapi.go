@@ -118,6 +118,10 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 		NodeName: a.cfg.NodeName, Attested: a.joined, SpiffeId: a.spiffeID, Datapath: kind,
 		StrictMode: a.cfg.StrictMode && a.strict, Device: a.cfg.Device, Ready: ready, ReadyReason: reason,
 		TrustsSimulatedRoot: a.verifier.TrustsSimulated(), Revision: a.revision, WireguardPublicKey: pub[:],
+		State: a.state, StateReason: a.stateReason,
+	}
+	if !a.stateSince.IsZero() {
+		resp.StateSince = timestamppb.New(a.stateSince)
 	}
 	if a.podCIDR.IsValid() {
 		resp.PodCidr = a.podCIDR.String()

@@ -12,6 +12,10 @@ type metrics struct {
 	handshake *prometheus.GaugeVec
 	rx, tx    *prometheus.GaugeVec
 	renewals  *prometheus.CounterVec
+	// state is 1 for the node's standing with the control plane.
+	state *prometheus.GaugeVec
+	// cpRefusals counts the control plane's refusals of this node.
+	cpRefusals *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -35,8 +39,14 @@ func newMetrics() *metrics {
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "confmesh_agent_renewals_total", Help: "Node SVID renewals by result.",
 		}, []string{"result"}),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "confmesh_agent_state", Help: "1 for this node's standing with the control plane (joining, active, revoked, refused).",
+		}, []string{"state"}),
+		cpRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "confmesh_agent_controlplane_refusals_total", Help: "Joins and renewals of this node the control plane refused, by operation and reason.",
+		}, []string{"op", "reason"}),
 	}
-	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals)
+	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals, m.state, m.cpRefusals)
 	return m
 }
 
