@@ -104,7 +104,7 @@ func TestRevokedPeerRemovedEverywhere(t *testing.T) {
 func TestRevokedNodeDropsItsPeers(t *testing.T) {
 	c := NewCluster(t, Options{Nodes: 3})
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
-	p1, p3 := c.AddPod(n1), c.AddPod(n3)
+	p1, p2, p3 := c.AddPod(n1), c.AddPod(n2), c.AddPod(n3)
 	if err := netlab.SendUDP(p3, p1, netlab.RandomPayload("before revocation", 16), 10*time.Second); err != nil {
 		t.Fatalf("before revocation: %v", err)
 	}
@@ -162,13 +162,20 @@ func TestRevokedNodeDropsItsPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The control: node-1 to node-2 still works and shows on the capture.
+	if err := netlab.SendUDP(p1, p2, netlab.RandomPayload("control", 16), 10*time.Second); err != nil {
+		t.Errorf("node-1 to node-2 after the revocation: %v", err)
+	}
 	frames, cerr := capt.Stop()
 	if cerr != nil {
 		t.Fatal(cerr)
 	}
-	wgFrames, initiations := 0, 0
+	wgFrames, initiations, control := 0, 0, 0
 	for _, f := range frames {
 		p := netlab.Parse(f)
+		if p.Src == n1.IP && p.SrcPort == netlab.WireGuardPort {
+			control++
+		}
 		if p.Src != n3.IP || p.SrcPort != netlab.WireGuardPort {
 			continue
 		}
@@ -178,6 +185,9 @@ func TestRevokedNodeDropsItsPeers(t *testing.T) {
 		}
 	}
 	t.Logf("underlay for %s while %s sent %d datagrams:\n%s", count*200*time.Millisecond, p3.Name, count, netlab.Summarize(frames))
+	if control == 0 {
+		t.Errorf("the capture saw no WireGuard datagram from %s to %s either: it proves nothing", n1.Name, n2.Name)
+	}
 	if wgFrames > 0 {
 		t.Errorf("%d WireGuard datagrams (%d handshake initiations) left revoked %s", wgFrames, initiations, n3.Name)
 	}
