@@ -125,6 +125,7 @@ type Agent struct {
 	ipam        *IPAM
 
 	reconcileMu sync.Mutex
+	rejoinMu    sync.Mutex      // one rejoin at a time
 	ctx         context.Context // Run's context; bounds background work
 }
 

@@ -84,7 +84,15 @@ func (a *Agent) stopIfRefused(err error) bool {
 // tries one join, whose refusal stops the agent. It reports whether the
 // agent stopped.
 func (a *Agent) rejoin(ctx context.Context, why string) bool {
+	// The watch and a renewal may both find out at once: one join at a time.
+	a.rejoinMu.Lock()
+	defer a.rejoinMu.Unlock()
 	a.mu.Lock()
+	switch a.state {
+	case StateRevoked, StateRefused:
+		a.mu.Unlock()
+		return true
+	}
 	a.setStateLocked(StateJoining, why)
 	a.readyReason = "not in the peer set: " + why
 	a.mu.Unlock()

@@ -64,7 +64,7 @@ func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
 	}
 	resp, err := c.Client.Join(ctx, &cpv1.JoinRequest{Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, Csr: csr, Evidence: ev})
 	if err != nil {
-		return nil, refusalOrWrap("join", err)
+		return nil, RefusalFrom("join", err)
 	}
 	return resp, nil
 }
@@ -83,7 +83,7 @@ func (c *Conn) Renew(ctx context.Context, n Node, newWireGuardKey []byte) (*cpv1
 	}
 	resp, err := c.Client.Renew(ctx, &cpv1.RenewRequest{Csr: csr, NewWireguardPublicKey: newWireGuardKey, Evidence: ev})
 	if err != nil {
-		return nil, refusalOrWrap("renew", err)
+		return nil, RefusalFrom("renew", err)
 	}
 	return resp, nil
 }

@@ -33,10 +33,10 @@ func (r *Refusal) Revoked() bool { return r.Reason == cpv1.ReasonRevoked }
 // Message is the control plane's own words.
 func (r *Refusal) Message() string { return status.Convert(r.err).Message() }
 
-// refusalOrWrap makes a failed Join or Renew call a *Refusal when the
-// control plane refused (PermissionDenied, AlreadyExists, InvalidArgument),
-// else wraps it with op.
-func refusalOrWrap(op string, err error) error {
+// RefusalFrom makes a failed Join or Renew call (op "join" or "renew") a
+// *Refusal when the control plane refused (PermissionDenied, AlreadyExists,
+// InvalidArgument), else wraps it with op.
+func RefusalFrom(op string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%s: %w", op, err)
