@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/workload"
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"google.golang.org/grpc/codes"
@@ -56,6 +57,9 @@ func TestStopIfRefused(t *testing.T) {
 		}
 		if _, err := (&localAPI{a: a}).NodeInfo(t.Context(), &agentv1.NodeInfoRequest{}); status.Code(err) != codes.Unavailable {
 			t.Errorf("%s: NodeInfo: %v, want Unavailable", tc.reason, err)
+		}
+		if _, err := (workloadBackend{a}).SignJWT(t.Context(), workload.Pod{UID: "u"}, []string{"x"}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s: workload SignJWT: %v, want PermissionDenied without a control plane call", tc.reason, err)
 		}
 		if v := stateGauge(t, a, tc.state); v != 1 {
 			t.Errorf("%s: confmesh_agent_state{state=%q} = %v", tc.reason, tc.state, v)
