@@ -113,6 +113,10 @@ type Agent struct {
 	haveSnap    bool
 	strict      bool
 	readyReason string
+	// The node's standing with the control plane (StateJoining, ...).
+	state       string
+	stateReason string
+	stateSince  time.Time
 	own         *identity.Claims // this node's claims, from its SVID
 	pods        *podStore
 	jwtBundle   *jwtbundle.Bundle // JWT-SVID keys, from the control plane
@@ -120,6 +124,7 @@ type Agent struct {
 	ipam        *IPAM
 
 	reconcileMu sync.Mutex
+	rejoinMu    sync.Mutex      // one rejoin at a time
 	ctx         context.Context // Run's context; bounds background work
 
 	strictK strictKeeper // strict mode as found in the kernel (strict.go)
@@ -205,6 +210,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StrictMode {
 		m.registerStrict(a.Strict)
 	}
+	a.setStateLocked(StateJoining, "starting")
 	// What the last join said, so the first strict rules keep local pods
 	// reachable while this agent re-joins.
 	if st, err := loadNetState(cfg.StateDir); err != nil {
@@ -241,13 +247,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.ensureDevice(ctx); err != nil {
 		return err
 	}
-	if err := a.joinWithRetry(ctx); err != nil {
+	if err := a.joinWithRetry(ctx); errors.Is(err, errStopped) {
+		// Refused or revoked: stay up without peers, for status and metrics.
+	} else if err != nil {
 		return err
+	} else {
+		if err := a.startWorkloadAPI(ctx); err != nil {
+			a.log.Error("SPIFFE Workload API not served", "err", err)
+		}
+		go a.watchLoop(ctx)
 	}
-	if err := a.startWorkloadAPI(ctx); err != nil {
-		a.log.Error("SPIFFE Workload API not served", "err", err)
-	}
-	go a.watchLoop(ctx)
 	t := time.NewTicker(tickInterval)
 	defer t.Stop()
 	lastRecheck := a.now()
@@ -276,6 +285,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := a.renew(ctx); err != nil {
 				a.log.Error("renewal failed", "err", err)
 				a.metrics.renewals.WithLabelValues("failed").Inc()
+				if r, ok := cpclient.AsRefusal(err); ok {
+					// Refused, not unreachable: the join that follows decides.
+					a.metrics.cpRefusals.WithLabelValues(r.Op, r.Reason).Inc()
+					a.rejoin(ctx, "renewal refused: "+r.Message())
+				} else if status.Code(err) == codes.Unauthenticated {
+					a.rejoin(ctx, "renewal not authenticated: "+err.Error())
+				}
 			} else {
 				a.metrics.renewals.WithLabelValues("ok").Inc()
 			}
@@ -336,12 +352,18 @@ func (a *Agent) nodeSpec() cpclient.Node {
 	return cpclient.Node{Name: a.cfg.NodeName, Endpoint: a.cfg.Endpoint.String(), WireGuardKey: pub[:], SVIDKey: a.svidKey, Provider: a.cfg.Provider}
 }
 
+// joinWithRetry joins, retrying while the control plane is unreachable
+// or the join fails for a passing reason. A refusal (cpclient.Refusal)
+// stops the agent: errStopped.
 func (a *Agent) joinWithRetry(ctx context.Context) error {
 	backoff := time.Second
 	for {
 		err := a.join(ctx)
 		if err == nil {
 			return nil
+		}
+		if a.stopIfRefused(err) {
+			return errStopped
 		}
 		a.setReady("not attested: " + err.Error())
 		a.log.Error("join failed; retrying", "err", err, "in", backoff)
@@ -387,6 +409,7 @@ func (a *Agent) join(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	a.podCIDR, a.clusterCIDR, a.joined = pod, cluster, true
+	a.setStateLocked(StateActive, "")
 	if hint := int(resp.GetMtuHint()); hint > 0 && hint < a.mtu {
 		a.mtu = hint
 	}
@@ -402,6 +425,7 @@ func (a *Agent) join(ctx context.Context) error {
 	}
 	a.log.Info("joined", "spiffeID", resp.GetSpiffeId(), "podCIDR", pod, "datapath", a.device().Kind())
 	a.refreshReady()
+	a.reconcile() // back in the peer set after a re-join: the peers return
 	a.registerPendingPods(ctx)
 	if err := a.installCNI(); err != nil {
 		return fmt.Errorf("install CNI plugin: %w", err)
@@ -441,19 +465,21 @@ func (a *Agent) adopt(svid, bundle [][]byte) error {
 
 // watchLoop follows the peer set, reconnecting (and re-attesting the
 // control plane) whenever the stream breaks. Existing tunnels are left
-// alone while the control plane is away.
+// alone while the control plane is away. When the control plane says this
+// node is out of the peer set (PermissionDenied, or its SVID no longer
+// authenticates) the peers go and the node joins again; a refused join
+// stops the agent and ends the loop.
 func (a *Agent) watchLoop(ctx context.Context) {
 	backoff := 500 * time.Millisecond
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !a.stopped() {
 		err := a.watchOnce(ctx)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errStopped) {
 			return
 		}
-		if status.Code(err) == codes.PermissionDenied {
-			a.log.Error("control plane says this node left the peer set; joining again", "err", err)
-			a.setReady("not in the peer set: " + err.Error())
-			if jerr := a.join(ctx); jerr != nil {
-				a.log.Error("re-join failed", "err", jerr)
+		if c := status.Code(err); c == codes.PermissionDenied || c == codes.Unauthenticated {
+			a.log.Error("control plane says this node is not in the peer set; dropping every peer and joining again", "err", err)
+			if a.rejoin(ctx, status.Convert(err).Message()) {
+				return
 			}
 		} else if err != nil {
 			a.log.Warn("watch interrupted; reconnecting", "err", err, "in", backoff)
@@ -489,6 +515,9 @@ func (a *Agent) watchOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if a.stopped() {
+			return errStopped
+		}
 		a.applyEvent(ev)
 		a.reconcile()
 	}
@@ -520,14 +549,20 @@ func (a *Agent) reconcile() {
 	a.reconcileMu.Lock()
 	defer a.reconcileMu.Unlock()
 	a.mu.Lock()
-	if !a.haveSnap || a.bundle == nil {
+	// Out of the peer set (left it, refused, revoked): no peers at all. A
+	// restart's first join is not that: its tunnels stay until the
+	// snapshot.
+	out := a.state != StateActive && (a.haveSnap || a.state != StateJoining)
+	if !out && (!a.haveSnap || a.bundle == nil) {
 		a.mu.Unlock()
 		return // never tear down peers before the first snapshot
 	}
 	checker := &PeerChecker{TrustDomain: a.td, Bundle: a.bundle, Verifier: a.verifier, ClusterCIDR: a.clusterCIDR, LocalCIDR: a.podCIDR, Now: a.now}
 	records := make([]*cpv1.Peer, 0, len(a.records))
 	for _, r := range a.records {
-		records = append(records, r)
+		if !out {
+			records = append(records, r)
+		}
 	}
 	mtu := a.mtu
 	a.mu.Unlock()
@@ -570,6 +605,9 @@ func (a *Agent) reconcile() {
 	a.metrics.peers.WithLabelValues("refused").Set(float64(len(records) - verified))
 
 	dev := a.device()
+	if dev == nil {
+		return
+	}
 	state, err := dev.State()
 	if err != nil {
 		a.log.Error("read device", "err", err)
@@ -601,7 +639,7 @@ func (a *Agent) peerStateOf(name string) (peerStatus, bool) {
 func (a *Agent) renewDue() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.joined {
+	if !a.joined || a.state != StateActive {
 		return false
 	}
 	half := a.svidIssued.Add(a.svidExpiry.Sub(a.svidIssued) / 2)
@@ -682,6 +720,8 @@ func (a *Agent) refreshReady() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
+	case a.state == StateRevoked || a.state == StateRefused:
+		a.readyReason = a.state + " by the control plane: " + a.stateReason
 	case !a.joined:
 		a.readyReason = "not attested yet"
 	case a.cfg.StrictMode && !a.strict:

@@ -16,10 +16,12 @@ import (
 
 // localAPI serves the agent's unix socket. The socket is 0600 and owned by
 // root: only the container runtime (running the CNI plugin) and operators
-// on the node reach it.
+// on the node reach it. Beyond that, every method that networks pods
+// answers only callers in the node's network namespace (NodeNSGuard).
 type localAPI struct {
 	agentv1.UnimplementedAgentServer
-	a *Agent
+	a     *Agent
+	guard *NodeNSGuard // every method but Ready and Status: node namespace only
 }
 
 // ServeLocal serves the local API on the unix socket at path until ctx ends.
@@ -36,13 +38,24 @@ func (a *Agent) ServeLocal(ctx context.Context, path string) error {
 		lis.Close()
 		return err
 	}
-	g := grpc.NewServer()
-	agentv1.RegisterAgentServer(g, &localAPI{a: a})
+	guard, err := NewNodeNSGuard(DefaultNodeNetNS)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	g := grpc.NewServer(guard.ServerOptions()...)
+	agentv1.RegisterAgentServer(g, &localAPI{a: a, guard: guard})
 	go func() {
 		<-ctx.Done()
 		g.Stop()
 	}()
 	return g.Serve(lis)
+}
+
+// CheckCaller answers only callers in the node's network namespace: the
+// guard has refused every other one before this runs.
+func (l *localAPI) CheckCaller(context.Context, *agentv1.CheckCallerRequest) (*agentv1.CheckCallerResponse, error) {
+	return &agentv1.CheckCallerResponse{NodeNetns: l.guard.Node().String()}, nil
 }
 
 func (l *localAPI) Ready(context.Context, *agentv1.ReadyRequest) (*agentv1.ReadyResponse, error) {
@@ -106,6 +119,10 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 		NodeName: a.cfg.NodeName, Attested: a.joined, SpiffeId: a.spiffeID, Datapath: kind,
 		StrictMode: a.cfg.StrictMode && a.strict && si.State == StrictInstalled, Device: a.cfg.Device, Ready: ready, ReadyReason: reason,
 		TrustsSimulatedRoot: a.verifier.TrustsSimulated(), Revision: a.revision, WireguardPublicKey: pub[:],
+		State: a.state, StateReason: a.stateReason,
+	}
+	if !a.stateSince.IsZero() {
+		resp.StateSince = timestamppb.New(a.stateSince)
 	}
 	if a.podCIDR.IsValid() {
 		resp.PodCidr = a.podCIDR.String()

@@ -14,6 +14,11 @@ type metrics struct {
 
 	strictReinstalls   prometheus.Counter
 	strictRouteRepairs prometheus.Counter
+
+	// state is 1 for the node's standing with the control plane.
+	state *prometheus.GaugeVec
+	// cpRefusals counts the control plane's refusals of this node.
+	cpRefusals *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -37,6 +42,12 @@ func newMetrics() *metrics {
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "confmesh_agent_renewals_total", Help: "Node SVID renewals by result.",
 		}, []string{"result"}),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "confmesh_agent_state", Help: "1 for this node's standing with the control plane (joining, active, revoked, refused).",
+		}, []string{"state"}),
+		cpRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "confmesh_agent_controlplane_refusals_total", Help: "Joins and renewals of this node the control plane refused, by operation and reason.",
+		}, []string{"op", "reason"}),
 	}
 	m.strictReinstalls = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "confmesh_agent_strict_reinstalls_total",
@@ -46,7 +57,7 @@ func newMetrics() *metrics {
 		Name: "confmesh_agent_strict_route_repairs_total",
 		Help: "Deleted routes (fail-closed, pod, peer) the agent restored.",
 	})
-	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals)
+	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals, m.state, m.cpRefusals)
 	return m
 }
 

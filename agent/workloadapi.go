@@ -7,6 +7,8 @@ import (
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // DefaultWorkloadSocket is where the CLI serves the SPIFFE Workload API. It
@@ -56,7 +58,14 @@ func (b workloadBackend) ensureRegistered(ctx context.Context, p workload.Pod) {
 	}
 }
 
+// errNodeStopped: a revoked or refused node signs nothing for its pods and
+// does not ask the control plane.
+var errNodeStopped = status.Error(codes.PermissionDenied, "this node was revoked or refused by the control plane: no workload identities")
+
 func (b workloadBackend) SignX509(ctx context.Context, p workload.Pod, csr []byte) ([][]byte, error) {
+	if b.a.stopped() {
+		return nil, errNodeStopped
+	}
 	b.ensureRegistered(ctx, p)
 	conn, err := b.a.dial(ctx)
 	if err != nil {
@@ -71,6 +80,9 @@ func (b workloadBackend) SignX509(ctx context.Context, p workload.Pod, csr []byt
 }
 
 func (b workloadBackend) SignJWT(ctx context.Context, p workload.Pod, audience []string) (string, error) {
+	if b.a.stopped() {
+		return "", errNodeStopped
+	}
 	b.ensureRegistered(ctx, p)
 	conn, err := b.a.dial(ctx)
 	if err != nil {

@@ -24,6 +24,7 @@ type AgentClient interface {
 	ListAllocations(ctx context.Context, in *agentv1.ListAllocationsRequest, opts ...grpc.CallOption) (*agentv1.ListAllocationsResponse, error)
 	RegisterPod(ctx context.Context, in *agentv1.RegisterPodRequest, opts ...grpc.CallOption) (*agentv1.RegisterPodResponse, error)
 	UnregisterPod(ctx context.Context, in *agentv1.UnregisterPodRequest, opts ...grpc.CallOption) (*agentv1.UnregisterPodResponse, error)
+	CheckCaller(ctx context.Context, in *agentv1.CheckCallerRequest, opts ...grpc.CallOption) (*agentv1.CheckCallerResponse, error)
 }
 
 // Dialer connects to the agent listening on socket.

@@ -79,6 +79,35 @@ func agentErr(what, socket string, err error) *types.Error {
 	return cniErr(types.ErrInternal, "confmesh agent at %s: %s: %s", socket, what, agentMessage(err))
 }
 
+// ErrWrongNetNS is the plugin's own CNI error code (100 and up are the
+// plugin's): the plugin was run in a network namespace other than the
+// node's, where the agent runs, or the agent could not tell. Nothing was
+// changed.
+const ErrWrongNetNS uint = 101
+
+// checkCaller asks the agent whether this process runs in the node's
+// network namespace; the agent reads that from the kernel (the socket's
+// peer credentials), so it is the one that decides. It is every command's
+// first agent call, before the plugin changes anything.
+func checkCaller(ctx context.Context, c AgentClient, socket string) error {
+	_, err := c.CheckCaller(ctx, &agentv1.CheckCallerRequest{})
+	return callerError(socket, err)
+}
+
+// callerError is the CNI error for a failed CheckCaller (nil for none).
+func callerError(socket string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case status.Code(err) == codes.PermissionDenied:
+		return cniErr(ErrWrongNetNS, "wrong network namespace: the confmesh agent at %s says: %s; nothing was changed", socket, agentMessage(err))
+	case status.Code(err) == codes.Unimplemented:
+		// Fail closed: an agent that cannot check cannot vouch for here.
+		return cniErr(ErrWrongNetNS, "the confmesh agent at %s cannot check the caller's network namespace (it predates this plugin): refusing; nothing was changed", socket)
+	}
+	return agentErr("network namespace check", socket, err)
+}
+
 // node is what the agent says about the node's pod networking.
 type node struct {
 	podCIDR netip.Prefix
@@ -164,6 +193,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return cniErr(types.ErrTryAgainLater, "%v", err)
 	}
 	defer closeAgent()
+	if err := checkCaller(ctx, agent, conf.AgentSocket); err != nil {
+		return err
+	}
 	rr, err := agent.Ready(ctx, &agentv1.ReadyRequest{})
 	if err != nil {
 		return agentErr("readiness", conf.AgentSocket, err)
@@ -264,7 +296,13 @@ func dnsSet(d types.DNS) bool {
 // Del removes the attachment's veth and gives its address back. It
 // succeeds when the netns is gone, when CNI_NETNS is empty, when it already
 // ran, and when the agent is down: the address then stays reserved until a
-// later DEL or GC releases it (a warning on stderr says so).
+// later DEL or GC releases it (a warning on stderr says so). When the agent
+// answers and says this is not the node's network namespace, DEL is
+// refused before it removes anything. When the agent is down that cannot
+// be checked; DEL still removes the attachment's own veth pair (never a
+// sysctl or anything not named for it), because a DEL that waits for the
+// agent would keep pods from ever being torn down once confmesh is
+// uninstalled.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -273,19 +311,25 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err := checkAttachmentArgs(args); err != nil {
 		return err
 	}
-	// The interface goes first, so the address is never reused while the
-	// old veth still holds it.
-	if err := teardown(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
-		return cniErr(types.ErrInternal, "remove veth of %s/%s: %v", args.ContainerID, args.IfName, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
 	defer cancel()
 	agent, closeAgent, err := p.connect(conf)
+	if err == nil {
+		defer closeAgent()
+		_, err = agent.CheckCaller(ctx, &agentv1.CheckCallerRequest{})
+		if err != nil && !unreachable(err) {
+			return callerError(conf.AgentSocket, err)
+		}
+	}
+	// The interface goes first, so the address is never reused while the
+	// old veth still holds it.
+	if terr := teardown(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); terr != nil {
+		return cniErr(types.ErrInternal, "remove veth of %s/%s: %v", args.ContainerID, args.IfName, terr)
+	}
 	if err != nil {
 		p.warnf("DEL %s/%s: %v; its address stays reserved until a later DEL or GC", args.ContainerID, args.IfName, err)
 		return nil
 	}
-	defer closeAgent()
 	if _, err := agent.UnregisterPod(ctx, &agentv1.UnregisterPodRequest{ContainerId: args.ContainerID}); err != nil {
 		if unreachable(err) {
 			p.warnf("DEL %s/%s: confmesh agent unreachable (%s); its address stays reserved until a later DEL or GC", args.ContainerID, args.IfName, agentMessage(err))
@@ -327,6 +371,18 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
+	defer cancel()
+	// Unreachable is not an error here (existing pods keep their
+	// connectivity while the agent restarts); any other refusal is.
+	agent, closeAgent, reachErr := p.connect(conf)
+	if reachErr == nil {
+		defer closeAgent()
+		_, reachErr = agent.CheckCaller(ctx, &agentv1.CheckCallerRequest{})
+		if reachErr != nil && !unreachable(reachErr) {
+			return callerError(conf.AgentSocket, reachErr)
+		}
+	}
 	netns, err := openNetNS(args.Netns)
 	if err != nil {
 		return err
@@ -335,15 +391,10 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err := checkVeth(netns, want); err != nil {
 		return cniErr(types.ErrInternal, "CHECK %s/%s: %v", args.ContainerID, args.IfName, err)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
-	defer cancel()
-	agent, closeAgent, err := p.connect(conf)
-	if err != nil {
-		p.warnf("CHECK %s/%s: %v; reservation not checked", args.ContainerID, args.IfName, err)
+	if reachErr != nil {
+		p.warnf("CHECK %s/%s: %v; reservation not checked", args.ContainerID, args.IfName, reachErr)
 		return nil
 	}
-	defer closeAgent()
 	la, err := agent.ListAllocations(ctx, &agentv1.ListAllocationsRequest{})
 	if err != nil {
 		if unreachable(err) {
@@ -383,6 +434,13 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return unavailable("%v", err)
 	}
 	defer closeAgent()
+	if err := checkCaller(ctx, agent, conf.AgentSocket); err != nil {
+		var e *types.Error
+		if errors.As(err, &e) {
+			return unavailable("%s", e.Msg)
+		}
+		return unavailable("%v", err)
+	}
 	rr, err := agent.Ready(ctx, &agentv1.ReadyRequest{})
 	if err != nil {
 		return unavailable("confmesh agent at %s: readiness: %s", conf.AgentSocket, agentMessage(err))
@@ -451,6 +509,9 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return cniErr(types.ErrTryAgainLater, "GC: %v", err)
 	}
 	defer closeAgent()
+	if err := checkCaller(ctx, agent, conf.AgentSocket); err != nil {
+		return err
+	}
 	la, err := agent.ListAllocations(ctx, &agentv1.ListAllocationsRequest{})
 	if err != nil {
 		return agentErr("GC: list allocations", conf.AgentSocket, err)

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"sort"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/store"
@@ -30,7 +31,7 @@ func (a *adminServer) authorize(ctx context.Context) error {
 	return nil
 }
 
-func (a *adminServer) ListNodes(ctx context.Context, _ *cpv1.ListNodesRequest) (*cpv1.ListNodesResponse, error) {
+func (a *adminServer) ListNodes(ctx context.Context, req *cpv1.ListNodesRequest) (*cpv1.ListNodesResponse, error) {
 	if err := a.authorize(ctx); err != nil {
 		return nil, err
 	}
@@ -50,6 +51,25 @@ func (a *adminServer) ListNodes(ctx context.Context, _ *cpv1.ListNodesRequest) (
 			AttestedAt: timestamppb.New(n.AttestedAt), ExpiresAt: timestamppb.New(n.ExpiresAt),
 		})
 	}
+	if !req.GetAll() {
+		return resp, nil
+	}
+	revs, err := a.s.store.ListRevocations()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list revocations: %v", err)
+	}
+	for _, r := range revs {
+		resp.Nodes = append(resp.Nodes, &cpv1.Node{
+			Name: r.Name, State: stateRevoked, WireguardPublicKey: r.WireGuardKey, ChipId: r.ChipID,
+			Reason: "revoked by an operator: its chip and WireGuard key may never join again", Since: timestamppb.New(r.RevokedAt),
+		})
+	}
+	for _, r := range a.s.refused.list() {
+		resp.Nodes = append(resp.Nodes, &cpv1.Node{
+			Name: r.Name, State: stateRefused, Reason: r.Reason + ": " + r.Message, Since: timestamppb.New(r.Last), Refusals: r.Count,
+		})
+	}
+	sort.SliceStable(resp.Nodes, func(i, j int) bool { return resp.Nodes[i].GetName() < resp.Nodes[j].GetName() })
 	return resp, nil
 }
 
@@ -106,7 +126,7 @@ func (s *Server) Revoke(name string) error {
 		return err
 	}
 	s.log.Warn("node revoked", "node", name, "chip", shortHex(r.ChipID))
-	return s.publishDelete(name, rev)
+	return s.publishDelete(name, rev) // refreshes the node gauge: revoked +1
 }
 
 // Remove forgets a node without blocking it: its record and pods are

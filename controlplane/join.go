@@ -116,7 +116,8 @@ func (s *Server) Join(_ context.Context, req *cpv1.JoinRequest) (*cpv1.JoinRespo
 		if errors.As(err, &r) {
 			s.metrics.joins.WithLabelValues("refused", r.reason).Inc()
 			s.log.Warn("join refused", "node", req.GetName(), "reason", r.reason, "err", r.err)
-			return nil, r.err
+			s.recordRefusal(req.GetName(), r)
+			return nil, cpv1.WithRefusalReason(r.err, r.reason)
 		}
 		s.metrics.joins.WithLabelValues("error", "internal").Inc()
 		s.log.Error("join failed", "node", req.GetName(), "err", err)
@@ -124,7 +125,24 @@ func (s *Server) Join(_ context.Context, req *cpv1.JoinRequest) (*cpv1.JoinRespo
 	}
 	s.metrics.joins.WithLabelValues("accepted", "").Inc()
 	s.log.Info("node joined", "node", req.GetName(), "podCIDR", resp.PodCidr)
+	s.refused.forget(req.GetName())
+	s.metrics.nodes.WithLabelValues(stateRefused).Set(float64(s.refused.len()))
 	return resp, nil
+}
+
+// recordRefusal remembers a refused join for `confmesh nodes --all` (only
+// under a valid node name: anything else is not a name) and counts it in
+// the node gauge.
+func (s *Server) recordRefusal(name string, r *refusal) {
+	if identity.ValidateNodeName(name) != nil {
+		return
+	}
+	msg := r.err.Error()
+	if st, ok := status.FromError(r.err); ok {
+		msg = st.Message()
+	}
+	s.refused.add(name, r.reason, msg, s.now())
+	s.metrics.nodes.WithLabelValues(stateRefused).Set(float64(s.refused.len()))
 }
 
 func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {

@@ -25,7 +25,7 @@ func (s *Server) Renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 		if errors.As(err, &r) {
 			s.metrics.renewals.WithLabelValues("refused", r.reason).Inc()
 			s.log.Warn("renewal refused", "node", name, "reason", r.reason, "err", r.err)
-			return nil, r.err
+			return nil, cpv1.WithRefusalReason(r.err, r.reason)
 		}
 		if _, ok := status.FromError(err); ok {
 			s.metrics.renewals.WithLabelValues("refused", "unauthenticated").Inc()

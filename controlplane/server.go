@@ -117,6 +117,7 @@ type Server struct {
 	challenges *challenges
 	self       *selfEvidence
 	limiter    *sourceLimiter
+	refused    *refusalLog // recent refused joins, for `nodes --all`
 
 	shutdown     chan struct{} // closed when the agent listener stops
 	shutdownOnce sync.Once
@@ -206,6 +207,7 @@ func New(cfg Config) (*Server, error) {
 		policy:     cfg.Policy,
 		challenges: chs,
 		limiter:    newSourceLimiter(cfg.SourceRate, cfg.SourceBurst, cfg.MaxSources, now),
+		refused:    newRefusalLog(maxRefusalNames),
 		shutdown:   make(chan struct{}),
 		metrics:    newMetrics(),
 	}
@@ -318,9 +320,22 @@ func (s *Server) currentVerifier() *attest.Verifier {
 	return s.verifier
 }
 
+// Node states only `confmesh nodes --all` shows: revoked nodes (from the
+// store's revocations) and recently refused joins (refusalLog).
+const (
+	stateRevoked = "revoked"
+	stateRefused = "refused"
+)
+
 func (s *Server) refreshNodeGauge() error {
 	for st, c := range s.nodes.counts() {
 		s.metrics.nodes.WithLabelValues(st).Set(float64(c))
 	}
+	revs, err := s.store.ListRevocations()
+	if err != nil {
+		return err
+	}
+	s.metrics.nodes.WithLabelValues(stateRevoked).Set(float64(len(revs)))
+	s.metrics.nodes.WithLabelValues(stateRefused).Set(float64(s.refused.len()))
 	return nil
 }

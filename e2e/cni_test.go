@@ -5,6 +5,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,5 +76,56 @@ func TestCNIPodsTalkThroughTunnel(t *testing.T) {
 		t.Errorf("pod ADD on unattested %s: %v, want CNI code 11", rogue.Name, ce)
 	default:
 		t.Logf("pod ADD on unattested %s refused as expected: %v", rogue.Name, ce)
+	}
+}
+
+// TestCNIFromWrongNamespaceRefused (issue 9, item 9): the real plugin run
+// from a network namespace that is not the node's (as a misconfigured
+// runtime, or the host in a test setup, would) against the node's real
+// agent socket is refused with CNI error 101 naming both namespaces,
+// before it changes anything: ip_forward in that namespace stays 0, no
+// interface appears there or in the pod, and the node still networks pods
+// normally afterwards.
+func TestCNIFromWrongNamespaceRefused(t *testing.T) {
+	c := NewCluster(t, Options{Nodes: 1})
+	n1 := c.Nodes[0]
+	wrong, err := c.AddNamespace("wrong")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlab.InNS(wrong, func() error { return netlab.WriteSysctl("net/ipv4/ip_forward", "0") }); err != nil {
+		t.Fatal(err)
+	}
+	linksBefore, err := netlab.Links(wrong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.AddCNIPodFrom(wrong, n1.Node, PodSpec{})
+	var ce *netlab.CNIError
+	switch {
+	case err == nil:
+		t.Errorf("ADD from namespace %s (not %s's) succeeded: pod %s got %s", wrong, n1.Name, p.Name, p.IP)
+	case !errors.As(err, &ce):
+		t.Errorf("ADD from namespace %s: %v, want a CNI error result", wrong, err)
+	case ce.Code != 101 || !strings.Contains(ce.Msg, "network namespace"):
+		t.Errorf("ADD from namespace %s: %v, want CNI error 101 naming the network namespace", wrong, ce)
+	default:
+		t.Logf("ADD from %s refused: %v", wrong, ce)
+	}
+	if v, err := netlab.ReadSysctl(wrong, "net/ipv4/ip_forward"); err != nil || v != "0" {
+		t.Errorf("net.ipv4.ip_forward in %s is %q (%v) after the ADD, want 0 (untouched)", wrong, v, err)
+	}
+	if after, err := netlab.Links(wrong); err != nil || len(after) != len(linksBefore) {
+		t.Errorf("interfaces in %s: before %v, after %v (%v)", wrong, linksBefore, after, err)
+	}
+	podNS := fmt.Sprintf("%sp%d", n1.NS, 1) // the namespace AddCNIPodFrom made for the pod
+	if links, err := netlab.Links(podNS); err != nil || len(links) != 1 {
+		t.Errorf("interfaces in the pod namespace %s: %v (%v), want only lo", podNS, links, err)
+	}
+
+	// The refusal cost nothing: a pod ADD from the node's own namespace works.
+	a := c.AddPod(n1)
+	if !n1.PodCIDR.Contains(a.IP) {
+		t.Errorf("pod %s got %s, not in %s", a.Name, a.IP, n1.PodCIDR)
 	}
 }

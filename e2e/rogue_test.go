@@ -207,3 +207,71 @@ func TestLaxControlPlaneCannotAdmitRogue(t *testing.T) {
 		t.Logf("strict_out_drop on %s rose by %d; fail-closed route refuses %s: %v", n1.Name, d, rp.IP, refused)
 	}
 }
+
+// TestRefusedNodeStopsTrying (issue 9, item 8): a node the control plane
+// refuses (simulated debug guest) ends in state "refused" with the
+// control plane's reason in `confmesh status`, keeps running (status
+// answers), and does not retry: over a window longer than the old retry
+// backoff the control plane records no further refusal. `confmesh nodes
+// --all` lists it as refused with the reason and a refusal count.
+func TestRefusedNodeStopsTrying(t *testing.T) {
+	c := NewCluster(t, Options{Nodes: 1})
+	rogue := c.AddNode(NodeOptions{SimDebug: true})
+	err := netlab.Eventually(20*time.Second, netlab.PollEvery, func() error {
+		if done, werr := rogue.Agent().Exited(); done {
+			return netlab.Permanent(fmt.Errorf("agent exited: %v", werr))
+		}
+		st, err := rogue.Status()
+		if err != nil {
+			return err
+		}
+		if st.Attested || st.Ready {
+			return netlab.Permanent(fmt.Errorf("attested=%v ready=%v", st.Attested, st.Ready))
+		}
+		if st.State != "refused" || !strings.Contains(st.StateReason, "debug") {
+			return fmt.Errorf("state %q reason %q, want refused naming debug", st.State, st.StateReason)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", rogue.Name, err)
+	}
+	refusals := func() (netlab.NodeRecord, error) {
+		nodes, err := c.ListAllNodes()
+		if err != nil {
+			return netlab.NodeRecord{}, err
+		}
+		for _, rec := range nodes {
+			if rec.Name == rogue.Name {
+				return rec, nil
+			}
+		}
+		return netlab.NodeRecord{}, fmt.Errorf("confmesh nodes --all does not list %s: %+v", rogue.Name, nodes)
+	}
+	before, err := refusals()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.State != "refused" || !strings.Contains(before.Reason, "debug") || before.Refusals < 1 || before.Since == "" {
+		t.Fatalf("confmesh nodes --all: %+v, want state refused, a reason naming debug, a count and a time", before)
+	}
+	t.Logf("confmesh nodes --all: %s %s x%d since %s: %s", before.Name, before.State, before.Refusals, before.Since, before.Reason)
+
+	// Longer than the old join backoff cap (8 s): a retrying agent shows.
+	const window = 12 * time.Second
+	time.Sleep(window)
+	after, err := refusals()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Refusals != before.Refusals {
+		t.Errorf("%s retried: %d refused joins recorded over %s after it reported refused", rogue.Name, after.Refusals-before.Refusals, window)
+	}
+	st, err := rogue.Status()
+	if err != nil {
+		t.Fatalf("%s: status after %s: %v", rogue.Name, window, err)
+	}
+	if st.State != "refused" || !st.StrictMode {
+		t.Errorf("%s after %s: state %q strict mode %v, want refused with strict mode on", rogue.Name, window, st.State, st.StrictMode)
+	}
+}

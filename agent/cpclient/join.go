@@ -56,7 +56,7 @@ func (c *Conn) attested(ctx context.Context, n Node, purpose attest.Purpose, key
 }
 
 // Join attests the node (purpose "join", bound to its WireGuard key) and
-// asks to be admitted.
+// asks to be admitted. A refusal is a *Refusal.
 func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
 	csr, ev, err := c.attested(ctx, n, attest.PurposeJoin, n.WireGuardKey)
 	if err != nil {
@@ -64,13 +64,14 @@ func (c *Conn) Join(ctx context.Context, n Node) (*cpv1.JoinResponse, error) {
 	}
 	resp, err := c.Client.Join(ctx, &cpv1.JoinRequest{Name: n.Name, Endpoint: n.Endpoint, WireguardPublicKey: n.WireGuardKey, Csr: csr, Evidence: ev})
 	if err != nil {
-		return nil, fmt.Errorf("join: %w", err)
+		return nil, RefusalFrom("join", err)
 	}
 	return resp, nil
 }
 
 // Renew re-attests (purpose "renew") and asks for a new node SVID. With
 // newWireGuardKey set, the evidence binds that key and the peers switch to it.
+// A refusal is a *Refusal.
 func (c *Conn) Renew(ctx context.Context, n Node, newWireGuardKey []byte) (*cpv1.RenewResponse, error) {
 	key := n.WireGuardKey
 	if newWireGuardKey != nil {
@@ -82,7 +83,7 @@ func (c *Conn) Renew(ctx context.Context, n Node, newWireGuardKey []byte) (*cpv1
 	}
 	resp, err := c.Client.Renew(ctx, &cpv1.RenewRequest{Csr: csr, NewWireguardPublicKey: newWireGuardKey, Evidence: ev})
 	if err != nil {
-		return nil, fmt.Errorf("renew: %w", err)
+		return nil, RefusalFrom("renew", err)
 	}
 	return resp, nil
 }

@@ -36,6 +36,44 @@ type peerCredCreds struct {
 
 func newPeerCredCreds(p Proc) credentials.TransportCredentials { return &peerCredCreds{proc: p} }
 
+// PeerCredentials are server-side gRPC transport credentials for a unix
+// listener that give every call a PeerCred AuthInfo (peer.FromContext):
+// the connecting process's SO_PEERCRED and start time. Other local APIs of
+// the agent use them to tell where a caller runs (CallerNetNS).
+func PeerCredentials(p Proc) credentials.TransportCredentials { return newPeerCredCreds(p) }
+
+// CallerNetNS returns the network namespace of the process behind cred,
+// guarded against PID reuse: the process's start time must be the one
+// read at connect time both before and after the namespace is read.
+func CallerNetNS(p Proc, cred PeerCred) (NetNSID, error) {
+	pid := cred.PID
+	if pid <= 0 {
+		return NetNSID{}, errors.New("caller's pid is not visible to the agent (run the agent in the host PID namespace)")
+	}
+	if cred.StartErr != nil {
+		return NetNSID{}, fmt.Errorf("caller pid %d could not be examined at connect time: %w", pid, cred.StartErr)
+	}
+	before, err := p.StartTime(pid)
+	if err != nil {
+		return NetNSID{}, fmt.Errorf("caller pid %d: %w", pid, err)
+	}
+	if before != cred.StartTime {
+		return NetNSID{}, fmt.Errorf("caller pid %d was reused by another process since it connected (start time %d, now %d)", pid, cred.StartTime, before)
+	}
+	ns, err := p.NetNS(pid)
+	if err != nil {
+		return NetNSID{}, fmt.Errorf("caller pid %d: network namespace: %w", pid, err)
+	}
+	after, err := p.StartTime(pid)
+	if err != nil {
+		return NetNSID{}, fmt.Errorf("caller pid %d exited during identification: %w", pid, err)
+	}
+	if after != before {
+		return NetNSID{}, fmt.Errorf("caller pid %d was reused by another process during identification (start time %d, then %d)", pid, before, after)
+	}
+	return ns, nil
+}
+
 var errServerOnly = errors.New("workload API peer credentials are server-side only")
 
 func (c *peerCredCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

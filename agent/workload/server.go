@@ -320,40 +320,15 @@ func denied(format string, args ...any) error {
 
 // identify maps peer credentials to a registered pod: pid -> network
 // namespace -> the pod registered with that namespace. The process's start
-// time must be the same at the handshake, before the lookup and after it;
-// otherwise the pid may have been reused by another process and the caller
-// is denied.
+// time must be the same at the handshake, before the namespace is read and
+// after it (CallerNetNS); otherwise the pid may have been reused by another
+// process and the caller is denied.
 func (s *Server) identify(cred PeerCred) (Pod, error) {
-	pid := cred.PID
-	if pid <= 0 {
-		return Pod{}, denied("caller's pid is not visible to the agent (run the agent in the host PID namespace)")
-	}
-	if cred.StartErr != nil {
-		return Pod{}, denied("caller pid %d could not be examined at connect time: %v", pid, cred.StartErr)
-	}
-	before, err := s.proc.StartTime(pid)
+	ns, err := CallerNetNS(s.proc, cred)
 	if err != nil {
-		return Pod{}, denied("caller pid %d: %v", pid, err)
+		return Pod{}, denied("%v", err)
 	}
-	if before != cred.StartTime {
-		return Pod{}, denied("caller pid %d was reused by another process since it connected (start time %d, now %d)", pid, cred.StartTime, before)
-	}
-	ns, err := s.proc.NetNS(pid)
-	if err != nil {
-		return Pod{}, denied("caller pid %d: network namespace: %v", pid, err)
-	}
-	pod, lookupErr := s.podOf(cred, ns)
-	after, err := s.proc.StartTime(pid)
-	if err != nil {
-		return Pod{}, denied("caller pid %d exited during identification: %v", pid, err)
-	}
-	if after != before {
-		return Pod{}, denied("caller pid %d was reused by another process during identification (start time %d, then %d)", pid, before, after)
-	}
-	if lookupErr != nil {
-		return Pod{}, lookupErr
-	}
-	return pod, nil
+	return s.podOf(cred, ns)
 }
 
 // podOf finds the pod registered with network namespace ns.

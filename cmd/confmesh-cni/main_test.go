@@ -108,6 +108,9 @@ func newEnv(t *testing.T) *env {
 	}
 	fa.SetReady(true, "")
 	e := &env{t: t, hostNS: newNS(t), agent: fa, socket: filepath.Join(dir, "agent.sock")}
+	// hostNS plays the node's namespace: the plugin runs there (e.in), and
+	// the agent admits callers from there only.
+	fa.NodeNetNS = e.hostNS.Path()
 	if err := fa.Start(e.socket); err != nil {
 		t.Fatal(err)
 	}
@@ -564,4 +567,141 @@ func TestBadInput(t *testing.T) {
 	if ce, out := e.run([]string{"CNI_COMMAND=VERSION"}, `{"cniVersion": "1.1.0"}`); ce != nil || !strings.Contains(out, `"0.3.0"`) || !strings.Contains(out, `"1.1.0"`) {
 		t.Fatalf("VERSION: %v %s", ce, out)
 	}
+}
+
+// runIn execs the binary in the network namespace where (not the node's
+// own, e.hostNS, unless where is it) with the given environment and stdin.
+func (e *env) runIn(where ns.NetNS, envv []string, stdin string) (*types.Error, string) {
+	e.t.Helper()
+	var out, stderr bytes.Buffer
+	err := where.Do(func(ns.NetNS) error {
+		cmd := exec.Command(filepath.Join(binDir, cni.PluginType))
+		cmd.Env = append([]string{"CNI_PATH=" + binDir}, envv...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &stderr
+		return cmd.Run()
+	})
+	if err == nil {
+		return nil, out.String()
+	}
+	var ce types.Error
+	if jerr := json.Unmarshal(out.Bytes(), &ce); jerr != nil {
+		e.t.Fatalf("failed (%v) without an error result on stdout: %q (stderr %q)", err, out.String(), stderr.String())
+	}
+	return &ce, out.String()
+}
+
+// sysctls reads the forwarding switches the plugin could touch in n.
+func sysctls(t *testing.T, n ns.NetNS) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := n.Do(func(ns.NetNS) error {
+		for _, k := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+			b, err := os.ReadFile("/proc/sys/" + k)
+			if err != nil {
+				return err
+			}
+			out[k] = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func linkNames(t *testing.T, n ns.NetNS) []string {
+	t.Helper()
+	var names []string
+	err := n.Do(func(ns.NetNS) error {
+		links, err := netlinksafe.LinkList()
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// TestWrongNamespaceRefused (issue 9, item 9): the plugin binary exec'd
+// from a network namespace other than the node's (the one the agent runs
+// in) is refused with CNI error 101 before it changes anything: ADD turns
+// on no forwarding and creates no interface there or in the pod, reserves
+// no address; DEL and GC from there leave a live pod's interface and
+// reservation alone; STATUS says the plugin is not available from there.
+func TestWrongNamespaceRefused(t *testing.T) {
+	e := newEnv(t)
+	wrong, pod := newNS(t), newNS(t)
+	if err := wrong.Do(func(ns.NetNS) error {
+		for _, k := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile("/proc/sys/"+k, []byte("0"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantSys, wantLinks := sysctls(t, wrong), linkNames(t, wrong)
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "confmesh", "type": "confmesh-cni", "agentSocket": %q}`, e.socket)
+	envFor := func(cmd, id string, netns ns.NetNS) []string {
+		return []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns.Path(), "CNI_IFNAME=eth0",
+			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + id + ";K8S_POD_UID=uid-" + id}
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		if got := sysctls(t, wrong); fmt.Sprint(got) != fmt.Sprint(wantSys) {
+			t.Errorf("%s: sysctls in the wrong namespace went from %v to %v", what, wantSys, got)
+		}
+		if got := linkNames(t, wrong); len(got) != len(wantLinks) {
+			t.Errorf("%s: interfaces in the wrong namespace went from %v to %v", what, wantLinks, got)
+		}
+	}
+	refused := func(what string, ce *types.Error, out string, code uint) {
+		t.Helper()
+		switch {
+		case ce == nil:
+			t.Errorf("%s from another network namespace succeeded: %s", what, out)
+		case ce.Code != code || !strings.Contains(ce.Msg, "network namespace"):
+			t.Errorf("%s from another network namespace: code %d %q, want %d naming the network namespace", what, ce.Code, ce.Error(), code)
+		default:
+			t.Logf("%s refused: %d %s", what, ce.Code, ce.Msg)
+		}
+	}
+
+	ce, out := e.runIn(wrong, envFor("ADD", "wrongadd", pod), conf)
+	refused("ADD", ce, out, 101)
+	unchanged("ADD")
+	if got := linkNames(t, pod); len(got) != 1 {
+		t.Errorf("ADD from the wrong namespace: the pod has interfaces %v, want only lo", got)
+	}
+	e.assertClean()
+
+	// A live pod, networked from the node's namespace.
+	live := newNS(t)
+	if ce, out := e.run(envFor("ADD", "live", live), conf); ce != nil {
+		t.Fatalf("ADD from the node's namespace: %v", ce)
+	} else if !strings.Contains(out, `"ips"`) {
+		t.Fatalf("ADD result %s", out)
+	}
+	ce, out = e.runIn(wrong, envFor("DEL", "live", live), conf)
+	refused("DEL", ce, out, 101)
+	ce, out = e.runIn(wrong, []string{"CNI_COMMAND=GC"}, conf)
+	refused("GC", ce, out, 101)
+	ce, out = e.runIn(wrong, []string{"CNI_COMMAND=STATUS"}, conf)
+	refused("STATUS", ce, out, types.ErrPluginNotAvailable)
+	unchanged("DEL, GC, STATUS")
+	if got := linkNames(t, live); len(got) != 2 {
+		t.Errorf("the live pod's interfaces after DEL/GC from the wrong namespace: %v, want lo and eth0", got)
+	}
+	if got := e.agent.Allocations(); len(got) != 1 {
+		t.Errorf("reservations after DEL/GC from the wrong namespace: %v, want the live pod's", got)
+	}
+	if ce, _ := e.run(envFor("DEL", "live", live), conf); ce != nil {
+		t.Fatalf("DEL from the node's namespace: %v", ce)
+	}
+	e.assertClean()
 }

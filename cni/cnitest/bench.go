@@ -92,6 +92,7 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 		return BenchResult{}, err
 	}
 	fa.SetReady(true, "")
+	fa.NodeNetNS = hostNS.Path() // the plugin runs there, as on a node
 	sock := filepath.Join(cfg.Dir, "agent.sock")
 	if err := fa.Start(sock); err != nil {
 		return BenchResult{}, err

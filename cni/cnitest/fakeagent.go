@@ -22,18 +22,25 @@ import (
 )
 
 // FakeAgent implements agentv1.AgentServer. Readiness is whatever SetReady
-// said (not ready until then); IPAM is the agent's own IPAM store.
+// said (not ready until then); IPAM is the agent's own IPAM store. Callers
+// are admitted as the real agent admits them (agent.NodeNSGuard): only
+// from the node's network namespace, NodeNetNS.
 type FakeAgent struct {
 	agentv1.UnimplementedAgentServer
 	PodCIDR netip.Prefix
 	MTU     int
 	IPAM    *agent.IPAM
+	// NodeNetNS is the path of the network namespace that plays the node's
+	// (a netns bind mount); empty: this process's own, as for the agent.
+	// Plugins exec'd elsewhere are refused. Set it before Start.
+	NodeNetNS string
 
 	mu     sync.Mutex
 	ready  bool
 	reason string
 	pods   map[string]*agentv1.Pod
 	srv    *grpc.Server
+	guard  *agent.NodeNSGuard
 	done   chan struct{}
 }
 
@@ -69,11 +76,16 @@ func (f *FakeAgent) Start(socket string) error {
 		lis.Close()
 		return err
 	}
-	g := grpc.NewServer()
+	guard, err := agent.NewNodeNSGuard(f.NodeNetNS)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	g := grpc.NewServer(guard.ServerOptions()...)
 	agentv1.RegisterAgentServer(g, f)
 	done := make(chan struct{})
 	f.mu.Lock()
-	f.srv, f.done = g, done
+	f.srv, f.done, f.guard = g, done, guard
 	f.mu.Unlock()
 	go func() {
 		defer close(done)
@@ -113,6 +125,14 @@ func (f *FakeAgent) state() (bool, string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.ready, f.reason
+}
+
+// CheckCaller implements agentv1.AgentServer: the guard has refused
+// callers outside the node's namespace before this runs.
+func (f *FakeAgent) CheckCaller(context.Context, *agentv1.CheckCallerRequest) (*agentv1.CheckCallerResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &agentv1.CheckCallerResponse{NodeNetns: f.guard.Node().String()}, nil
 }
 
 // Ready implements agentv1.AgentServer.

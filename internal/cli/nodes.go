@@ -42,11 +42,15 @@ type adminFlags struct {
 func newNodesCmd() *cobra.Command {
 	var af adminFlags
 	var output string
+	var all bool
 	cmd := &cobra.Command{
-		Use:   "nodes [-o text|json]",
-		Short: "List the control plane's nodes; 'nodes remove NAME' forgets one, 'nodes revoke NAME' bans one",
+		Use:   "nodes [--all] [-o text|json]",
+		Short: "List the control plane's nodes (--all: revoked and refused too); 'nodes remove NAME' forgets one, 'nodes revoke NAME' bans one",
 		Long: `List every node the control plane knows, active or rejected, through its
-Admin service on the local unix socket.
+Admin service on the local unix socket. With --all, also revoked nodes
+(state revoked, since the revocation) and recently refused joins (state
+refused: one entry per claimed name with the latest reason and time and a
+count; the control plane keeps at most 256 names, in memory).
 
 The connection is mutual TLS: this command presents the admin credential
 (admin.crt, admin.key) that the control plane wrote into <state-dir>/admin,
@@ -56,9 +60,10 @@ bundle.crt and carries the control plane's SPIFFE ID
 read the credential (usually root).
 
 Text output is a table: NAME STATE ENDPOINT POD-CIDR TEE MEASUREMENT (first
-16 hex digits) ATTESTED EXPIRES REASON; times are RFC 3339 UTC. JSON output
-is an array of objects whose byte fields are lower-case hex and whose times
-are RFC 3339.
+16 hex digits) ATTESTED EXPIRES REASON; times are RFC 3339 UTC. With --all,
+the REASON of a revoked or refused entry starts with its time (and the
+refusal count). JSON output is an array of objects whose byte fields are
+lower-case hex and whose times are RFC 3339 (since, refusals: --all).
 
 Exit codes: 0 success; 1 the control plane is unreachable (the message names
 the socket), refused the credential, or refused the operation; 2 usage error
@@ -68,7 +73,7 @@ or an admin credential that cannot be read.`,
 			if err := checkFormat(output); err != nil {
 				return err
 			}
-			return runNodesList(cmd.Context(), cmd.OutOrStdout(), &af, output)
+			return runNodesList(cmd.Context(), cmd.OutOrStdout(), &af, output, all)
 		},
 	}
 	pf := cmd.PersistentFlags()
@@ -76,6 +81,7 @@ or an admin credential that cannot be read.`,
 	pf.StringVar(&af.dir, "admin-dir", defaultAdminDir, "admin credential `DIR` (admin.crt, admin.key, bundle.crt)")
 	pf.DurationVar(&af.timeout, "timeout", 10*time.Second, "how long to wait for the control plane")
 	cmd.Flags().StringVarP(&output, "output", "o", formatText, "output format: text or json")
+	cmd.Flags().BoolVar(&all, "all", false, "also list revoked nodes and recently refused joins")
 
 	revoke := &cobra.Command{
 		Use:   "revoke NAME",
@@ -252,7 +258,7 @@ func (c *adminConn) callError(err error, timeout time.Duration) error {
 	return failf("control plane at %s: %s: %s", c.socket, st.Code(), st.Message())
 }
 
-func runNodesList(ctx context.Context, out io.Writer, af *adminFlags, format string) error {
+func runNodesList(ctx context.Context, out io.Writer, af *adminFlags, format string, all bool) error {
 	c, err := dialAdmin(af)
 	if err != nil {
 		return err
@@ -260,7 +266,7 @@ func runNodesList(ctx context.Context, out io.Writer, af *adminFlags, format str
 	defer c.cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, af.timeout)
 	defer cancel()
-	resp, err := c.client.ListNodes(ctx, &cpv1.ListNodesRequest{})
+	resp, err := c.client.ListNodes(ctx, &cpv1.ListNodesRequest{All: all})
 	if err != nil {
 		return c.callError(err, af.timeout)
 	}
@@ -323,6 +329,8 @@ type nodeJSON struct {
 	WireGuardPublicKey string `json:"wireguardPublicKey"`
 	AttestedAt         string `json:"attestedAt"`
 	ExpiresAt          string `json:"expiresAt"`
+	Since              string `json:"since,omitempty"`    // revoked or refused at
+	Refusals           uint32 `json:"refusals,omitempty"` // refused joins under this name
 }
 
 func rfc3339(ts *timestamppb.Timestamp) string {
@@ -342,7 +350,21 @@ func toNodeJSON(n *cpv1.Node) nodeJSON {
 		TEE: n.GetTee(), Measurement: hex.EncodeToString(n.GetMeasurement()), ChipID: hex.EncodeToString(n.GetChipId()),
 		WireGuardPublicKey: hex.EncodeToString(n.GetWireguardPublicKey()),
 		AttestedAt:         rfc3339(n.GetAttestedAt()), ExpiresAt: rfc3339(n.GetExpiresAt()),
+		Since: rfc3339(n.GetSince()), Refusals: n.GetRefusals(),
 	}
+}
+
+// nodeReason is the REASON column: a revoked or refused entry's time (and
+// count) first.
+func nodeReason(n *cpv1.Node) string {
+	r := n.GetReason()
+	switch {
+	case n.GetRefusals() > 0:
+		r = fmt.Sprintf("%s (x%d): %s", rfc3339(n.GetSince()), n.GetRefusals(), r)
+	case n.GetSince() != nil:
+		r = fmt.Sprintf("%s: %s", rfc3339(n.GetSince()), r)
+	}
+	return r
 }
 
 func dash(s string) string {
@@ -362,7 +384,7 @@ func writeNodesTable(out io.Writer, nodes []*cpv1.Node) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			n.GetName(), dash(n.GetState()), dash(n.GetEndpoint()), dash(n.GetPodCidr()), dash(n.GetTee()), dash(m),
-			dash(rfc3339(n.GetAttestedAt())), dash(rfc3339(n.GetExpiresAt())), dash(n.GetReason()))
+			dash(rfc3339(n.GetAttestedAt())), dash(rfc3339(n.GetExpiresAt())), dash(nodeReason(n)))
 	}
 	if err := tw.Flush(); err != nil {
 		return failf("write output: %v", err)

@@ -49,23 +49,28 @@ type peerJSON struct {
 }
 
 type statusJSON struct {
-	Node                string     `json:"node"`
-	Attested            bool       `json:"attested"`
-	Ready               bool       `json:"ready"`
-	ReadyReason         string     `json:"readyReason,omitempty"`
-	TEE                 string     `json:"tee"`
-	Measurement         string     `json:"measurement"`
-	SPIFFEID            string     `json:"spiffeID"`
-	SVIDExpiry          string     `json:"svidExpiry,omitempty"`
-	Datapath            string     `json:"datapath"`
-	Device              string     `json:"device"`
-	StrictMode          bool       `json:"strictMode"`
-	PodCIDR             string     `json:"podCIDR"`
-	WireGuardKey        string     `json:"wireguardKey"`
-	TrustsSimulatedRoot bool       `json:"trustsSimulatedRoot"`
-	Revision            uint64     `json:"revision"`
-	Peers               []peerJSON `json:"peers"`
-	Strict              strictJSON `json:"strict"`
+	Node                string `json:"node"`
+	Attested            bool   `json:"attested"`
+	Ready               bool   `json:"ready"`
+	ReadyReason         string `json:"readyReason,omitempty"`
+	TEE                 string `json:"tee"`
+	Measurement         string `json:"measurement"`
+	SPIFFEID            string `json:"spiffeID"`
+	SVIDExpiry          string `json:"svidExpiry,omitempty"`
+	Datapath            string `json:"datapath"`
+	Device              string `json:"device"`
+	StrictMode          bool   `json:"strictMode"`
+	PodCIDR             string `json:"podCIDR"`
+	WireGuardKey        string `json:"wireguardKey"`
+	TrustsSimulatedRoot bool   `json:"trustsSimulatedRoot"`
+	Revision            uint64 `json:"revision"`
+	// State is the node's standing with the control plane: joining,
+	// active, revoked or refused; StateReason the control plane's reason.
+	State       string     `json:"state"`
+	StateReason string     `json:"stateReason,omitempty"`
+	StateSince  string     `json:"stateSince,omitempty"`
+	Peers       []peerJSON `json:"peers"`
+	Strict      strictJSON `json:"strict"`
 }
 
 // strictJSON is strict mode as the agent finds it in the kernel.
@@ -120,6 +125,7 @@ func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
 		Measurement: hex.EncodeToString(st.Measurement), SPIFFEID: st.SpiffeId, SVIDExpiry: ts(st.SvidExpiry, st.SvidExpiry != nil),
 		Datapath: st.Datapath, Device: st.Device, StrictMode: st.StrictMode, PodCIDR: st.PodCidr,
 		WireGuardKey: hex.EncodeToString(st.WireguardPublicKey), TrustsSimulatedRoot: st.TrustsSimulatedRoot, Revision: st.Revision,
+		State: st.State, StateReason: st.StateReason, StateSince: ts(st.StateSince, st.StateSince != nil),
 		Peers: []peerJSON{}}
 	for _, p := range st.Peers {
 		out.Peers = append(out.Peers, toPeerJSON(p))
@@ -176,6 +182,14 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 		return writeJSON(out, s)
 	}
 	fmt.Fprintf(out, "node:        %s\n", s.Node)
+	state := s.State
+	if s.StateSince != "" {
+		state += " since " + s.StateSince
+	}
+	if s.StateReason != "" {
+		state += ": " + s.StateReason
+	}
+	fmt.Fprintf(out, "state:       %s\n", state)
 	fmt.Fprintf(out, "attested:    %v (%s, measurement %s)\n", s.Attested, s.TEE, shorten(s.Measurement))
 	fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
 	fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)

@@ -47,6 +47,7 @@ func TestStatusAndPeers(t *testing.T) {
 		TrustsSimulatedRoot: true, Revision: 7, WireguardPublicKey: []byte{1, 2},
 		Strict: &agentv1.StrictStatus{Enabled: true, State: "installed", Reinstalls: 2, LastReinstall: timestamppb.New(handshake),
 			RouteRepairs: 3, Pods: 4, DropsOut: 5, DropsIn: 6, DropsSpoof: 7},
+		State: "active", StateSince: timestamppb.New(handshake),
 		Peers: []*agentv1.PeerStatus{
 			{Name: "node-b", Endpoint: "198.18.0.2:51820", State: "verified", PodCidrs: []string{"10.244.2.0/24"},
 				WireguardPublicKey: []byte{3, 4}, LatestHandshake: timestamppb.New(handshake), RxBytes: 10, TxBytes: 20,
@@ -98,6 +99,7 @@ func TestStatusAndPeers(t *testing.T) {
 	}{
 		{[]string{"status"}, "" +
 			"node:        node-a\n" +
+			"state:       active since 2026-03-14T15:09:26Z\n" +
 			"attested:    true (sim-snp, measurement abababababababab…)\n" +
 			"identity:    spiffe://cluster.test/confmesh/node/node-a (expires 2026-03-14T16:09:26Z)\n" +
 			"ready:       false no peers yet\n" +
@@ -125,6 +127,8 @@ func TestStatusAndPeers(t *testing.T) {
   "wireguardKey": "0102",
   "trustsSimulatedRoot": true,
   "revision": 7,
+  "state": "active",
+  "stateSince": "2026-03-14T15:09:26Z",
   "peers": ` + string(bytes.ReplaceAll([]byte(peersJSON[:len(peersJSON)-1]), []byte("\n"), []byte("\n  "))) + `,
   "strict": {
     "enabled": true,

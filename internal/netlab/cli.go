@@ -25,7 +25,11 @@ type Status struct {
 	PodCIDR             string `json:"podCIDR"`
 	WireGuardKey        string `json:"wireguardKey"`
 	TrustsSimulatedRoot bool   `json:"trustsSimulatedRoot"`
-	Peers               []Peer `json:"peers"`
+	// State is the node's standing with the control plane: "joining",
+	// "active", "revoked" or "refused"; StateReason says why.
+	State       string `json:"state"`
+	StateReason string `json:"stateReason"`
+	Peers       []Peer `json:"peers"`
 	// Strict is what the agent found in the kernel.
 	Strict StrictStatus `json:"strict"`
 }
@@ -66,6 +70,8 @@ type NodeRecord struct {
 	Endpoint           string `json:"endpoint"`
 	PodCIDR            string `json:"podCIDR"`
 	WireGuardPublicKey string `json:"wireguardPublicKey"`
+	Since              string `json:"since"`    // revoked or (last) refused at, RFC 3339
+	Refusals           int    `json:"refusals"` // refused joins recorded under this name
 }
 
 // CLI runs the cluster's confmesh binary with args (bounded) and returns
@@ -113,6 +119,14 @@ func (c *Cluster) AdminArgs() []string {
 func (c *Cluster) ListNodes() ([]NodeRecord, error) {
 	var ns []NodeRecord
 	err := c.cliJSON(&ns, append(append([]string{"nodes"}, c.AdminArgs()...), "-o", "json")...)
+	return ns, err
+}
+
+// ListAllNodes runs `confmesh nodes --all -o json`: also revoked nodes and
+// recently refused joins.
+func (c *Cluster) ListAllNodes() ([]NodeRecord, error) {
+	var ns []NodeRecord
+	err := c.cliJSON(&ns, append(append([]string{"nodes", "--all"}, c.AdminArgs()...), "-o", "json")...)
 	return ns, err
 }
 

@@ -52,12 +52,18 @@ func (n *Node) cniConf() []byte {
 // host end of the veth there) with command for the pod's attachment eth0,
 // and returns its stdout. A CNI error result becomes a *CNIError.
 func (c *Cluster) runCNI(n *Node, command string, p *Pod) ([]byte, error) {
+	return c.runCNIIn(n.NS, n, command, p)
+}
+
+// runCNIIn is runCNI with the plugin exec'd in the network namespace
+// netns, which need not be the node's.
+func (c *Cluster) runCNIIn(netns string, n *Node, command string, p *Pod) ([]byte, error) {
 	if c.CNIBin == "" {
 		return nil, errors.New("netlab: the cluster has no CNI plugin (Config.CNIBin)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, c.CNIBin)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", netns, c.CNIBin)
 	cmd.Env = append(os.Environ(),
 		"CNI_COMMAND="+command,
 		"CNI_CONTAINERID="+p.ContainerID,
@@ -88,6 +94,13 @@ func (c *Cluster) runCNI(n *Node, command string, p *Pod) ([]byte, error) {
 // result (the agent allocates it). A refused ADD returns a *CNIError (and
 // the pod's empty namespace stays until Teardown).
 func (c *Cluster) AddCNIPod(n *Node, spec PodSpec) (*Pod, error) {
+	return c.AddCNIPodFrom(n.NS, n, spec)
+}
+
+// AddCNIPodFrom is AddCNIPod with the plugin exec'd in the network
+// namespace from (AddNamespace) instead of the node's, against node n's
+// agent socket: the plugin run from the wrong place.
+func (c *Cluster) AddCNIPodFrom(from string, n *Node, spec PodSpec) (*Pod, error) {
 	n.mu.Lock()
 	n.pods++
 	k := n.pods
@@ -108,7 +121,7 @@ func (c *Cluster) AddCNIPod(n *Node, spec PodSpec) (*Pod, error) {
 	if err := AddNetns(p.NS); err != nil {
 		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 	}
-	out, err := c.runCNI(n, "ADD", p)
+	out, err := c.runCNIIn(from, n, "ADD", p)
 	if err != nil {
 		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 	}

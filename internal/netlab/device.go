@@ -49,6 +49,38 @@ func (n *Node) HasPeerKey(k wgtypes.Key) (bool, error) {
 	return false, nil
 }
 
+// DeviceRoutes lists the destinations routed through the node's WireGuard
+// device (main table, IPv4), read with netlink in its namespace.
+func (n *Node) DeviceRoutes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	err := InNS(n.NS, func() error {
+		link, err := netlink.LinkByName(n.Device)
+		if err != nil {
+			return err
+		}
+		routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(r.Dst.IP)
+			ones, _ := r.Dst.Mask.Size()
+			p := netip.PrefixFrom(a.Unmap(), ones)
+			if p.Bits() < p.Addr().BitLen() { // not the device's own /32
+				out = append(out, p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: routes via %s: %w", n.Name, n.Device, err)
+	}
+	return out, nil
+}
+
 // StrictCounters reads the strict-mode drop counters (packets) in the
 // node's namespace.
 func (n *Node) StrictCounters() (out, in uint64, err error) {

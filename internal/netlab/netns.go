@@ -4,6 +4,7 @@ package netlab
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,4 +77,40 @@ func NetnsPIDs(name string) []int {
 		}
 	}
 	return pids
+}
+
+// AddNamespace creates a network namespace of the cluster named
+// <prefix>-<suffix> (AddNetns: loopback up, IPv6 off) that belongs to no
+// node; Teardown deletes it.
+func (c *Cluster) AddNamespace(suffix string) (string, error) {
+	name := c.Prefix + "-" + suffix
+	c.trackNS(name)
+	if err := AddNetns(name); err != nil {
+		return name, err
+	}
+	return name, nil
+}
+
+// ReadSysctl reads /proc/sys/KEY in the named network namespace.
+func ReadSysctl(netns, key string) (string, error) {
+	var v string
+	err := InNS(netns, func() error {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+		v = strings.TrimSpace(string(b))
+		return err
+	})
+	return v, err
+}
+
+// Links lists the names of the network interfaces in the named namespace.
+func Links(netns string) ([]string, error) {
+	var names []string
+	err := InNS(netns, func() error {
+		ifs, err := net.Interfaces()
+		for _, i := range ifs {
+			names = append(names, i.Name)
+		}
+		return err
+	})
+	return names, err
 }

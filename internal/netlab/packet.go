@@ -111,3 +111,27 @@ func Summarize(frames []Frame) string {
 	}
 	return b.String()
 }
+
+// WireGuard message types (the first byte of the UDP payload).
+const (
+	WGHandshakeInitiation = 1
+	WGHandshakeResponse   = 2
+	WGCookieReply         = 3
+	WGTransportData       = 4
+)
+
+// WireGuardType is the WireGuard message type of an IPv4 UDP frame (the
+// first byte of its payload), and false when the frame is no such datagram
+// (not UDP, a later fragment, no payload).
+func WireGuardType(f Frame) (uint8, bool) {
+	p := Parse(f)
+	if p.EtherType != EtherIPv4 || p.Proto != ProtoUDP || p.SrcPort == 0 {
+		return 0, false
+	}
+	ihl := int(f.Data[14]&0x0f) * 4
+	off := 14 + ihl + 8
+	if len(f.Data) <= off {
+		return 0, false
+	}
+	return f.Data[off], true
+}

@@ -25,6 +25,87 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CheckCallerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckCallerRequest) Reset() {
+	*x = CheckCallerRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckCallerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckCallerRequest) ProtoMessage() {}
+
+func (x *CheckCallerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckCallerRequest.ProtoReflect.Descriptor instead.
+func (*CheckCallerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+type CheckCallerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_netns is the node's network namespace, "net:[inode] (dev N)".
+	NodeNetns     string `protobuf:"bytes,1,opt,name=node_netns,json=nodeNetns,proto3" json:"node_netns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckCallerResponse) Reset() {
+	*x = CheckCallerResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckCallerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckCallerResponse) ProtoMessage() {}
+
+func (x *CheckCallerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckCallerResponse.ProtoReflect.Descriptor instead.
+func (*CheckCallerResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CheckCallerResponse) GetNodeNetns() string {
+	if x != nil {
+		return x.NodeNetns
+	}
+	return ""
+}
+
 type ReadyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -33,7 +114,7 @@ type ReadyRequest struct {
 
 func (x *ReadyRequest) Reset() {
 	*x = ReadyRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_agent_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +126,7 @@ func (x *ReadyRequest) String() string {
 func (*ReadyRequest) ProtoMessage() {}
 
 func (x *ReadyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_agent_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +139,7 @@ func (x *ReadyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadyRequest.ProtoReflect.Descriptor instead.
 func (*ReadyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 type ReadyResponse struct {
@@ -71,7 +152,7 @@ type ReadyResponse struct {
 
 func (x *ReadyResponse) Reset() {
 	*x = ReadyResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -83,7 +164,7 @@ func (x *ReadyResponse) String() string {
 func (*ReadyResponse) ProtoMessage() {}
 
 func (x *ReadyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -96,7 +177,7 @@ func (x *ReadyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadyResponse.ProtoReflect.Descriptor instead.
 func (*ReadyResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReadyResponse) GetReady() bool {
@@ -121,7 +202,7 @@ type NodeInfoRequest struct {
 
 func (x *NodeInfoRequest) Reset() {
 	*x = NodeInfoRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +214,7 @@ func (x *NodeInfoRequest) String() string {
 func (*NodeInfoRequest) ProtoMessage() {}
 
 func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +227,7 @@ func (x *NodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*NodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 type NodeInfoResponse struct {
@@ -163,7 +244,7 @@ type NodeInfoResponse struct {
 
 func (x *NodeInfoResponse) Reset() {
 	*x = NodeInfoResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +256,7 @@ func (x *NodeInfoResponse) String() string {
 func (*NodeInfoResponse) ProtoMessage() {}
 
 func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +269,7 @@ func (x *NodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*NodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeInfoResponse) GetNodeName() string {
@@ -242,7 +323,7 @@ type Pod struct {
 
 func (x *Pod) Reset() {
 	*x = Pod{}
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -254,7 +335,7 @@ func (x *Pod) String() string {
 func (*Pod) ProtoMessage() {}
 
 func (x *Pod) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -267,7 +348,7 @@ func (x *Pod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pod.ProtoReflect.Descriptor instead.
 func (*Pod) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Pod) GetContainerId() string {
@@ -335,7 +416,7 @@ type RegisterPodRequest struct {
 
 func (x *RegisterPodRequest) Reset() {
 	*x = RegisterPodRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +428,7 @@ func (x *RegisterPodRequest) String() string {
 func (*RegisterPodRequest) ProtoMessage() {}
 
 func (x *RegisterPodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +441,7 @@ func (x *RegisterPodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPodRequest.ProtoReflect.Descriptor instead.
 func (*RegisterPodRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterPodRequest) GetPod() *Pod {
@@ -378,7 +459,7 @@ type RegisterPodResponse struct {
 
 func (x *RegisterPodResponse) Reset() {
 	*x = RegisterPodResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +471,7 @@ func (x *RegisterPodResponse) String() string {
 func (*RegisterPodResponse) ProtoMessage() {}
 
 func (x *RegisterPodResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +484,7 @@ func (x *RegisterPodResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPodResponse.ProtoReflect.Descriptor instead.
 func (*RegisterPodResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type UnregisterPodRequest struct {
@@ -415,7 +496,7 @@ type UnregisterPodRequest struct {
 
 func (x *UnregisterPodRequest) Reset() {
 	*x = UnregisterPodRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +508,7 @@ func (x *UnregisterPodRequest) String() string {
 func (*UnregisterPodRequest) ProtoMessage() {}
 
 func (x *UnregisterPodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +521,7 @@ func (x *UnregisterPodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterPodRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterPodRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnregisterPodRequest) GetContainerId() string {
@@ -458,7 +539,7 @@ type UnregisterPodResponse struct {
 
 func (x *UnregisterPodResponse) Reset() {
 	*x = UnregisterPodResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +551,7 @@ func (x *UnregisterPodResponse) String() string {
 func (*UnregisterPodResponse) ProtoMessage() {}
 
 func (x *UnregisterPodResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +564,7 @@ func (x *UnregisterPodResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterPodResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterPodResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type StatusRequest struct {
@@ -494,7 +575,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +587,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +600,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type PeerStatus struct {
@@ -546,7 +627,7 @@ type PeerStatus struct {
 
 func (x *PeerStatus) Reset() {
 	*x = PeerStatus{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +639,7 @@ func (x *PeerStatus) String() string {
 func (*PeerStatus) ProtoMessage() {}
 
 func (x *PeerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +652,7 @@ func (x *PeerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStatus.ProtoReflect.Descriptor instead.
 func (*PeerStatus) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PeerStatus) GetName() string {
@@ -671,14 +752,22 @@ type StatusResponse struct {
 	WireguardPublicKey  []byte                 `protobuf:"bytes,16,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
 	// strict is strict mode as the agent finds it in the kernel (strict_mode
 	// above is true only while the table is really installed).
-	Strict        *StrictStatus `protobuf:"bytes,30,opt,name=strict,proto3" json:"strict,omitempty"`
+	Strict *StrictStatus `protobuf:"bytes,30,opt,name=strict,proto3" json:"strict,omitempty"`
+	// state is the node's standing with the control plane: "joining" (not
+	// admitted yet, or re-joining), "active", "revoked" (an operator revoked
+	// it: permanent) or "refused" (the control plane refused its join or
+	// renewal). Revoked and refused nodes carry no peers and stop calling
+	// the control plane; state_reason is the control plane's reason.
+	State         string                 `protobuf:"bytes,40,opt,name=state,proto3" json:"state,omitempty"`
+	StateReason   string                 `protobuf:"bytes,41,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	StateSince    *timestamppb.Timestamp `protobuf:"bytes,42,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +779,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +792,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetNodeName() string {
@@ -825,6 +914,27 @@ func (x *StatusResponse) GetStrict() *StrictStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetStateSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StateSince
+	}
+	return nil
+}
+
 // StrictStatus is the state of the strict-mode nftables table and the
 // fail-closed routes, checked on every nftables or route change and every
 // 500 ms.
@@ -852,7 +962,7 @@ type StrictStatus struct {
 
 func (x *StrictStatus) Reset() {
 	*x = StrictStatus{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +974,7 @@ func (x *StrictStatus) String() string {
 func (*StrictStatus) ProtoMessage() {}
 
 func (x *StrictStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +987,7 @@ func (x *StrictStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StrictStatus.ProtoReflect.Descriptor instead.
 func (*StrictStatus) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StrictStatus) GetEnabled() bool {
@@ -960,7 +1070,7 @@ type AllocateIPRequest struct {
 
 func (x *AllocateIPRequest) Reset() {
 	*x = AllocateIPRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1082,7 @@ func (x *AllocateIPRequest) String() string {
 func (*AllocateIPRequest) ProtoMessage() {}
 
 func (x *AllocateIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1095,7 @@ func (x *AllocateIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateIPRequest.ProtoReflect.Descriptor instead.
 func (*AllocateIPRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AllocateIPRequest) GetContainerId() string {
@@ -1014,7 +1124,7 @@ type AllocateIPResponse struct {
 
 func (x *AllocateIPResponse) Reset() {
 	*x = AllocateIPResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1136,7 @@ func (x *AllocateIPResponse) String() string {
 func (*AllocateIPResponse) ProtoMessage() {}
 
 func (x *AllocateIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1149,7 @@ func (x *AllocateIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateIPResponse.ProtoReflect.Descriptor instead.
 func (*AllocateIPResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AllocateIPResponse) GetIp() string {
@@ -1066,7 +1176,7 @@ type ReleaseIPRequest struct {
 
 func (x *ReleaseIPRequest) Reset() {
 	*x = ReleaseIPRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1188,7 @@ func (x *ReleaseIPRequest) String() string {
 func (*ReleaseIPRequest) ProtoMessage() {}
 
 func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1201,7 @@ func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseIPRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseIPRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReleaseIPRequest) GetContainerId() string {
@@ -1118,7 +1228,7 @@ type ReleaseIPResponse struct {
 
 func (x *ReleaseIPResponse) Reset() {
 	*x = ReleaseIPResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1240,7 @@ func (x *ReleaseIPResponse) String() string {
 func (*ReleaseIPResponse) ProtoMessage() {}
 
 func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1253,7 @@ func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseIPResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseIPResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReleaseIPResponse) GetIp() string {
@@ -1161,7 +1271,7 @@ type ListAllocationsRequest struct {
 
 func (x *ListAllocationsRequest) Reset() {
 	*x = ListAllocationsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1283,7 @@ func (x *ListAllocationsRequest) String() string {
 func (*ListAllocationsRequest) ProtoMessage() {}
 
 func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1296,7 @@ func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListAllocationsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 type Allocation struct {
@@ -1203,7 +1313,7 @@ type Allocation struct {
 
 func (x *Allocation) Reset() {
 	*x = Allocation{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1325,7 @@ func (x *Allocation) String() string {
 func (*Allocation) ProtoMessage() {}
 
 func (x *Allocation) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1338,7 @@ func (x *Allocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Allocation.ProtoReflect.Descriptor instead.
 func (*Allocation) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Allocation) GetContainerId() string {
@@ -1268,7 +1378,7 @@ type ListAllocationsResponse struct {
 
 func (x *ListAllocationsResponse) Reset() {
 	*x = ListAllocationsResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1390,7 @@ func (x *ListAllocationsResponse) String() string {
 func (*ListAllocationsResponse) ProtoMessage() {}
 
 func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1403,7 @@ func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListAllocationsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListAllocationsResponse) GetAllocations() []*Allocation {
@@ -1307,7 +1417,11 @@ var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14agent/v1/agent.proto\x12\x11confmesh.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0e\n" +
+	"\x14agent/v1/agent.proto\x12\x11confmesh.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
+	"\x12CheckCallerRequest\"4\n" +
+	"\x13CheckCallerResponse\x12\x1d\n" +
+	"\n" +
+	"node_netns\x18\x01 \x01(\tR\tnodeNetns\"\x0e\n" +
 	"\fReadyRequest\"=\n" +
 	"\rReadyResponse\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\bR\x05ready\x12\x16\n" +
@@ -1347,7 +1461,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\brx_bytes\x18\b \x01(\x03R\arxBytes\x12\x19\n" +
 	"\btx_bytes\x18\t \x01(\x03R\atxBytes\x12\x18\n" +
 	"\aproduct\x18\x14 \x01(\tR\aproduct\x12!\n" +
-	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xf0\x04\n" +
+	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xe6\x05\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1a\n" +
 	"\battested\x18\x02 \x01(\bR\battested\x12\x10\n" +
@@ -1368,7 +1482,11 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\brevision\x18\x0e \x01(\x04R\brevision\x123\n" +
 	"\x05peers\x18\x0f \x03(\v2\x1d.confmesh.agent.v1.PeerStatusR\x05peers\x120\n" +
 	"\x14wireguard_public_key\x18\x10 \x01(\fR\x12wireguardPublicKey\x127\n" +
-	"\x06strict\x18\x1e \x01(\v2\x1f.confmesh.agent.v1.StrictStatusR\x06strict\"\xcb\x02\n" +
+	"\x06strict\x18\x1e \x01(\v2\x1f.confmesh.agent.v1.StrictStatusR\x06strict\x12\x14\n" +
+	"\x05state\x18( \x01(\tR\x05state\x12!\n" +
+	"\fstate_reason\x18) \x01(\tR\vstateReason\x12;\n" +
+	"\vstate_since\x18* \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"stateSince\"\xcb\x02\n" +
 	"\fStrictStatus\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -1403,7 +1521,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x02ip\x18\x03 \x01(\tR\x02ip\x128\n" +
 	"\tallocated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tallocated\"Z\n" +
 	"\x17ListAllocationsResponse\x12?\n" +
-	"\vallocations\x18\x01 \x03(\v2\x1d.confmesh.agent.v1.AllocationR\vallocations2\xd6\x05\n" +
+	"\vallocations\x18\x01 \x03(\v2\x1d.confmesh.agent.v1.AllocationR\vallocations2\xb4\x06\n" +
 	"\x05Agent\x12J\n" +
 	"\x05Ready\x12\x1f.confmesh.agent.v1.ReadyRequest\x1a .confmesh.agent.v1.ReadyResponse\x12S\n" +
 	"\bNodeInfo\x12\".confmesh.agent.v1.NodeInfoRequest\x1a#.confmesh.agent.v1.NodeInfoResponse\x12\\\n" +
@@ -1413,7 +1531,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"AllocateIP\x12$.confmesh.agent.v1.AllocateIPRequest\x1a%.confmesh.agent.v1.AllocateIPResponse\x12V\n" +
 	"\tReleaseIP\x12#.confmesh.agent.v1.ReleaseIPRequest\x1a$.confmesh.agent.v1.ReleaseIPResponse\x12h\n" +
-	"\x0fListAllocations\x12).confmesh.agent.v1.ListAllocationsRequest\x1a*.confmesh.agent.v1.ListAllocationsResponseB3Z1github.com/confmesh/confmesh/api/agent/v1;agentv1b\x06proto3"
+	"\x0fListAllocations\x12).confmesh.agent.v1.ListAllocationsRequest\x1a*.confmesh.agent.v1.ListAllocationsResponse\x12\\\n" +
+	"\vCheckCaller\x12%.confmesh.agent.v1.CheckCallerRequest\x1a&.confmesh.agent.v1.CheckCallerResponseB3Z1github.com/confmesh/confmesh/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1427,60 +1546,65 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_agent_v1_agent_proto_goTypes = []any{
-	(*ReadyRequest)(nil),            // 0: confmesh.agent.v1.ReadyRequest
-	(*ReadyResponse)(nil),           // 1: confmesh.agent.v1.ReadyResponse
-	(*NodeInfoRequest)(nil),         // 2: confmesh.agent.v1.NodeInfoRequest
-	(*NodeInfoResponse)(nil),        // 3: confmesh.agent.v1.NodeInfoResponse
-	(*Pod)(nil),                     // 4: confmesh.agent.v1.Pod
-	(*RegisterPodRequest)(nil),      // 5: confmesh.agent.v1.RegisterPodRequest
-	(*RegisterPodResponse)(nil),     // 6: confmesh.agent.v1.RegisterPodResponse
-	(*UnregisterPodRequest)(nil),    // 7: confmesh.agent.v1.UnregisterPodRequest
-	(*UnregisterPodResponse)(nil),   // 8: confmesh.agent.v1.UnregisterPodResponse
-	(*StatusRequest)(nil),           // 9: confmesh.agent.v1.StatusRequest
-	(*PeerStatus)(nil),              // 10: confmesh.agent.v1.PeerStatus
-	(*StatusResponse)(nil),          // 11: confmesh.agent.v1.StatusResponse
-	(*StrictStatus)(nil),            // 12: confmesh.agent.v1.StrictStatus
-	(*AllocateIPRequest)(nil),       // 13: confmesh.agent.v1.AllocateIPRequest
-	(*AllocateIPResponse)(nil),      // 14: confmesh.agent.v1.AllocateIPResponse
-	(*ReleaseIPRequest)(nil),        // 15: confmesh.agent.v1.ReleaseIPRequest
-	(*ReleaseIPResponse)(nil),       // 16: confmesh.agent.v1.ReleaseIPResponse
-	(*ListAllocationsRequest)(nil),  // 17: confmesh.agent.v1.ListAllocationsRequest
-	(*Allocation)(nil),              // 18: confmesh.agent.v1.Allocation
-	(*ListAllocationsResponse)(nil), // 19: confmesh.agent.v1.ListAllocationsResponse
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*CheckCallerRequest)(nil),      // 0: confmesh.agent.v1.CheckCallerRequest
+	(*CheckCallerResponse)(nil),     // 1: confmesh.agent.v1.CheckCallerResponse
+	(*ReadyRequest)(nil),            // 2: confmesh.agent.v1.ReadyRequest
+	(*ReadyResponse)(nil),           // 3: confmesh.agent.v1.ReadyResponse
+	(*NodeInfoRequest)(nil),         // 4: confmesh.agent.v1.NodeInfoRequest
+	(*NodeInfoResponse)(nil),        // 5: confmesh.agent.v1.NodeInfoResponse
+	(*Pod)(nil),                     // 6: confmesh.agent.v1.Pod
+	(*RegisterPodRequest)(nil),      // 7: confmesh.agent.v1.RegisterPodRequest
+	(*RegisterPodResponse)(nil),     // 8: confmesh.agent.v1.RegisterPodResponse
+	(*UnregisterPodRequest)(nil),    // 9: confmesh.agent.v1.UnregisterPodRequest
+	(*UnregisterPodResponse)(nil),   // 10: confmesh.agent.v1.UnregisterPodResponse
+	(*StatusRequest)(nil),           // 11: confmesh.agent.v1.StatusRequest
+	(*PeerStatus)(nil),              // 12: confmesh.agent.v1.PeerStatus
+	(*StatusResponse)(nil),          // 13: confmesh.agent.v1.StatusResponse
+	(*StrictStatus)(nil),            // 14: confmesh.agent.v1.StrictStatus
+	(*AllocateIPRequest)(nil),       // 15: confmesh.agent.v1.AllocateIPRequest
+	(*AllocateIPResponse)(nil),      // 16: confmesh.agent.v1.AllocateIPResponse
+	(*ReleaseIPRequest)(nil),        // 17: confmesh.agent.v1.ReleaseIPRequest
+	(*ReleaseIPResponse)(nil),       // 18: confmesh.agent.v1.ReleaseIPResponse
+	(*ListAllocationsRequest)(nil),  // 19: confmesh.agent.v1.ListAllocationsRequest
+	(*Allocation)(nil),              // 20: confmesh.agent.v1.Allocation
+	(*ListAllocationsResponse)(nil), // 21: confmesh.agent.v1.ListAllocationsResponse
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: confmesh.agent.v1.RegisterPodRequest.pod:type_name -> confmesh.agent.v1.Pod
-	20, // 1: confmesh.agent.v1.PeerStatus.latest_handshake:type_name -> google.protobuf.Timestamp
-	20, // 2: confmesh.agent.v1.StatusResponse.svid_expiry:type_name -> google.protobuf.Timestamp
-	10, // 3: confmesh.agent.v1.StatusResponse.peers:type_name -> confmesh.agent.v1.PeerStatus
-	12, // 4: confmesh.agent.v1.StatusResponse.strict:type_name -> confmesh.agent.v1.StrictStatus
-	20, // 5: confmesh.agent.v1.StrictStatus.last_reinstall:type_name -> google.protobuf.Timestamp
-	20, // 6: confmesh.agent.v1.Allocation.allocated:type_name -> google.protobuf.Timestamp
-	18, // 7: confmesh.agent.v1.ListAllocationsResponse.allocations:type_name -> confmesh.agent.v1.Allocation
-	0,  // 8: confmesh.agent.v1.Agent.Ready:input_type -> confmesh.agent.v1.ReadyRequest
-	2,  // 9: confmesh.agent.v1.Agent.NodeInfo:input_type -> confmesh.agent.v1.NodeInfoRequest
-	5,  // 10: confmesh.agent.v1.Agent.RegisterPod:input_type -> confmesh.agent.v1.RegisterPodRequest
-	7,  // 11: confmesh.agent.v1.Agent.UnregisterPod:input_type -> confmesh.agent.v1.UnregisterPodRequest
-	9,  // 12: confmesh.agent.v1.Agent.Status:input_type -> confmesh.agent.v1.StatusRequest
-	13, // 13: confmesh.agent.v1.Agent.AllocateIP:input_type -> confmesh.agent.v1.AllocateIPRequest
-	15, // 14: confmesh.agent.v1.Agent.ReleaseIP:input_type -> confmesh.agent.v1.ReleaseIPRequest
-	17, // 15: confmesh.agent.v1.Agent.ListAllocations:input_type -> confmesh.agent.v1.ListAllocationsRequest
-	1,  // 16: confmesh.agent.v1.Agent.Ready:output_type -> confmesh.agent.v1.ReadyResponse
-	3,  // 17: confmesh.agent.v1.Agent.NodeInfo:output_type -> confmesh.agent.v1.NodeInfoResponse
-	6,  // 18: confmesh.agent.v1.Agent.RegisterPod:output_type -> confmesh.agent.v1.RegisterPodResponse
-	8,  // 19: confmesh.agent.v1.Agent.UnregisterPod:output_type -> confmesh.agent.v1.UnregisterPodResponse
-	11, // 20: confmesh.agent.v1.Agent.Status:output_type -> confmesh.agent.v1.StatusResponse
-	14, // 21: confmesh.agent.v1.Agent.AllocateIP:output_type -> confmesh.agent.v1.AllocateIPResponse
-	16, // 22: confmesh.agent.v1.Agent.ReleaseIP:output_type -> confmesh.agent.v1.ReleaseIPResponse
-	19, // 23: confmesh.agent.v1.Agent.ListAllocations:output_type -> confmesh.agent.v1.ListAllocationsResponse
-	16, // [16:24] is the sub-list for method output_type
-	8,  // [8:16] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	6,  // 0: confmesh.agent.v1.RegisterPodRequest.pod:type_name -> confmesh.agent.v1.Pod
+	22, // 1: confmesh.agent.v1.PeerStatus.latest_handshake:type_name -> google.protobuf.Timestamp
+	22, // 2: confmesh.agent.v1.StatusResponse.svid_expiry:type_name -> google.protobuf.Timestamp
+	12, // 3: confmesh.agent.v1.StatusResponse.peers:type_name -> confmesh.agent.v1.PeerStatus
+	14, // 4: confmesh.agent.v1.StatusResponse.strict:type_name -> confmesh.agent.v1.StrictStatus
+	22, // 5: confmesh.agent.v1.StatusResponse.state_since:type_name -> google.protobuf.Timestamp
+	22, // 6: confmesh.agent.v1.StrictStatus.last_reinstall:type_name -> google.protobuf.Timestamp
+	22, // 7: confmesh.agent.v1.Allocation.allocated:type_name -> google.protobuf.Timestamp
+	20, // 8: confmesh.agent.v1.ListAllocationsResponse.allocations:type_name -> confmesh.agent.v1.Allocation
+	2,  // 9: confmesh.agent.v1.Agent.Ready:input_type -> confmesh.agent.v1.ReadyRequest
+	4,  // 10: confmesh.agent.v1.Agent.NodeInfo:input_type -> confmesh.agent.v1.NodeInfoRequest
+	7,  // 11: confmesh.agent.v1.Agent.RegisterPod:input_type -> confmesh.agent.v1.RegisterPodRequest
+	9,  // 12: confmesh.agent.v1.Agent.UnregisterPod:input_type -> confmesh.agent.v1.UnregisterPodRequest
+	11, // 13: confmesh.agent.v1.Agent.Status:input_type -> confmesh.agent.v1.StatusRequest
+	15, // 14: confmesh.agent.v1.Agent.AllocateIP:input_type -> confmesh.agent.v1.AllocateIPRequest
+	17, // 15: confmesh.agent.v1.Agent.ReleaseIP:input_type -> confmesh.agent.v1.ReleaseIPRequest
+	19, // 16: confmesh.agent.v1.Agent.ListAllocations:input_type -> confmesh.agent.v1.ListAllocationsRequest
+	0,  // 17: confmesh.agent.v1.Agent.CheckCaller:input_type -> confmesh.agent.v1.CheckCallerRequest
+	3,  // 18: confmesh.agent.v1.Agent.Ready:output_type -> confmesh.agent.v1.ReadyResponse
+	5,  // 19: confmesh.agent.v1.Agent.NodeInfo:output_type -> confmesh.agent.v1.NodeInfoResponse
+	8,  // 20: confmesh.agent.v1.Agent.RegisterPod:output_type -> confmesh.agent.v1.RegisterPodResponse
+	10, // 21: confmesh.agent.v1.Agent.UnregisterPod:output_type -> confmesh.agent.v1.UnregisterPodResponse
+	13, // 22: confmesh.agent.v1.Agent.Status:output_type -> confmesh.agent.v1.StatusResponse
+	16, // 23: confmesh.agent.v1.Agent.AllocateIP:output_type -> confmesh.agent.v1.AllocateIPResponse
+	18, // 24: confmesh.agent.v1.Agent.ReleaseIP:output_type -> confmesh.agent.v1.ReleaseIPResponse
+	21, // 25: confmesh.agent.v1.Agent.ListAllocations:output_type -> confmesh.agent.v1.ListAllocationsResponse
+	1,  // 26: confmesh.agent.v1.Agent.CheckCaller:output_type -> confmesh.agent.v1.CheckCallerResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1494,7 +1618,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

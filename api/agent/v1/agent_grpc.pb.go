@@ -30,6 +30,7 @@ const (
 	Agent_AllocateIP_FullMethodName      = "/confmesh.agent.v1.Agent/AllocateIP"
 	Agent_ReleaseIP_FullMethodName       = "/confmesh.agent.v1.Agent/ReleaseIP"
 	Agent_ListAllocations_FullMethodName = "/confmesh.agent.v1.Agent/ListAllocations"
+	Agent_CheckCaller_FullMethodName     = "/confmesh.agent.v1.Agent/CheckCaller"
 )
 
 // AgentClient is the client API for Agent service.
@@ -55,6 +56,13 @@ type AgentClient interface {
 	// ListAllocations lists every reserved address (CNI GC compares it with
 	// the runtime's valid attachments).
 	ListAllocations(ctx context.Context, in *ListAllocationsRequest, opts ...grpc.CallOption) (*ListAllocationsResponse, error)
+	// CheckCaller succeeds only when the calling process runs in the node's
+	// network namespace (the agent's): the agent reads the caller's pid from
+	// the socket (SO_PEERCRED) and compares /proc/<pid>/ns/net with its own.
+	// Otherwise, or when it cannot tell, PermissionDenied names both
+	// namespaces. The CNI plugin calls it before it changes anything; every
+	// other method but Ready and Status is refused the same way.
+	CheckCaller(ctx context.Context, in *CheckCallerRequest, opts ...grpc.CallOption) (*CheckCallerResponse, error)
 }
 
 type agentClient struct {
@@ -145,6 +153,16 @@ func (c *agentClient) ListAllocations(ctx context.Context, in *ListAllocationsRe
 	return out, nil
 }
 
+func (c *agentClient) CheckCaller(ctx context.Context, in *CheckCallerRequest, opts ...grpc.CallOption) (*CheckCallerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckCallerResponse)
+	err := c.cc.Invoke(ctx, Agent_CheckCaller_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -168,6 +186,13 @@ type AgentServer interface {
 	// ListAllocations lists every reserved address (CNI GC compares it with
 	// the runtime's valid attachments).
 	ListAllocations(context.Context, *ListAllocationsRequest) (*ListAllocationsResponse, error)
+	// CheckCaller succeeds only when the calling process runs in the node's
+	// network namespace (the agent's): the agent reads the caller's pid from
+	// the socket (SO_PEERCRED) and compares /proc/<pid>/ns/net with its own.
+	// Otherwise, or when it cannot tell, PermissionDenied names both
+	// namespaces. The CNI plugin calls it before it changes anything; every
+	// other method but Ready and Status is refused the same way.
+	CheckCaller(context.Context, *CheckCallerRequest) (*CheckCallerResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -201,6 +226,9 @@ func (UnimplementedAgentServer) ReleaseIP(context.Context, *ReleaseIPRequest) (*
 }
 func (UnimplementedAgentServer) ListAllocations(context.Context, *ListAllocationsRequest) (*ListAllocationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAllocations not implemented")
+}
+func (UnimplementedAgentServer) CheckCaller(context.Context, *CheckCallerRequest) (*CheckCallerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckCaller not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -367,6 +395,24 @@ func _Agent_ListAllocations_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_CheckCaller_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckCallerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).CheckCaller(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_CheckCaller_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).CheckCaller(ctx, req.(*CheckCallerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -405,6 +451,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAllocations",
 			Handler:    _Agent_ListAllocations_Handler,
+		},
+		{
+			MethodName: "CheckCaller",
+			Handler:    _Agent_CheckCaller_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

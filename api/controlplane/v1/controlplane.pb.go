@@ -1206,7 +1206,10 @@ func (x *SignJWTResponse) GetJwtBundle() []byte {
 }
 
 type ListNodesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// all also lists revoked nodes (state "revoked") and recently refused
+	// joins (state "refused", one entry per claimed name, bounded).
+	All           bool `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1241,21 +1244,35 @@ func (*ListNodesRequest) Descriptor() ([]byte, []int) {
 	return file_controlplane_v1_controlplane_proto_rawDescGZIP(), []int{19}
 }
 
+func (x *ListNodesRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
 type Node struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Endpoint           string                 `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	WireguardPublicKey []byte                 `protobuf:"bytes,3,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
 	PodCidr            string                 `protobuf:"bytes,4,opt,name=pod_cidr,json=podCidr,proto3" json:"pod_cidr,omitempty"`
-	// state is "active" or "rejected".
+	// state is "active" or "rejected"; with ListNodesRequest.all also
+	// "revoked" or "refused".
 	State string `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
-	// reason says why a rejected node left the peer set.
-	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
-	Tee           string                 `protobuf:"bytes,7,opt,name=tee,proto3" json:"tee,omitempty"`
-	Measurement   []byte                 `protobuf:"bytes,8,opt,name=measurement,proto3" json:"measurement,omitempty"`
-	ChipId        []byte                 `protobuf:"bytes,9,opt,name=chip_id,json=chipId,proto3" json:"chip_id,omitempty"`
-	AttestedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// reason says why a rejected node left the peer set, or why a join was
+	// refused.
+	Reason      string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Tee         string                 `protobuf:"bytes,7,opt,name=tee,proto3" json:"tee,omitempty"`
+	Measurement []byte                 `protobuf:"bytes,8,opt,name=measurement,proto3" json:"measurement,omitempty"`
+	ChipId      []byte                 `protobuf:"bytes,9,opt,name=chip_id,json=chipId,proto3" json:"chip_id,omitempty"`
+	AttestedAt  *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// since is when a revoked node was revoked, or when the latest refused
+	// join under this name was refused.
+	Since *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=since,proto3" json:"since,omitempty"`
+	// refusals counts the refused joins recorded under this name.
+	Refusals      uint32 `protobuf:"varint,21,opt,name=refusals,proto3" json:"refusals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1365,6 +1382,20 @@ func (x *Node) GetExpiresAt() *timestamppb.Timestamp {
 		return x.ExpiresAt
 	}
 	return nil
+}
+
+func (x *Node) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Node) GetRefusals() uint32 {
+	if x != nil {
+		return x.Refusals
+	}
+	return 0
 }
 
 type ListNodesResponse struct {
@@ -1748,8 +1779,9 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
 	"\n" +
-	"jwt_bundle\x18\x03 \x01(\fR\tjwtBundle\"\x12\n" +
-	"\x10ListNodesRequest\"\xf6\x02\n" +
+	"jwt_bundle\x18\x03 \x01(\fR\tjwtBundle\"$\n" +
+	"\x10ListNodesRequest\x12\x10\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\"\xc4\x03\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x120\n" +
@@ -1764,7 +1796,9 @@ const file_controlplane_v1_controlplane_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"attestedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"e\n" +
+	"expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x120\n" +
+	"\x05since\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1a\n" +
+	"\brefusals\x18\x15 \x01(\rR\brefusals\"e\n" +
 	"\x11ListNodesResponse\x124\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x1e.confmesh.controlplane.v1.NodeR\x05nodes\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"'\n" +
@@ -1858,36 +1892,37 @@ var file_controlplane_v1_controlplane_proto_depIdxs = []int32{
 	29, // 15: confmesh.controlplane.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
 	29, // 16: confmesh.controlplane.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
 	29, // 17: confmesh.controlplane.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 18: confmesh.controlplane.v1.ListNodesResponse.nodes:type_name -> confmesh.controlplane.v1.Node
-	0,  // 19: confmesh.controlplane.v1.ControlPlane.Challenge:input_type -> confmesh.controlplane.v1.ChallengeRequest
-	2,  // 20: confmesh.controlplane.v1.ControlPlane.Join:input_type -> confmesh.controlplane.v1.JoinRequest
-	4,  // 21: confmesh.controlplane.v1.ControlPlane.Watch:input_type -> confmesh.controlplane.v1.WatchRequest
-	8,  // 22: confmesh.controlplane.v1.ControlPlane.Renew:input_type -> confmesh.controlplane.v1.RenewRequest
-	11, // 23: confmesh.controlplane.v1.ControlPlane.RegisterPod:input_type -> confmesh.controlplane.v1.RegisterPodRequest
-	13, // 24: confmesh.controlplane.v1.ControlPlane.UnregisterPod:input_type -> confmesh.controlplane.v1.UnregisterPodRequest
-	15, // 25: confmesh.controlplane.v1.ControlPlane.SignWorkload:input_type -> confmesh.controlplane.v1.SignWorkloadRequest
-	17, // 26: confmesh.controlplane.v1.ControlPlane.SignJWT:input_type -> confmesh.controlplane.v1.SignJWTRequest
-	19, // 27: confmesh.controlplane.v1.Admin.ListNodes:input_type -> confmesh.controlplane.v1.ListNodesRequest
-	22, // 28: confmesh.controlplane.v1.Admin.RevokeNode:input_type -> confmesh.controlplane.v1.RevokeNodeRequest
-	26, // 29: confmesh.controlplane.v1.Admin.GetPolicy:input_type -> confmesh.controlplane.v1.GetPolicyRequest
-	24, // 30: confmesh.controlplane.v1.Admin.RemoveNode:input_type -> confmesh.controlplane.v1.RemoveNodeRequest
-	1,  // 31: confmesh.controlplane.v1.ControlPlane.Challenge:output_type -> confmesh.controlplane.v1.ChallengeResponse
-	3,  // 32: confmesh.controlplane.v1.ControlPlane.Join:output_type -> confmesh.controlplane.v1.JoinResponse
-	5,  // 33: confmesh.controlplane.v1.ControlPlane.Watch:output_type -> confmesh.controlplane.v1.WatchEvent
-	9,  // 34: confmesh.controlplane.v1.ControlPlane.Renew:output_type -> confmesh.controlplane.v1.RenewResponse
-	12, // 35: confmesh.controlplane.v1.ControlPlane.RegisterPod:output_type -> confmesh.controlplane.v1.RegisterPodResponse
-	14, // 36: confmesh.controlplane.v1.ControlPlane.UnregisterPod:output_type -> confmesh.controlplane.v1.UnregisterPodResponse
-	16, // 37: confmesh.controlplane.v1.ControlPlane.SignWorkload:output_type -> confmesh.controlplane.v1.SignWorkloadResponse
-	18, // 38: confmesh.controlplane.v1.ControlPlane.SignJWT:output_type -> confmesh.controlplane.v1.SignJWTResponse
-	21, // 39: confmesh.controlplane.v1.Admin.ListNodes:output_type -> confmesh.controlplane.v1.ListNodesResponse
-	23, // 40: confmesh.controlplane.v1.Admin.RevokeNode:output_type -> confmesh.controlplane.v1.RevokeNodeResponse
-	27, // 41: confmesh.controlplane.v1.Admin.GetPolicy:output_type -> confmesh.controlplane.v1.GetPolicyResponse
-	25, // 42: confmesh.controlplane.v1.Admin.RemoveNode:output_type -> confmesh.controlplane.v1.RemoveNodeResponse
-	31, // [31:43] is the sub-list for method output_type
-	19, // [19:31] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	29, // 18: confmesh.controlplane.v1.Node.since:type_name -> google.protobuf.Timestamp
+	20, // 19: confmesh.controlplane.v1.ListNodesResponse.nodes:type_name -> confmesh.controlplane.v1.Node
+	0,  // 20: confmesh.controlplane.v1.ControlPlane.Challenge:input_type -> confmesh.controlplane.v1.ChallengeRequest
+	2,  // 21: confmesh.controlplane.v1.ControlPlane.Join:input_type -> confmesh.controlplane.v1.JoinRequest
+	4,  // 22: confmesh.controlplane.v1.ControlPlane.Watch:input_type -> confmesh.controlplane.v1.WatchRequest
+	8,  // 23: confmesh.controlplane.v1.ControlPlane.Renew:input_type -> confmesh.controlplane.v1.RenewRequest
+	11, // 24: confmesh.controlplane.v1.ControlPlane.RegisterPod:input_type -> confmesh.controlplane.v1.RegisterPodRequest
+	13, // 25: confmesh.controlplane.v1.ControlPlane.UnregisterPod:input_type -> confmesh.controlplane.v1.UnregisterPodRequest
+	15, // 26: confmesh.controlplane.v1.ControlPlane.SignWorkload:input_type -> confmesh.controlplane.v1.SignWorkloadRequest
+	17, // 27: confmesh.controlplane.v1.ControlPlane.SignJWT:input_type -> confmesh.controlplane.v1.SignJWTRequest
+	19, // 28: confmesh.controlplane.v1.Admin.ListNodes:input_type -> confmesh.controlplane.v1.ListNodesRequest
+	22, // 29: confmesh.controlplane.v1.Admin.RevokeNode:input_type -> confmesh.controlplane.v1.RevokeNodeRequest
+	26, // 30: confmesh.controlplane.v1.Admin.GetPolicy:input_type -> confmesh.controlplane.v1.GetPolicyRequest
+	24, // 31: confmesh.controlplane.v1.Admin.RemoveNode:input_type -> confmesh.controlplane.v1.RemoveNodeRequest
+	1,  // 32: confmesh.controlplane.v1.ControlPlane.Challenge:output_type -> confmesh.controlplane.v1.ChallengeResponse
+	3,  // 33: confmesh.controlplane.v1.ControlPlane.Join:output_type -> confmesh.controlplane.v1.JoinResponse
+	5,  // 34: confmesh.controlplane.v1.ControlPlane.Watch:output_type -> confmesh.controlplane.v1.WatchEvent
+	9,  // 35: confmesh.controlplane.v1.ControlPlane.Renew:output_type -> confmesh.controlplane.v1.RenewResponse
+	12, // 36: confmesh.controlplane.v1.ControlPlane.RegisterPod:output_type -> confmesh.controlplane.v1.RegisterPodResponse
+	14, // 37: confmesh.controlplane.v1.ControlPlane.UnregisterPod:output_type -> confmesh.controlplane.v1.UnregisterPodResponse
+	16, // 38: confmesh.controlplane.v1.ControlPlane.SignWorkload:output_type -> confmesh.controlplane.v1.SignWorkloadResponse
+	18, // 39: confmesh.controlplane.v1.ControlPlane.SignJWT:output_type -> confmesh.controlplane.v1.SignJWTResponse
+	21, // 40: confmesh.controlplane.v1.Admin.ListNodes:output_type -> confmesh.controlplane.v1.ListNodesResponse
+	23, // 41: confmesh.controlplane.v1.Admin.RevokeNode:output_type -> confmesh.controlplane.v1.RevokeNodeResponse
+	27, // 42: confmesh.controlplane.v1.Admin.GetPolicy:output_type -> confmesh.controlplane.v1.GetPolicyResponse
+	25, // 43: confmesh.controlplane.v1.Admin.RemoveNode:output_type -> confmesh.controlplane.v1.RemoveNodeResponse
+	32, // [32:44] is the sub-list for method output_type
+	20, // [20:32] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_v1_controlplane_proto_init() }
