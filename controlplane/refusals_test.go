@@ -18,7 +18,8 @@ import (
 // the node gauge counts both, and a flood of refused joins under fresh
 // names leaves at most 256 entries.
 func TestNodesAllListsRevokedAndRefused(t *testing.T) {
-	c := cptest.Start(t, cptest.Options{})
+	// The refusal flood below comes from one address: lift the per-source limit.
+	c := cptest.Start(t, cptest.Options{SourceRate: 1000, SourceBurst: 1000})
 	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
 	a.Join(t, c)
 	if _, err := c.AdminClient(t).RevokeNode(ctxT(t), &cpv1.RevokeNodeRequest{Name: "node-a"}); err != nil {
