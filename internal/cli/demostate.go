@@ -39,12 +39,12 @@ type demoState struct {
 	Underlay  string    `json:"underlay"`
 	Bridge    string    `json:"bridge"`
 
-	TrustDomain string       `json:"trustDomain,omitempty"`
-	Nodes       []stateNode  `json:"nodes"`
-	Pods        []statePod   `json:"pods"`
-	Namespaces  []string     `json:"namespaces"`
-	Processes   []stateProc  `json:"processes"`
-	Admin       []string     `json:"admin"` // `confmesh nodes` flags that reach the control plane
+	TrustDomain string      `json:"trustDomain,omitempty"`
+	Nodes       []stateNode `json:"nodes"`
+	Pods        []statePod  `json:"pods"`
+	Namespaces  []string    `json:"namespaces"`
+	Processes   []stateProc `json:"processes"`
+	Admin       []string    `json:"admin"` // `confmesh nodes` flags that reach the control plane
 }
 
 type stateNode struct {
