@@ -506,7 +506,7 @@ func (d *demo) printKeep() {
 		fmt.Sprintf("%s %s -- %s status --socket %s", ex, d.honest[0].Name, d.self, d.honest[0].Socket),
 		fmt.Sprintf("%s peers --socket %s", d.self, d.honest[0].Socket),
 		fmt.Sprintf("%s nodes %s", d.self, strings.Join(d.c.AdminArgs(), " ")),
-		fmt.Sprintf("%s %s -- wg show   # needs wireguard-tools", ex, d.honest[0].Name),
+		fmt.Sprintf("%s %s -- wg show %s   # needs wireguard-tools", ex, d.honest[0].Name, d.honest[0].Device),
 		fmt.Sprintf("%s %s -- nft list table inet confmesh   # strict-mode rules (needs nftables)", ex, d.honest[0].Name),
 		fmt.Sprintf("ip netns exec %s tcpdump -ni %s   # the underlay (needs tcpdump)", d.c.Underlay, d.c.Bridge),
 	}, "\n"))
