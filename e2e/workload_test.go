@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 	"github.com/confmesh/confmesh/pkg/claims"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls"

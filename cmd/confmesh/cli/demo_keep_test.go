@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // buildDemoBinaries builds confmesh and, next to it, confmesh-cni (the

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 func TestDecideCleanup(t *testing.T) {

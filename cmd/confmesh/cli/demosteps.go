@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // demoStep is one claim the demo shows and checks.

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // inPod runs this binary with args as a workload of pod p: a whole process

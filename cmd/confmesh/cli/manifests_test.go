@@ -15,7 +15,7 @@ import (
 // parses, the policy parses, and every flag a container passes exists on
 // the confmesh command it runs.
 func TestManifestsMatchTheCLI(t *testing.T) {
-	dir := filepath.Join("..", "..", "manifests", "base")
+	dir := filepath.Join("..", "..", "..", "manifests", "base")
 	if _, err := attest.LoadPolicy(filepath.Join(dir, "policy.yaml")); err != nil {
 		t.Fatalf("manifests policy: %v", err)
 	}

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 func TestDemoNodesBounds(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 	"github.com/spf13/cobra"
 )
 

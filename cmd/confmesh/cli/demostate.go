@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // demoStateFile is the record each demo run keeps in its state directory:
