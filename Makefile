@@ -17,7 +17,7 @@ PROTOS          = $(shell find api -name '*.proto' | LC_ALL=C sort)
 SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test lint demo bench fuzz generate clean
+.PHONY: help deps build test lint demo bench fuzz generate architecture clean
 
 help:
 	@echo "make demo      local multi-node demo (network namespaces, simulated TEE)"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench     Go benchmarks, then '$(BIN)/confmesh bench verify'"
 	@echo "make fuzz      every Fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
+	@echo "make architecture  redraw docs/images/architecture.png (graphviz, installed if missing)"
 	@echo "make clean     remove $(BIN)/"
 
 # Runtime tools the namespace tests and the demo drive: ip (iproute2) and
@@ -79,7 +80,7 @@ demo:
 	@command -v go >/dev/null || { echo "make demo: Go is needed to build bin/confmesh ($$(grep -m1 '^go ' go.mod)); see https://go.dev/dl/"; exit 1; }
 	mkdir -p $(BIN)
 	go build -o $(BIN)/ ./cmd/confmesh
-	@if [ -d cmd/confmesh-cni ]; then set -x; CGO_ENABLED=0 go build -o $(BIN)/ ./cmd/confmesh-cni; fi
+	CGO_ENABLED=0 go build -o $(BIN)/ ./cmd/confmesh-cni
 	./$(BIN)/confmesh demo $(DEMO_FLAGS)
 
 bench: build
@@ -112,6 +113,16 @@ generate:
 		--go_out=api --go_opt=paths=source_relative \
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
 		$(PROTOS)
+
+# The README's architecture picture: docs/images/architecture.dot drawn by
+# graphviz's dot (Debian: graphviz, installed when missing). The PNG is
+# committed, so nothing else needs graphviz.
+architecture:
+	@if ! command -v dot >/dev/null; then \
+		echo "dot not found; installing graphviz"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz fonts-dejavu-core; \
+	fi
+	dot -Tpng -Gdpi=100 docs/images/architecture.dot -o docs/images/architecture.png
 
 clean:
 	rm -rf $(BIN)

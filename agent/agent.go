@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/agent/workload"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/internal/attest"
@@ -71,8 +72,12 @@ type Config struct {
 	// WorkloadSocket is where the SPIFFE Workload API is served after the
 	// join (the CLI's default is DefaultWorkloadSocket); empty: not served.
 	WorkloadSocket string
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// PodMetadata tells each pod's service account (its workload
+	// identity); nil knows no pod, so no pod gets an identity. The pod's
+	// own word (RegisterPod's service account) is never used.
+	PodMetadata podmeta.Source
+	Logger      *slog.Logger
+	Now         func() time.Time
 	// CNI plugin installation, done once the node is attested (see
 	// CNIInstall). CNIConfDir empty: install nothing. CNIBinary empty:
 	// copy no binary (it is already in CNIBinDir). CNIAgentSocket is

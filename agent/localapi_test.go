@@ -103,8 +103,8 @@ func TestLocalAPIPodRegistration(t *testing.T) {
 		t.Fatal(err)
 	}
 	pods, err := a.Pods()
-	if err != nil || len(pods) != 1 || pods[0].Netns != "/run/netns/pod1" || pods[0].ServiceAccount != "default" || pods[0].Registered {
-		t.Fatalf("pods %+v err %v (not joined: registered locally only, service account defaulted)", pods, err)
+	if err != nil || len(pods) != 1 || pods[0].Netns != "/run/netns/pod1" || pods[0].ServiceAccount != "" || pods[0].Registered {
+		t.Fatalf("pods %+v err %v (not joined: registered locally only; no metadata source, so no service account)", pods, err)
 	}
 	// Survives a restart of the agent (a new Agent on the same state dir).
 	again, err := openPodStore(a.cfg.StateDir)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/confmesh/confmesh/agent/podmeta"
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 )
@@ -128,17 +129,19 @@ func (a *Agent) Pods() ([]*PodRecord, error) { return a.pods.list() }
 // RegisterPod records a pod locally (so networking never waits for the
 // control plane) and tells the control plane when it can.
 func (a *Agent) RegisterPod(ctx context.Context, p *agentv1.Pod) error {
+	// The service account comes from the pod-metadata source, never from
+	// the request (p.ServiceAccount is what the pod or the runtime said).
 	rec := &PodRecord{
 		ContainerID: p.GetContainerId(), Netns: p.GetNetns(), Interface: p.GetInterface(), IP: p.GetIp(),
-		Namespace: p.GetNamespace(), Name: p.GetName(), UID: p.GetUid(), ServiceAccount: p.GetServiceAccount(),
+		Namespace: p.GetNamespace(), Name: p.GetName(), UID: p.GetUid(),
 	}
-	if rec.ServiceAccount == "" {
-		rec.ServiceAccount = "default"
+	if rec.UID != "" && rec.Namespace != "" && rec.Name != "" {
+		rec.ServiceAccount = a.lookupServiceAccount(ctx, rec)
 	}
 	if err := a.pods.put(rec); err != nil {
 		return err
 	}
-	if rec.UID != "" && rec.Namespace != "" && rec.Name != "" {
+	if rec.ServiceAccount != "" {
 		if err := a.registerWithControlPlane(ctx, rec); err != nil {
 			a.log.Warn("pod registered locally; control plane registration deferred", "pod", rec.Namespace+"/"+rec.Name, "err", err)
 		}
@@ -200,11 +203,44 @@ func (a *Agent) registerPendingPods(ctx context.Context) {
 		return
 	}
 	for _, p := range pods {
-		if p.UID == "" || p.Namespace == "" || p.Name == "" {
+		if p.UID == "" || p.Namespace == "" || p.Name == "" || p.ServiceAccount == "" {
 			continue
 		}
 		if err := a.registerWithControlPlane(ctx, p); err != nil {
 			a.log.Warn("pod registration with the control plane failed", "pod", p.Namespace+"/"+p.Name, "err", err)
+		}
+	}
+}
+
+// lookupServiceAccount asks the pod-metadata source for rec's service
+// account; "" when the source does not know the pod (no identity).
+func (a *Agent) lookupServiceAccount(ctx context.Context, rec *PodRecord) string {
+	src := a.cfg.PodMetadata
+	if src == nil {
+		src = podmeta.None{}
+	}
+	md, err := src.Lookup(ctx, podmeta.Pod{Namespace: rec.Namespace, Name: rec.Name, UID: rec.UID})
+	if err != nil {
+		a.log.Warn("pod has no workload identity: its service account is unknown", "pod", rec.Namespace+"/"+rec.Name, "source", src.String(), "err", err)
+		return ""
+	}
+	return md.ServiceAccount
+}
+
+// resolvePending gives pods whose service account was unknown at ADD the
+// one the pod-metadata source knows now (metadata may be written after the
+// pod started), and records it.
+func (a *Agent) resolvePending(ctx context.Context, recs []*PodRecord) {
+	for _, r := range recs {
+		if r.ServiceAccount != "" || r.UID == "" || r.Namespace == "" || r.Name == "" {
+			continue
+		}
+		if sa := a.lookupServiceAccount(ctx, r); sa != "" {
+			r.ServiceAccount = sa
+			r.Registered = false
+			if err := a.pods.put(r); err != nil {
+				a.log.Warn("pod record update failed", "pod", r.Namespace+"/"+r.Name, "err", err)
+			}
 		}
 	}
 }

@@ -28,10 +28,14 @@ func (b workloadBackend) Pods() ([]workload.Pod, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.a.resolvePending(context.Background(), recs)
 	out := make([]workload.Pod, 0, len(recs))
 	for _, r := range recs {
 		if r.UID == "" || r.Namespace == "" || r.Name == "" {
 			continue // no Kubernetes identity: the CNI got no pod args
+		}
+		if r.ServiceAccount == "" {
+			continue // the pod-metadata source does not know it: no identity
 		}
 		out = append(out, workload.Pod{UID: r.UID, Namespace: r.Namespace, Name: r.Name, ServiceAccount: r.ServiceAccount, Netns: r.Netns})
 	}
@@ -156,3 +160,7 @@ func (a *Agent) startWorkloadAPI(ctx context.Context) error {
 	a.log.Info("SPIFFE Workload API listening", "socket", a.cfg.WorkloadSocket)
 	return nil
 }
+
+// DefaultPodMetadata is the standalone pod-metadata file the CLI reads
+// (podmeta.File): root-owned, it names each pod's service account.
+const DefaultPodMetadata = "/etc/confmesh/pods.yaml"

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/agent/podmeta"
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -16,11 +17,19 @@ import (
 
 func TestWorkloadBackendPods(t *testing.T) {
 	a := newTestAgent(t)
+	meta := filepath.Join(t.TempDir(), "pods.yaml")
+	if err := os.Chmod(filepath.Dir(meta), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	a.cfg.PodMetadata = podmeta.File{Path: meta}
+	if err := podmeta.WriteFile(meta, []podmeta.Entry{{Namespace: "shop", Name: "web-0", ServiceAccount: "web"}}); err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	for _, p := range []*agentv1.Pod{
-		{ContainerId: "c1", Netns: "/var/run/netns/c1", Namespace: "shop", Name: "web-0", Uid: "u1", ServiceAccount: "web"},
-		{ContainerId: "c2", Netns: "/var/run/netns/c2", Namespace: "shop", Name: "db-0", Uid: "u2"}, // service account defaults
-		{ContainerId: "c3", Netns: "/var/run/netns/c3"},                                             // no Kubernetes identity
+		{ContainerId: "c1", Netns: "/var/run/netns/c1", Namespace: "shop", Name: "web-0", Uid: "u1", ServiceAccount: "admin"}, // its word is ignored
+		{ContainerId: "c2", Netns: "/var/run/netns/c2", Namespace: "shop", Name: "db-0", Uid: "u2"},                           // not in the metadata yet
+		{ContainerId: "c3", Netns: "/var/run/netns/c3"},                                                                       // no Kubernetes identity
 	} {
 		if err := a.RegisterPod(ctx, p); err != nil {
 			t.Fatal(err)
@@ -30,14 +39,19 @@ func TestWorkloadBackendPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pods) != 2 {
-		t.Fatalf("pods %+v, want the two with an identity", pods)
+	if len(pods) != 1 {
+		t.Fatalf("pods %+v, want the one the metadata source knows", pods)
 	}
 	if p := pods[0]; p.UID != "u1" || p.Namespace != "shop" || p.Name != "web-0" || p.ServiceAccount != "web" || p.Netns != "/var/run/netns/c1" {
-		t.Fatalf("pod %+v", p)
+		t.Fatalf("pod %+v, want service account web from the metadata source", p)
 	}
-	if pods[1].ServiceAccount != "default" {
-		t.Fatalf("pod %+v: want service account default", pods[1])
+	// Metadata written after the pod started applies at the next lookup.
+	if err := podmeta.WriteFile(meta, []podmeta.Entry{{Namespace: "shop", Name: "web-0", ServiceAccount: "web"}, {Namespace: "shop", Name: "db-0", ServiceAccount: "db"}}); err != nil {
+		t.Fatal(err)
+	}
+	pods, err = workloadBackend{a}.Pods()
+	if err != nil || len(pods) != 2 || pods[1].Name != "db-0" || pods[1].ServiceAccount != "db" {
+		t.Fatalf("after the metadata named db-0: %+v, %v", pods, err)
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestCNIPodsTalkThroughTunnel (issue 5): pods made by the real

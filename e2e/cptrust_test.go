@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestAgentTrustsOnlyItsControlPlaneList: the lab's control plane runs the

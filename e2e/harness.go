@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // The harness types are netlab's; only what calls t.Fatal differs.

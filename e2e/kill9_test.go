@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestAgentKill9KeepsTCP (issue 4): one TCP connection from a pod on

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestFullMeshAndTraffic: three attested nodes form a full mesh (each has

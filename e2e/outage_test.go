@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestControlPlaneDownAgentRestart: with the control plane stopped, node-1's

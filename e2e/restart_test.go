@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestAgentRestartKeepsTraffic: while a pod on node-1 streams datagrams to

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestRevokedPeerRemovedEverywhere: `confmesh nodes revoke node-3` through

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // observeFor is how long the rogue tests keep watching that a refused node

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/controlplane/config"
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // Runs is the e2e family of lab runs: every name starts with "cme2e-" and

@@ -12,7 +12,7 @@ import (
 
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/internal/netfilter"
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // spoofCount is how many copies of each forged datagram are sent.

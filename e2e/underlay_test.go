@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // TestUnderlayCarriesOnlyWireGuard captures every frame on the underlay

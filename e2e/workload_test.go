@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 	"github.com/confmesh/confmesh/pkg/claims"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls"
@@ -220,13 +220,16 @@ func startHelper(t *testing.T, netns, mode string, env ...string) *helper {
 
 // TestWorkloadMTLSAcrossNodes (issue 6): two pods made by the CNI plugin,
 // one per node, each get their X.509-SVID from their own node's Workload
-// API: spiffe://<td>/ns/<namespace>/sa/default (the plugin passes no
-// service account, so the agent's default applies), with claims naming
+// API: spiffe://<td>/ns/<namespace>/sa/<service account>, the service
+// account being what the node's root-only pod-metadata file says, with
+// claims naming
 // their node and the lab's all-zero measurement. Pod A serves spiffetls on
 // its pod IP; pod B dials it through the tunnel with the pkg/claims
 // authorizer requiring A's ID and the zero measurement (accepted, and A
 // sees B's ID), then requiring another measurement (refused). A process
-// in node-1's namespace that is not a pod is denied (PermissionDenied).
+// in node-1's namespace that is not a pod is denied (PermissionDenied), and
+// so is a pod the plugin made that the node's pod-metadata file does not
+// list (no identity rather than a default one).
 func TestWorkloadMTLSAcrossNodes(t *testing.T) {
 	c := NewCluster(t, Options{Nodes: 2})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
@@ -239,10 +242,10 @@ func TestWorkloadMTLSAcrossNodes(t *testing.T) {
 		t.Fatalf("node SPIFFE ID %q: %v", st.SPIFFEID, err)
 	}
 	td := nodeID.TrustDomain()
-	a := c.AddPodSpec(n1, PodSpec{Namespace: "shop", Name: "api-0"})
-	b := c.AddPodSpec(n2, PodSpec{Namespace: "pay", Name: "client-0"})
-	wantA := fmt.Sprintf("spiffe://%s/ns/shop/sa/default", td.Name())
-	wantB := fmt.Sprintf("spiffe://%s/ns/pay/sa/default", td.Name())
+	a := c.AddPodSpec(n1, PodSpec{Namespace: "shop", Name: "api-0", ServiceAccount: "api"})
+	b := c.AddPodSpec(n2, PodSpec{Namespace: "pay", Name: "client-0", ServiceAccount: "client"})
+	wantA := fmt.Sprintf("spiffe://%s/ns/shop/sa/api", td.Name())
+	wantB := fmt.Sprintf("spiffe://%s/ns/pay/sa/client", td.Name())
 	addrA := net.JoinHostPort(a.IP.String(), fmt.Sprint(netlab.RandomPort()))
 
 	srv := startHelper(t, a.NS, "serve", helperSocketEnv+"="+n1.WorkloadSocket, helperAddrEnv+"="+addrA)
@@ -281,5 +284,10 @@ func TestWorkloadMTLSAcrossNodes(t *testing.T) {
 	host := startHelper(t, n1.NS, "fetch", helperSocketEnv+"="+n1.WorkloadSocket)
 	if host.report.Code != "PermissionDenied" || host.report.ID != "" {
 		t.Errorf("host process in %s: FetchX509SVID gave ID %q, code %q (%s); want PermissionDenied", n1.NS, host.report.ID, host.report.Code, host.report.Err)
+	}
+	unknown := c.AddPodSpec(n1, PodSpec{Namespace: "shop", Name: "unlisted-0"})
+	ghost := startHelper(t, unknown.NS, "fetch", helperSocketEnv+"="+n1.WorkloadSocket)
+	if ghost.report.Code != "PermissionDenied" || ghost.report.ID != "" {
+		t.Errorf("pod %s, unknown to the pod-metadata file: FetchX509SVID gave ID %q, code %q (%s); want PermissionDenied", unknown.Name, ghost.report.ID, ghost.report.Code, ghost.report.Err)
 	}
 }

@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/confmesh/confmesh/internal/cli"
+	"github.com/confmesh/confmesh/cmd/confmesh/cli"
 )
 
 func main() {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/confmesh/confmesh/agent/podmeta"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -36,6 +38,7 @@ type Node struct {
 	StateDir       string
 	Socket         string // agent local API
 	WorkloadSocket string // SPIFFE Workload API (per node: the mount namespace is shared)
+	PodMetadata    string // the agent's standalone pod-metadata file (--pod-metadata)
 	Policy         string // policy file the agent applies
 	Opts           NodeOptions
 
@@ -43,6 +46,8 @@ type Node struct {
 	proc   *Process
 	starts int
 	pods   int
+
+	podMeta []podmeta.Entry // what PodMetadata holds
 
 	// Known once the node is attested (WaitReady).
 	PodCIDR netip.Prefix
@@ -65,6 +70,7 @@ func (c *Cluster) AddNode(opts NodeOptions) (*Node, error) {
 	c.mu.Unlock()
 	n.Socket = filepath.Join(n.StateDir, "agent.sock")
 	n.WorkloadSocket = filepath.Join(n.StateDir, "workload.sock")
+	n.PodMetadata = filepath.Join(n.StateDir, "pods.yaml")
 	if opts.Policy != nil {
 		n.Policy = filepath.Join(c.Dir, fmt.Sprintf("n%d-policy.yaml", i))
 		if err := WritePolicy(n.Policy, filepath.Join(c.SimDir, "root.pem"), *opts.Policy); err != nil {
@@ -97,7 +103,8 @@ func (n *Node) StartAgent() error {
 	n.starts++
 	args := []string{"agent", "--name", n.Name, "--control-plane", n.c.CP.Addr, "--policy", n.Policy,
 		"--state-dir", n.StateDir, "--endpoint", n.Endpoint().String(), "--device", n.Device,
-		"--socket", n.Socket, "--workload-socket", n.WorkloadSocket, "--metrics-listen", "",
+		"--socket", n.Socket, "--workload-socket", n.WorkloadSocket, "--pod-metadata", n.PodMetadata,
+		"--metrics-listen", "",
 		"--cni-conf-dir", "", // never install the CNI plugin into the host's /etc/cni (AddCNIPod execs it itself)
 		"--sim-dir", n.c.SimDir, "--force-userspace"}
 	if n.Opts.SimDebug {
@@ -162,4 +169,15 @@ func (n *Node) WaitReady() error {
 	n.PodCIDR, n.Key = pfx, key
 	n.mu.Unlock()
 	return nil
+}
+
+// SetPodMetadata records in the node's pod-metadata file (which only root
+// can write: the node's state directory is 0700) that pod namespace/name
+// runs as serviceAccount, replacing an earlier entry for it.
+func (n *Node) SetPodMetadata(namespace, name, serviceAccount string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.podMeta = slices.DeleteFunc(n.podMeta, func(e podmeta.Entry) bool { return e.Namespace == namespace && e.Name == name })
+	n.podMeta = append(n.podMeta, podmeta.Entry{Namespace: namespace, Name: name, ServiceAccount: serviceAccount})
+	return podmeta.WriteFile(n.PodMetadata, n.podMeta)
 }

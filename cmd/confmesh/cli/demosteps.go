@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 // demoStep is one claim the demo shows and checks.
@@ -21,7 +21,6 @@ type demoStep struct {
 }
 
 func (d *demo) steps() []demoStep {
-	last := fmt.Sprintf("node-%d", d.nodes)
 	return []demoStep{
 		{"a", "every node is attested and verified its peers itself",
 			"each agent verified the control plane's report before joining, the control plane verified each node's, and each agent verified every peer's evidence under its own policy before configuring it",
@@ -32,11 +31,14 @@ func (d *demo) steps() []demoStep {
 		{"c", "the underlay carries only WireGuard",
 			"pod payloads cross the underlay only inside WireGuard (UDP 51820); nothing else but ARP and the agents' TLS to the control plane",
 			d.stepUnderlay},
-		{"d", "a rogue node (debug TEE) is refused",
+		{"d", "SPIFFE identities: mTLS between pods on different nodes",
+			"each pod got its own SPIFFE ID from its node's Workload API; the server authorised the caller by SPIFFE ID and by its node's attestation claims, refused another service account, and the exchange crossed the underlay only inside WireGuard",
+			d.stepSPIFFE},
+		{"e", "a rogue node (debug TEE) is refused",
 			"a node whose attestation report fails the policy gets no identity, no pod CIDR and no tunnel",
 			d.stepRogue},
-		{"e", "revoking " + last,
-			"a revoked node is removed by every peer within seconds, and strict mode drops traffic to it instead of sending it in clear",
+		{"f", "revoking a node",
+			"a revoked node is removed by every peer within seconds, and strict mode drops traffic to it instead of sending it in clear; the other nodes stay meshed",
 			d.stepRevoke},
 	}
 }
@@ -98,11 +100,11 @@ func (d *demo) stepTraffic() error {
 			}
 			err := netlab.SendUDP(a, b, netlab.RandomPayload("demo "+a.Name+" to "+b.Name, 32), 10*time.Second)
 			if err != nil {
-				problems = append(problems, fmt.Sprintf("%s -> %s: %v", a.Name, b.Name, err))
-				d.say("%s (%s) -> %s (%s): NOT delivered", a.Name, a.IP, b.Name, b.IP)
+				problems = append(problems, fmt.Sprintf("%s -> %s: %v", podLabel(a), podLabel(b), err))
+				d.say("%s (%s) -> %s (%s): NOT delivered", podLabel(a), a.IP, podLabel(b), b.IP)
 				continue
 			}
-			d.say("%s (%s) -> %s (%s): delivered", a.Name, a.IP, b.Name, b.IP)
+			d.say("%s (%s) -> %s (%s): delivered", podLabel(a), a.IP, podLabel(b), b.IP)
 		}
 	}
 	if len(problems) > 0 {
@@ -134,7 +136,7 @@ func (d *demo) stepUnderlay() error {
 
 	payload := netlab.RandomPayload("secret pod payload", 48)
 	const count = 20
-	d.say("capturing every frame on %s while %s sends %d datagrams with a marked payload to %s ...", d.c.Bridge, a.Name, count, b.Name)
+	d.say("capturing every frame on %s while %s sends %d datagrams with a marked payload to %s ...", d.c.Bridge, podLabel(a), count, podLabel(b))
 	capt, err = d.c.StartCapture(20 * time.Second)
 	if err != nil {
 		return err
@@ -205,6 +207,7 @@ func sendClear(a, b *netlab.Node, payload []byte) error {
 // stepRogue: (d) a node with the debug bit asks to join.
 func (d *demo) stepRogue() error {
 	rogue, err := d.c.AddNode(netlab.NodeOptions{SimDebug: true})
+	d.rogue = rogue
 	if err != nil {
 		return err
 	}
@@ -268,12 +271,32 @@ func (d *demo) stepRogue() error {
 	return nil
 }
 
-// stepRevoke: (e) revoke the last node; peers drop it, strict mode drops
-// traffic to it.
+// stepRevoke: (f) add a node for the purpose, with a pod, then revoke it;
+// peers drop it, strict mode drops traffic to it, the --nodes nodes stay
+// meshed (so a kept cluster is whole).
 func (d *demo) stepRevoke() error {
-	victim := d.honest[len(d.honest)-1]
-	rest := d.honest[:len(d.honest)-1]
-	from, to := d.pods[0], d.pods[len(d.pods)-1]
+	victim, err := d.c.AddNode(netlab.NodeOptions{})
+	d.victim = victim
+	if err != nil {
+		return err
+	}
+	if err := victim.WaitReady(); err != nil {
+		return err
+	}
+	all := append(append([]*netlab.Node(nil), d.honest...), victim)
+	if err := d.c.WaitMesh(all...); err != nil {
+		return err
+	}
+	to, err := d.addPod(victim, "legacy")
+	if err != nil {
+		return err
+	}
+	from := d.pods[0]
+	if err := netlab.SendUDP(from, to, netlab.RandomPayload("before revocation", 32), 10*time.Second); err != nil {
+		return fmt.Errorf("%s -> %s before the revocation: %v", podLabel(from), podLabel(to), err)
+	}
+	d.say("%s joined for this step and is meshed with every node; %s -> %s: delivered", victim.Name, podLabel(from), podLabel(to))
+	rest := d.honest
 	d.say("$ confmesh nodes revoke %s", victim.Name)
 	out, err := d.c.Revoke(victim.Name)
 	if err != nil {
@@ -327,7 +350,7 @@ func (d *demo) stepRevoke() error {
 		return err
 	}
 	clear := netlab.FramesContaining(frames, payload)
-	d.say("%s -> %s: %d of %d datagrams arrived; payload in clear on the underlay: %d frames", from.Name, to.Name, arrived, count, clear)
+	d.say("%s -> %s: %d of %d datagrams arrived; payload in clear on the underlay: %d frames", podLabel(from), podLabel(to), arrived, count, clear)
 	refused, err := n1.RoutingRefuses(to.IP)
 	if err != nil {
 		return err
@@ -345,6 +368,11 @@ func (d *demo) stepRevoke() error {
 	}
 	if !refused && after-before < count {
 		problems = append(problems, fmt.Sprintf("neither refused by the fail-closed route nor counted: strict_out_drop rose by %d, want at least %d", after-before, count))
+	}
+	if err := d.c.WaitMesh(d.honest...); err != nil {
+		problems = append(problems, fmt.Sprintf("after the revocation: %v", err))
+	} else {
+		d.say("%s: still a full mesh of each other (checked with wgctrl)", strings.Join(names, ", "))
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "\n"))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent"
+	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/netfilter"
@@ -31,7 +32,7 @@ const (
 
 type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
-	metricsListen, logFormat, logLevel, workloadSocket                          string
+	metricsListen, logFormat, logLevel, workloadSocket, podMetadata             string
 	cniBinDir, cniConfDir, cniBinary                                            string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
@@ -79,6 +80,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.cniConfDir, "cni-conf-dir", agent.DefaultCNIConfDir, "`DIR` the conflist is written into once the node is attested (empty: install nothing)")
 	fl.StringVar(&f.cniBinary, "cni-binary", "", "confmesh-cni binary `PATH` to install (default: confmesh-cni next to this binary, if present)")
 	fl.StringVar(&f.workloadSocket, "workload-socket", agent.DefaultWorkloadSocket, "SPIFFE Workload API unix socket `PATH` for the pods (empty: off)")
+	fl.StringVar(&f.podMetadata, "pod-metadata", agent.DefaultPodMetadata, "standalone pod-metadata `FILE` naming each pod's service account; it and its directories must be writable by root only (a pod it does not list gets no workload identity)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -120,7 +122,8 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
-		CNIBinDir: f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
+		PodMetadata: podmeta.File{Path: f.podMetadata},
+		CNIBinDir:   f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: datapathCommand(f, self),
 	})
 	if err != nil {

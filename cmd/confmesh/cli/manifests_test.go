@@ -15,7 +15,7 @@ import (
 // parses, the policy parses, and every flag a container passes exists on
 // the confmesh command it runs.
 func TestManifestsMatchTheCLI(t *testing.T) {
-	dir := filepath.Join("..", "..", "manifests", "base")
+	dir := filepath.Join("..", "..", "..", "manifests", "base")
 	// As shipped the policy holds the all-zero placeholder, refused under the
 	// AMD roots; with the operator's measurements in its place it is valid.
 	shipped, err := os.ReadFile(filepath.Join(dir, "policy.yaml"))

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confmesh/confmesh/internal/netlab"
+	"github.com/confmesh/confmesh/netlab"
 )
 
 func TestDemoNodesBounds(t *testing.T) {
@@ -25,9 +25,19 @@ func TestDemoNodesBounds(t *testing.T) {
 			t.Errorf("demo --nodes %s: exit %d, want %d (stderr %q)", n, code, ExitUsage, errb.String())
 		}
 	}
-	var out, errb bytes.Buffer
-	if code := Execute([]string{"demo", "--keep", "--cleanup"}, &out, &errb); code != ExitUsage {
-		t.Errorf("demo --keep --cleanup: exit %d, want %d", code, ExitUsage)
+	for _, args := range [][]string{
+		{"demo", "--keep", "--cleanup"},
+		{"demo", "1a2b"},                       // a run ID without --cleanup
+		{"demo", "--all"},                      // --all without --cleanup
+		{"demo", "--cleanup", "--all", "1a2b"}, // both
+		{"demo", "--cleanup", "1a2b", "3c4d"},
+		{"demo", "exec", "node-1"},         // no command
+		{"demo", "exec", "node-1", "true"}, // no --
+	} {
+		var out, errb bytes.Buffer
+		if code := Execute(args, &out, &errb); code != ExitUsage {
+			t.Errorf("%v: exit %d, want %d (stderr %q)", args, code, ExitUsage, errb.String())
+		}
 	}
 }
 
@@ -41,7 +51,7 @@ func TestDemo(t *testing.T) {
 	if err := netlab.CheckHost(); err != nil {
 		t.Fatalf("%v (make deps installs it)", err)
 	}
-	bin := buildConfmesh(t)
+	bin := buildDemoBinaries(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -57,28 +67,46 @@ func TestDemo(t *testing.T) {
 	text := out.String()
 	for _, want := range []string{
 		"node-1: attested=true tee=sim-snp datapath=userspace strict=on verified peers: node-2, node-3",
+		"(confmesh-cni ADD through libcni)",
+		"pod node-1/frontend: Kubernetes pod shop/frontend, service account frontend",
+		"pod node-2/payments: Kubernetes pod shop/payments, service account payments",
 		"PASS (a)",
 		"PASS (b)",
 		"IS seen by the capture",
 		"frames holding the payload in clear: 0; frames other than WireGuard, ARP or control-plane TLS: 0",
 		"PASS (c)",
+		// (d): the pod's own identity, mTLS across nodes authorised by ID
+		// and claims, the wrong service account refused, the underlay clean.
+		"$ confmesh demo exec node-1/frontend -- confmesh demo svid\n    SPIFFE ID:   spiffe://confmesh.local/ns/shop/sa/frontend\n    node:        spiffe://confmesh.local/confmesh/node/node-1\n    TEE:         sim-snp",
+		"mTLS ok: I am spiffe://confmesh.local/ns/shop/sa/frontend; server spiffe://confmesh.local/ns/shop/sa/payments (node node-2, sim-snp, measurement 0000",
+		"accepted spiffe://confmesh.local/ns/shop/sa/frontend (node node-1, sim-snp, measurement 0000",
+		"mTLS: frontend -> payments ok",
+		"remote error: tls: bad certificate",
+		"refused spiffe://confmesh.local/ns/shop/sa/catalog (node node-3, sim-snp, measurement 0000000000000000…): unexpected ID",
+		"other than WireGuard, ARP or control-plane TLS: 0; holding the messages or SPIFFE IDs in clear: 0; WireGuard frames between node-1 and node-2: ",
+		"PASS (d)",
 		"agent started with --sim-debug",
 		"the policy forbids debug",
-		"PASS (d)",
-		"$ confmesh nodes revoke node-3",
-		"node-1/pod-1 -> node-3/pod-1: 0 of 20 datagrams arrived",
-		"strict_out_drop on node-1:",
 		"PASS (e)",
+		"node-5 joined for this step and is meshed with every node; node-1/frontend -> node-5/legacy: delivered",
+		"$ confmesh nodes revoke node-5",
+		"node-1/frontend -> node-5/legacy: 0 of 20 datagrams arrived",
+		"strict_out_drop on node-1:",
+		"node-1, node-2, node-3: still a full mesh of each other",
+		"PASS (f)",
 		"== teardown",
-		"demo: all 5 steps held",
+		"demo: all 6 steps held",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the narration lacks %q", want)
 		}
 	}
+	if strings.Contains(text, "sa/default") {
+		t.Errorf("a pod got the default service account")
+	}
 	// Pod CIDRs follow join order, which varies: match the shape, not the numbers.
-	if !regexp.MustCompile(`node-1/pod-1 \(10\.244\.\d+\.\d+\) -> node-2/pod-1 \(10\.244\.\d+\.\d+\): delivered`).MatchString(text) {
-		t.Errorf("the narration lacks node-1/pod-1 -> node-2/pod-1 delivered")
+	if !regexp.MustCompile(`node-1/frontend \(10\.244\.\d+\.\d+\) -> node-2/payments \(10\.244\.\d+\.\d+\): delivered`).MatchString(text) {
+		t.Errorf("the narration lacks node-1/frontend -> node-2/payments delivered")
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s", text)

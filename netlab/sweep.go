@@ -34,6 +34,10 @@ func (rs Runs) runIDOf(name string) (string, bool) {
 	return id, true
 }
 
+// Alive reports whether the run with this ID still holds its lock (its
+// process is running).
+func (rs Runs) Alive(id string) bool { return rs.alive(id) }
+
 // alive reports whether the run with this ID still holds its lock.
 func (rs Runs) alive(id string) bool {
 	f, err := os.OpenFile(filepath.Join(rs.LockDir, id+".lock"), os.O_RDWR, 0)

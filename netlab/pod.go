@@ -30,12 +30,13 @@ type Pod struct {
 	HostIf string // node end of the veth
 
 	// Set for pods the CNI plugin made.
-	CNI         bool
-	ContainerID string // CNI_CONTAINERID
-	Namespace   string // K8S_POD_NAMESPACE
-	PodName     string // K8S_POD_NAME
-	UID         string // K8S_POD_UID
-	deleted     bool   // DEL ran
+	CNI            bool
+	ContainerID    string // CNI_CONTAINERID
+	Namespace      string // K8S_POD_NAMESPACE
+	PodName        string // K8S_POD_NAME
+	UID            string // K8S_POD_UID
+	ServiceAccount string // what the node's pod-metadata file says (PodSpec.ServiceAccount)
+	deleted        bool   // DEL ran
 }
 
 // AddPod makes the next pod on node n: with the CNI plugin when the

@@ -28,8 +28,9 @@ const (
 // returns is one; anything else reaching Execute came from cobra itself
 // (unknown flag, missing required flag, wrong arguments) and is a usage error.
 type exitError struct {
-	code int
-	err  error
+	code  int
+	err   error
+	quiet bool // the command already said everything (demo exec passes a child's status on)
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -96,6 +97,9 @@ func Execute(args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	code := ExitCode(err)
+	if ee := (*exitError)(nil); errors.As(err, &ee) && ee.quiet {
+		return code
+	}
 	if code == ExitUsage {
 		fmt.Fprintf(stderr, "error: %v\n", err)
 	} else {

@@ -66,7 +66,7 @@ func buildConfmesh(t *testing.T) string {
 		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
 	cmd := exec.Command(gobin, "build", "-o", bin, "./cmd/confmesh")
-	cmd.Dir = filepath.Join("..", "..") // the module root
+	cmd.Dir = filepath.Join("..", "..", "..") // the module root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -699,7 +699,7 @@ func TestNodesOutput(t *testing.T) {
 // the flags of `confmesh controlplane` and `confmesh nodes`.
 func TestControlPlaneDocsListEveryFlag(t *testing.T) {
 	t.Parallel()
-	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "controlplane.md"))
+	doc, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "controlplane.md"))
 	if err != nil {
 		t.Fatal(err)
 	}

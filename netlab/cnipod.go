@@ -3,7 +3,6 @@
 package netlab
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,10 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
 // PodSpec is what the runtime would tell the CNI plugin about a pod, in
@@ -22,6 +22,10 @@ import (
 // a random UID.
 type PodSpec struct {
 	Namespace, Name, UID string
+	// ServiceAccount, if set, is written into the node's pod-metadata file
+	// (SetPodMetadata) before the plugin runs, so the pod has a workload
+	// identity; empty: the node's metadata does not know the pod.
+	ServiceAccount string
 }
 
 // CNIError is the error result of a failed plugin command (exit status 1,
@@ -41,51 +45,60 @@ func (e *CNIError) Error() string {
 	return s
 }
 
-// cniConf is the network configuration the lab hands the plugin: what the
-// agent would install, pointed at the node's agent socket.
-func (n *Node) cniConf() []byte {
-	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "confmesh", "type": "confmesh-cni", "agentSocket": n.Socket})
-	return conf
+// cniConfList is the network configuration the lab hands the plugin: what
+// the agent would install, pointed at the node's agent socket.
+func (n *Node) cniConfList() (*libcni.NetworkConfigList, error) {
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "confmesh",
+		"plugins": []any{map[string]any{"type": "confmesh-cni", "agentSocket": n.Socket}}})
+	return libcni.NetworkConfFromBytes(conf)
 }
 
-// runCNI execs the plugin in the node's network namespace (it creates the
-// host end of the veth there) with command for the pod's attachment eth0,
-// and returns its stdout. A CNI error result becomes a *CNIError.
-func (c *Cluster) runCNI(n *Node, command string, p *Pod) ([]byte, error) {
+// runCNI runs the plugin's command (ADD or DEL) for the pod's attachment
+// eth0 through libcni, as a container runtime does: the plugin is found by
+// its type in CNI_PATH (the directory of Config.CNIBin) and is handed
+// CNI_ARGS with K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID. It runs in
+// the node's network namespace (it creates the host end of the veth there):
+// libcni execs it from a thread switched into that namespace. ADD returns
+// the plugin's result; a CNI error result becomes a *CNIError.
+func (c *Cluster) runCNI(n *Node, command string, p *Pod) (*current.Result, error) {
 	return c.runCNIIn(n.NS, n, command, p)
 }
 
 // runCNIIn is runCNI with the plugin exec'd in the network namespace
 // netns, which need not be the node's.
-func (c *Cluster) runCNIIn(netns string, n *Node, command string, p *Pod) ([]byte, error) {
+func (c *Cluster) runCNIIn(netns string, n *Node, command string, p *Pod) (*current.Result, error) {
 	if c.CNIBin == "" {
 		return nil, errors.New("netlab: the cluster has no CNI plugin (Config.CNIBin)")
 	}
+	list, err := n.cniConfList()
+	if err != nil {
+		return nil, err
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(c.CNIBin)}, filepath.Join(n.StateDir, "cni-cache"), nil)
+	rt := &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: filepath.Join(NetnsDir, p.NS), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.PodName}, {"K8S_POD_UID", p.UID}}}
 	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", netns, c.CNIBin)
-	cmd.Env = append(os.Environ(),
-		"CNI_COMMAND="+command,
-		"CNI_CONTAINERID="+p.ContainerID,
-		"CNI_NETNS="+filepath.Join(NetnsDir, p.NS),
-		"CNI_IFNAME=eth0",
-		"CNI_PATH="+filepath.Dir(c.CNIBin),
-		fmt.Sprintf("CNI_ARGS=K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_UID=%s", p.Namespace, p.PodName, p.UID),
-	)
-	cmd.Stdin = bytes.NewReader(n.cniConf())
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
-		var ce CNIError
-		if json.Unmarshal(stdout.Bytes(), &ce) == nil && ce.Code != 0 {
-			ce.Command = command
-			return nil, &ce
+	var res *current.Result
+	err = InNS(netns, func() error {
+		if command == "DEL" {
+			return cni.DelNetworkList(ctx, list, rt)
 		}
-		return nil, fmt.Errorf("confmesh-cni %s for %s on %s: %v: stdout %q stderr %q", command, p.Name, n.Name, err,
-			strings.TrimSpace(stdout.String()), strings.TrimSpace(stderr.String()))
+		out, err := cni.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(out)
+		return err
+	})
+	if err != nil {
+		var te *types.Error
+		if errors.As(err, &te) {
+			return nil, &CNIError{Command: command, Code: te.Code, Msg: te.Msg, Details: te.Details}
+		}
+		return nil, fmt.Errorf("confmesh-cni %s for %s on %s: %v", command, p.Name, n.Name, err)
 	}
-	return stdout.Bytes(), nil
+	return res, nil
 }
 
 // AddCNIPod makes the next pod on node n with the real CNI plugin: a fresh
@@ -121,29 +134,26 @@ func (c *Cluster) AddCNIPodFrom(from string, n *Node, spec PodSpec) (*Pod, error
 	if err := AddNetns(p.NS); err != nil {
 		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 	}
-	out, err := c.runCNIIn(from, n, "ADD", p)
+	if spec.ServiceAccount != "" {
+		if err := n.SetPodMetadata(p.Namespace, p.PodName, spec.ServiceAccount); err != nil {
+			return nil, fmt.Errorf("pod %s: %w", p.Name, err)
+		}
+		p.ServiceAccount = spec.ServiceAccount
+	}
+	res, err := c.runCNIIn(from, n, "ADD", p)
 	if err != nil {
 		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 	}
-	var res struct {
-		Interfaces []struct {
-			Name    string `json:"name"`
-			Sandbox string `json:"sandbox"`
-		} `json:"interfaces"`
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+	if len(res.IPs) == 0 {
 		c.deleteCNIPod(p) // do not leave an attachment nobody knows of
-		return nil, fmt.Errorf("pod %s: confmesh-cni ADD result %q: no address (%v)", p.Name, out, err)
+		return nil, fmt.Errorf("pod %s: confmesh-cni ADD result has no address", p.Name)
 	}
-	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
+	addr, ok := netip.AddrFromSlice(res.IPs[0].Address.IP)
+	if !ok {
 		c.deleteCNIPod(p)
-		return nil, fmt.Errorf("pod %s: confmesh-cni ADD result address %q: %v", p.Name, res.IPs[0].Address, err)
+		return nil, fmt.Errorf("pod %s: confmesh-cni ADD result address %v", p.Name, res.IPs[0].Address)
 	}
-	p.IP = pfx.Addr()
+	p.IP = addr.Unmap()
 	for _, i := range res.Interfaces {
 		if i.Sandbox == "" {
 			p.HostIf = i.Name
