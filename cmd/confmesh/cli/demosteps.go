@@ -328,6 +328,34 @@ func (d *demo) stepRevoke() error {
 		return err
 	}
 	d.indent(table)
+	d.say("$ confmesh nodes --all")
+	table, err = d.c.CLI(append([]string{"nodes", "--all"}, d.c.AdminArgs()...)...)
+	if err != nil {
+		return err
+	}
+	d.indent(table)
+	// The revoked node learns it from its watch and drops every tunnel
+	// itself: no stale peers, no handshakes from it.
+	var own *netlab.Status
+	err = netlab.Eventually(15*time.Second, netlab.PollEvery, func() error {
+		st, err := victim.Status()
+		if err != nil {
+			return err
+		}
+		dev, err := victim.WGDevice()
+		if err != nil {
+			return err
+		}
+		if st.State != "revoked" || len(dev.Peers) != 0 {
+			return fmt.Errorf("%s's own agent: state %q, %d WireGuard peers; want revoked and none", victim.Name, st.State, len(dev.Peers))
+		}
+		own = st
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	d.say("%s's own agent: state %s (%s), 0 WireGuard peers: it dropped every tunnel and stopped calling the control plane", victim.Name, own.State, own.StateReason)
 
 	n1 := from.Node
 	before, _, err := n1.StrictCounters()
