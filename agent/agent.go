@@ -123,6 +123,7 @@ type Agent struct {
 	stateReason string
 	stateSince  time.Time
 	own         *identity.Claims // this node's claims, from its SVID
+	ownTEE      *attest.Claims   // this node's own evidence, verified under its own policy
 	pods        *podStore
 	jwtBundle   *jwtbundle.Bundle // JWT-SVID keys, from the control plane
 	workload    *workload.Server  // nil when WorkloadSocket is empty
@@ -401,6 +402,7 @@ func (a *Agent) join(ctx context.Context) error {
 		return err
 	}
 	a.adoptJWTBundle(resp.GetJwtBundle())
+	a.noteOwnEvidence(conn)
 	pod, err := netip.ParsePrefix(resp.GetPodCidr())
 	if err != nil {
 		return fmt.Errorf("control plane sent pod CIDR %q: %w", resp.GetPodCidr(), err)
@@ -466,6 +468,28 @@ func (a *Agent) adopt(svid, bundle [][]byte) error {
 	a.svidExpiry, a.svidIssued = chain[0].NotAfter, a.now()
 	a.own = claims
 	return nil
+}
+
+// noteOwnEvidence verifies the evidence this node just attested with under
+// its own policy, for `confmesh status` (its product and decoded TCB). A
+// failure is only logged: the control plane admitted the node, but peers
+// with this policy will refuse it, which is worth a warning.
+func (a *Agent) noteOwnEvidence(conn *cpclient.Conn) {
+	ev := conn.Evidence()
+	if ev == nil {
+		return
+	}
+	a.mu.Lock()
+	v := a.verifier
+	a.mu.Unlock()
+	c, err := v.VerifyUnbound(ev)
+	if err != nil {
+		a.log.Warn("this node's own evidence does not pass its own policy: peers with this policy will refuse it", "reason", attest.Reason(err), "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.ownTEE = c
+	a.mu.Unlock()
 }
 
 // watchLoop follows the peer set, reconnecting (and re-attesting the
@@ -683,6 +707,7 @@ func (a *Agent) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.noteOwnEvidence(conn)
 	if newKey != nil {
 		if err := saveWireGuardKey(a.cfg.StateDir, *newKey); err != nil {
 			return fmt.Errorf("persist rotated WireGuard key: %w", err)

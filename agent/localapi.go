@@ -138,6 +138,9 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 	if a.own != nil {
 		resp.Tee, resp.Measurement = a.own.TEE, a.own.Measurement
 	}
+	if a.ownTEE != nil {
+		resp.Product, resp.ReportedTcb = a.ownTEE.Product, a.ownTEE.ReportedTCB.Raw
+	}
 	for name, s := range a.peerState {
 		ps := &agentv1.PeerStatus{Name: name, Endpoint: s.record.GetEndpoint(), PodCidrs: s.record.GetPodCidrs(), WireguardPublicKey: s.record.GetWireguardPublicKey()}
 		if s.err != nil {

@@ -23,6 +23,9 @@ func TestFullMeshAndTraffic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if st.Product != "Milan" {
+			t.Errorf("%s status: product %q, want Milan (the simulated chip's product, from its own verified evidence)", n.Name, st.Product)
+		}
 		if st.Datapath != "userspace" || !st.StrictMode || !st.TrustsSimulatedRoot {
 			t.Errorf("%s status: datapath=%q strictMode=%v trustsSimulatedRoot=%v, want userspace, true, true", n.Name, st.Datapath, st.StrictMode, st.TrustsSimulatedRoot)
 		}

@@ -25,6 +25,9 @@ type Status struct {
 	PodCIDR             string `json:"podCIDR"`
 	WireGuardKey        string `json:"wireguardKey"`
 	TrustsSimulatedRoot bool   `json:"trustsSimulatedRoot"`
+	// Product is the product line of the node's own TEE (e.g. Milan), from
+	// the evidence it attested with, verified under its own policy.
+	Product string `json:"product"`
 	// State is the node's standing with the control plane: "joining",
 	// "active", "revoked" or "refused"; StateReason says why.
 	State       string `json:"state"`

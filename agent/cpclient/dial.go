@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"sync"
 	"time"
 
@@ -60,7 +61,15 @@ type Conn struct {
 	// asking again.
 	pending   []byte
 	pendingAt time.Time
+
+	// evidence is what this node last attested with on this connection.
+	evidence *attestv1.Evidence
 }
+
+// Evidence returns the evidence the last Join or Renew on this connection
+// sent for the node (nil before either), so the agent can show what its
+// own TEE reports.
+func (c *Conn) Evidence() *attestv1.Evidence { return c.evidence }
 
 // freshChallenge returns the pending challenge if it is young enough to be
 // answered, else asks the control plane for a new one (re-attesting it).

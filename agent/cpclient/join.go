@@ -52,6 +52,7 @@ func (c *Conn) attested(ctx context.Context, n Node, purpose attest.Purpose, key
 	if err != nil {
 		return nil, nil, fmt.Errorf("attest: %w", err)
 	}
+	c.evidence = ev
 	return csr, ev, nil
 }
 

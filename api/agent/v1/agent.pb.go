@@ -758,9 +758,15 @@ type StatusResponse struct {
 	// it: permanent) or "refused" (the control plane refused its join or
 	// renewal). Revoked and refused nodes carry no peers and stop calling
 	// the control plane; state_reason is the control plane's reason.
-	State         string                 `protobuf:"bytes,40,opt,name=state,proto3" json:"state,omitempty"`
-	StateReason   string                 `protobuf:"bytes,41,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
-	StateSince    *timestamppb.Timestamp `protobuf:"bytes,42,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
+	State       string                 `protobuf:"bytes,40,opt,name=state,proto3" json:"state,omitempty"`
+	StateReason string                 `protobuf:"bytes,41,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	StateSince  *timestamppb.Timestamp `protobuf:"bytes,42,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
+	// product and reported_tcb describe this node's own TEE, from the
+	// evidence it last attested with, verified under its own policy: the
+	// product line (e.g. Milan, Turin) and its raw REPORTED_TCB (decode it
+	// with the product's layout). Empty and 0 before the first join.
+	Product       string `protobuf:"bytes,50,opt,name=product,proto3" json:"product,omitempty"`
+	ReportedTcb   uint64 `protobuf:"varint,51,opt,name=reported_tcb,json=reportedTcb,proto3" json:"reported_tcb,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -933,6 +939,20 @@ func (x *StatusResponse) GetStateSince() *timestamppb.Timestamp {
 		return x.StateSince
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetReportedTcb() uint64 {
+	if x != nil {
+		return x.ReportedTcb
+	}
+	return 0
 }
 
 // StrictStatus is the state of the strict-mode nftables table and the
@@ -1461,7 +1481,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\brx_bytes\x18\b \x01(\x03R\arxBytes\x12\x19\n" +
 	"\btx_bytes\x18\t \x01(\x03R\atxBytes\x12\x18\n" +
 	"\aproduct\x18\x14 \x01(\tR\aproduct\x12!\n" +
-	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xe6\x05\n" +
+	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xa3\x06\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1a\n" +
 	"\battested\x18\x02 \x01(\bR\battested\x12\x10\n" +
@@ -1486,7 +1506,9 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x05state\x18( \x01(\tR\x05state\x12!\n" +
 	"\fstate_reason\x18) \x01(\tR\vstateReason\x12;\n" +
 	"\vstate_since\x18* \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"stateSince\"\xcb\x02\n" +
+	"stateSince\x12\x18\n" +
+	"\aproduct\x182 \x01(\tR\aproduct\x12!\n" +
+	"\freported_tcb\x183 \x01(\x04R\vreportedTcb\"\xcb\x02\n" +
 	"\fStrictStatus\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +

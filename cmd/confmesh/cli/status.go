@@ -66,11 +66,15 @@ type statusJSON struct {
 	Revision            uint64 `json:"revision"`
 	// State is the node's standing with the control plane: joining,
 	// active, revoked or refused; StateReason the control plane's reason.
-	State       string     `json:"state"`
-	StateReason string     `json:"stateReason,omitempty"`
-	StateSince  string     `json:"stateSince,omitempty"`
-	Peers       []peerJSON `json:"peers"`
-	Strict      strictJSON `json:"strict"`
+	// Product and ReportedTCB describe this node's own TEE (the TCB
+	// decoded with the product's layout; fmc only on Turin).
+	Product     string      `json:"product,omitempty"`
+	ReportedTCB *attest.TCB `json:"reportedTCB,omitempty"`
+	State       string      `json:"state"`
+	StateReason string      `json:"stateReason,omitempty"`
+	StateSince  string      `json:"stateSince,omitempty"`
+	Peers       []peerJSON  `json:"peers"`
+	Strict      strictJSON  `json:"strict"`
 }
 
 // strictJSON is strict mode as the agent finds it in the kernel.
@@ -108,12 +112,14 @@ func toPeerJSON(p *agentv1.PeerStatus) peerJSON {
 
 // peerTCB is the compact TCB column: the product and its components (FMC
 // only on Turin), or "-" when unknown.
-func peerTCB(j peerJSON) string {
-	t := j.ReportedTCB
+func peerTCB(j peerJSON) string { return compactTCB(j.Product, j.ReportedTCB) }
+
+// compactTCB renders a product and its decoded TCB, or "-" when unknown.
+func compactTCB(product string, t *attest.TCB) string {
 	if t == nil {
 		return "-"
 	}
-	s := j.Product
+	s := product
 	if t.FMC != nil {
 		s += fmt.Sprintf(" fmc=%d", *t.FMC)
 	}
@@ -127,6 +133,11 @@ func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
 		WireGuardKey: hex.EncodeToString(st.WireguardPublicKey), TrustsSimulatedRoot: st.TrustsSimulatedRoot, Revision: st.Revision,
 		State: st.State, StateReason: st.StateReason, StateSince: ts(st.StateSince, st.StateSince != nil),
 		Peers: []peerJSON{}}
+	if st.Product != "" {
+		if t, err := attest.DecodeTCB(st.Product, st.ReportedTcb); err == nil {
+			out.Product, out.ReportedTCB = st.Product, &t
+		}
+	}
 	for _, p := range st.Peers {
 		out.Peers = append(out.Peers, toPeerJSON(p))
 	}
@@ -191,6 +202,9 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 	}
 	fmt.Fprintf(out, "state:       %s\n", state)
 	fmt.Fprintf(out, "attested:    %v (%s, measurement %s)\n", s.Attested, s.TEE, shorten(s.Measurement))
+	if s.ReportedTCB != nil {
+		fmt.Fprintf(out, "tcb:         %s\n", compactTCB(s.Product, s.ReportedTCB))
+	}
 	fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
 	fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
 	fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)

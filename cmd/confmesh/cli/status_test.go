@@ -48,6 +48,7 @@ func TestStatusAndPeers(t *testing.T) {
 		Strict: &agentv1.StrictStatus{Enabled: true, State: "installed", Reinstalls: 2, LastReinstall: timestamppb.New(handshake),
 			RouteRepairs: 3, Pods: 4, DropsOut: 5, DropsIn: 6, DropsSpoof: 7},
 		State: "active", StateSince: timestamppb.New(handshake),
+		Product: "Milan", ReportedTcb: 0x0a14000000000302, // Milan bytes: bootloader 2, TEE 3, SNP 20, microcode 10
 		Peers: []*agentv1.PeerStatus{
 			{Name: "node-b", Endpoint: "198.18.0.2:51820", State: "verified", PodCidrs: []string{"10.244.2.0/24"},
 				WireguardPublicKey: []byte{3, 4}, LatestHandshake: timestamppb.New(handshake), RxBytes: 10, TxBytes: 20,
@@ -101,6 +102,7 @@ func TestStatusAndPeers(t *testing.T) {
 			"node:        node-a\n" +
 			"state:       active since 2026-03-14T15:09:26Z\n" +
 			"attested:    true (sim-snp, measurement abababababababab…)\n" +
+			"tcb:         Milan bl=2 tee=3 snp=20 ucode=10\n" +
 			"identity:    spiffe://cluster.test/confmesh/node/node-a (expires 2026-03-14T16:09:26Z)\n" +
 			"ready:       false no peers yet\n" +
 			"datapath:    kernel on cm0\n" +
@@ -127,6 +129,14 @@ func TestStatusAndPeers(t *testing.T) {
   "wireguardKey": "0102",
   "trustsSimulatedRoot": true,
   "revision": 7,
+  "product": "Milan",
+  "reportedTCB": {
+    "raw": 726205439913493250,
+    "bootloader": 2,
+    "tee": 3,
+    "snp": 20,
+    "microcode": 10
+  },
   "state": "active",
   "stateSince": "2026-03-14T15:09:26Z",
   "peers": ` + string(bytes.ReplaceAll([]byte(peersJSON[:len(peersJSON)-1]), []byte("\n"), []byte("\n  "))) + `,
