@@ -92,6 +92,21 @@ func podKey(p Pod) []byte {
 	return append(ifname(p.Interface), p.Addr.AsSlice()...)
 }
 
+// openValidated validates r, takes installMu (every writer of the table
+// holds it) and opens an nftables connection; unlock releases installMu.
+func openValidated(r Rules) (c *nftables.Conn, unlock func(), err error) {
+	if err := r.Validate(); err != nil {
+		return nil, nil, err
+	}
+	installMu.Lock()
+	c, err = nftables.New()
+	if err != nil {
+		installMu.Unlock()
+		return nil, nil, fmt.Errorf("netfilter: open nftables: %w", err)
+	}
+	return c, installMu.Unlock, nil
+}
+
 // Install programs r into the current network namespace in one nftables
 // transaction: create the table if absent (and wake it if dormant), flush
 // all its rules, delete any chain or set that is not one of ours or has a
@@ -104,16 +119,11 @@ func podKey(p Pod) []byte {
 // The named counters are created only if absent: re-installing keeps their
 // values (a counter object has no update operation in the kernel).
 func Install(r Rules) error {
-	if err := r.Validate(); err != nil {
+	c, unlock, err := openValidated(r)
+	if err != nil {
 		return err
 	}
-	installMu.Lock()
-	defer installMu.Unlock()
-
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("netfilter: open nftables: %w", err)
-	}
+	defer unlock()
 	t := tableOf(r.Table)
 	out, in := wantedChains(t)
 	sets := wantedSets(t)

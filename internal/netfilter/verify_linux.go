@@ -158,15 +158,11 @@ func keys(es []nftables.SetElement) []string {
 // what the agent does when the CNI plugin adds or removes a pod. It fails,
 // changing nothing, when the table or a set is missing (Install then).
 func SyncPods(r Rules) error {
-	if err := r.Validate(); err != nil {
+	c, unlock, err := openValidated(r)
+	if err != nil {
 		return err
 	}
-	installMu.Lock()
-	defer installMu.Unlock()
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("netfilter: open nftables: %w", err)
-	}
+	defer unlock()
 	t := tableOf(r.Table)
 	want := r.elements()
 	changed := false

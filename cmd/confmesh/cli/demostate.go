@@ -94,16 +94,7 @@ func invokingUser() (int, string) {
 
 // procStart is the start time (clock ticks since boot) of pid, 0 if gone.
 func procStart(pid int) uint64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
+	f := procStatFields(pid)
 	if len(f) < 20 {
 		return 0
 	}
@@ -113,21 +104,27 @@ func procStart(pid int) uint64 {
 
 // procParent is pid's parent, 0 if unknown.
 func procParent(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
+	f := procStatFields(pid)
 	if len(f) < 2 {
 		return 0
 	}
 	v, _ := strconv.Atoi(f[1])
 	return v
+}
+
+// procStatFields are the fields of /proc/PID/stat after the command name
+// (which may hold spaces and parentheses): field 3 of proc(5) is [0].
+func procStatFields(pid int) []string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
 }
 
 func (s *demoState) save() error {

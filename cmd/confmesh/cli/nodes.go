@@ -281,24 +281,22 @@ func runNodesList(ctx context.Context, out io.Writer, af *adminFlags, format str
 }
 
 func runNodesRevoke(ctx context.Context, out io.Writer, af *adminFlags, name string) error {
-	c, err := dialAdmin(af)
-	if err != nil {
+	return runNodeAdmin(ctx, out, af, name, func(ctx context.Context, c cpv1.AdminClient) error {
+		_, err := c.RevokeNode(ctx, &cpv1.RevokeNodeRequest{Name: name})
 		return err
-	}
-	defer c.cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, af.timeout)
-	defer cancel()
-	if _, err := c.client.RevokeNode(ctx, &cpv1.RevokeNodeRequest{Name: name}); err != nil {
-		if status.Code(err) == codes.NotFound {
-			return failf("no node %q at the control plane at %s", name, c.socket)
-		}
-		return c.callError(err, af.timeout)
-	}
-	fmt.Fprintf(out, "node %q revoked: it left the peer set; its chip and WireGuard key may never join again\n", name)
-	return nil
+	}, "revoked: it left the peer set; its chip and WireGuard key may never join again")
 }
 
 func runNodesRemove(ctx context.Context, out io.Writer, af *adminFlags, name string) error {
+	return runNodeAdmin(ctx, out, af, name, func(ctx context.Context, c cpv1.AdminClient) error {
+		_, err := c.RemoveNode(ctx, &cpv1.RemoveNodeRequest{Name: name})
+		return err
+	}, "removed: it left the peer set; its name and pod CIDR are free (its chip and keys are not blocked)")
+}
+
+// runNodeAdmin makes one admin call about node name and, when it succeeds,
+// prints `node "name" done`; an unknown node is named as such.
+func runNodeAdmin(ctx context.Context, out io.Writer, af *adminFlags, name string, call func(context.Context, cpv1.AdminClient) error, done string) error {
 	c, err := dialAdmin(af)
 	if err != nil {
 		return err
@@ -306,13 +304,13 @@ func runNodesRemove(ctx context.Context, out io.Writer, af *adminFlags, name str
 	defer c.cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, af.timeout)
 	defer cancel()
-	if _, err := c.client.RemoveNode(ctx, &cpv1.RemoveNodeRequest{Name: name}); err != nil {
+	if err := call(ctx, c.client); err != nil {
 		if status.Code(err) == codes.NotFound {
 			return failf("no node %q at the control plane at %s", name, c.socket)
 		}
 		return c.callError(err, af.timeout)
 	}
-	fmt.Fprintf(out, "node %q removed: it left the peer set; its name and pod CIDR are free (its chip and keys are not blocked)\n", name)
+	fmt.Fprintf(out, "node %q %s\n", name, done)
 	return nil
 }
 
