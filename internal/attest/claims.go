@@ -45,32 +45,32 @@ type Claims struct {
 
 // TDXClaims are the fields of a verified TDX quote.
 type TDXClaims struct {
-	QuoteVersion     uint32     `json:"quoteVersion"`
-	MRTD             HexBytes   `json:"mrtd"`
-	RTMRs            []HexBytes `json:"rtmrs"`
-	MRConfigID       HexBytes   `json:"mrConfigID"`
-	MROwner          HexBytes   `json:"mrOwner"`
-	MROwnerConfig    HexBytes   `json:"mrOwnerConfig"`
-	MRSeam           HexBytes   `json:"mrSeam"`
-	MRSignerSeam     HexBytes   `json:"mrSignerSeam"`
-	SeamAttributes   HexBytes   `json:"seamAttributes"`
-	TDAttributes     HexBytes   `json:"tdAttributes"`
-	XFAM             HexBytes   `json:"xfam"`
-	TeeTCBSVN        HexBytes   `json:"teeTCBSVN"`
-	TeeTCBSVN2       HexBytes   `json:"teeTCBSVN2,omitempty"`
-	MRServiceTD      HexBytes   `json:"mrServiceTD,omitempty"`
-	QESVN            uint16     `json:"qeSVN"`
-	PCESVN           uint16     `json:"pceSVN"`
-	QEVendorID       HexBytes   `json:"qeVendorID"`
-	FMSPC            HexBytes   `json:"fmspc"`
-	PCEID            HexBytes   `json:"pceID"`
-	PPID             HexBytes   `json:"ppid"`
-	PCKCertPCESVN    uint16     `json:"pckCertPCESVN"`
-	PCKCertCPUSVN    HexBytes   `json:"pckCertCPUSVN"`
+	QuoteVersion   uint32     `json:"quoteVersion"`
+	MRTD           HexBytes   `json:"mrtd"`
+	RTMRs          []HexBytes `json:"rtmrs"`
+	MRConfigID     HexBytes   `json:"mrConfigID"`
+	MROwner        HexBytes   `json:"mrOwner"`
+	MROwnerConfig  HexBytes   `json:"mrOwnerConfig"`
+	MRSeam         HexBytes   `json:"mrSeam"`
+	MRSignerSeam   HexBytes   `json:"mrSignerSeam"`
+	SeamAttributes HexBytes   `json:"seamAttributes"`
+	TDAttributes   HexBytes   `json:"tdAttributes"`
+	XFAM           HexBytes   `json:"xfam"`
+	TeeTCBSVN      HexBytes   `json:"teeTCBSVN"`
+	TeeTCBSVN2     HexBytes   `json:"teeTCBSVN2,omitempty"`
+	MRServiceTD    HexBytes   `json:"mrServiceTD,omitempty"`
+	QESVN          uint16     `json:"qeSVN"`
+	PCESVN         uint16     `json:"pceSVN"`
+	QEVendorID     HexBytes   `json:"qeVendorID"`
+	FMSPC          HexBytes   `json:"fmspc"`
+	PCEID          HexBytes   `json:"pceID"`
+	PPID           HexBytes   `json:"ppid"`
+	PCKCertPCESVN  uint16     `json:"pckCertPCESVN"`
+	PCKCertCPUSVN  HexBytes   `json:"pckCertCPUSVN"`
 	// TCBStatus and QETCBStatus are computed from collateral; empty when
 	// the verifier had none.
 	TCBStatus   string   `json:"tcbStatus,omitempty"`
 	QETCBStatus string   `json:"qeTCBStatus,omitempty"`
 	AdvisoryIDs []string `json:"advisoryIDs,omitempty"`
-	TCBDate      string   `json:"tcbDate,omitempty"`
+	TCBDate     string   `json:"tcbDate,omitempty"`
 }

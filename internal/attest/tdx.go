@@ -3,11 +3,11 @@ package attest
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
