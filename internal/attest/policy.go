@@ -259,11 +259,14 @@ func policyFields() []string {
 // not parsed from a file.
 func (p *Policy) Defaulted(field string) bool { return p.defaulted[field] }
 
-// DefaultPolicy is the policy the CLI applies without --policy: AMD roots,
-// no debug, any measurement, VMPL 0-3, no TCB minimum.
+// DefaultPolicy is the policy the CLI applies without --policy: AMD and
+// Intel roots, no debug, any measurement or MRTD, VMPL 0-3, no TCB minimum,
+// TDX TCB status UpToDate when collateral is given.
 func DefaultPolicy() *Policy {
 	p := policyDefaults()
 	p.anyMeasurement, p.AllowSMT, p.AllowedVMPLs = true, true, []uint32{0, 1, 2, 3}
+	p.TrustedRoots = append(p.TrustedRoots, RootRef{Kind: RootIntel})
+	p.TDX = &TDXPolicy{AcceptedTCBStatuses: []string{TCBStatusUpToDate}}
 	return &p
 }
 
