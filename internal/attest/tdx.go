@@ -351,7 +351,7 @@ func (v *Verifier) checkTDXPolicy(q *TDXQuote, tc *TDXClaims) error {
 		return fmt.Errorf("%w: the TD has the DEBUG attribute (its memory and state are readable by the host) and the policy forbids debug", ErrDebug)
 	}
 	if !pol.anyMeasurement && !containsBytes(p.MRTDs, tc.MRTD) {
-		return fmt.Errorf("%w: MRTD %x is not one of the %d accepted tdx.mrtds", ErrMeasurement, tc.MRTD, len(p.MRTDs))
+		return fmt.Errorf("%w: MRTD %s is not one of the %d accepted tdx.mrtds", ErrMeasurement, tc.MRTD, len(p.MRTDs))
 	}
 	for i, want := range p.RTMRs {
 		if len(want) > 0 && (i >= len(tc.RTMRs) || !bytes.Equal(tc.RTMRs[i], want)) {
@@ -359,18 +359,18 @@ func (v *Verifier) checkTDXPolicy(q *TDXQuote, tc *TDXClaims) error {
 		}
 	}
 	if len(p.MRConfigIDs) > 0 && !containsBytes(p.MRConfigIDs, tc.MRConfigID) {
-		return fmt.Errorf("%w: MRCONFIGID %x is not one of the %d accepted", ErrMRConfigID, tc.MRConfigID, len(p.MRConfigIDs))
+		return fmt.Errorf("%w: MRCONFIGID %s is not one of the %d accepted", ErrMRConfigID, tc.MRConfigID, len(p.MRConfigIDs))
 	}
 	if p.XFAMMask != nil && !maskedEqual(tc.XFAM, p.XFAMMask, p.XFAM) {
-		return fmt.Errorf("%w: XFAM %x & mask %x is not %x", ErrXFAM, tc.XFAM, p.XFAMMask, p.XFAM)
+		return fmt.Errorf("%w: XFAM %s & mask %s is not %s", ErrXFAM, tc.XFAM, p.XFAMMask, p.XFAM)
 	}
 	if p.TDAttributesMask != nil && !maskedEqual(tc.TDAttributes, p.TDAttributesMask, p.TDAttributes) {
-		return fmt.Errorf("%w: TD_ATTRIBUTES %x & mask %x is not %x", ErrTDAttributes, tc.TDAttributes, p.TDAttributesMask, p.TDAttributes)
+		return fmt.Errorf("%w: TD_ATTRIBUTES %s & mask %s is not %s", ErrTDAttributes, tc.TDAttributes, p.TDAttributesMask, p.TDAttributes)
 	}
 	if m := p.MinimumTeeTCBSVN; m != nil {
 		for i := range m {
 			if i >= len(tc.TeeTCBSVN) || tc.TeeTCBSVN[i] < m[i] {
-				return fmt.Errorf("%w: TEE_TCB_SVN %x is below the minimum %x (component %d)", ErrTCBTEE, tc.TeeTCBSVN, []byte(m), i)
+				return fmt.Errorf("%w: TEE_TCB_SVN %s is below the minimum %s (component %d)", ErrTCBTEE, tc.TeeTCBSVN, m, i)
 			}
 		}
 	}
@@ -381,7 +381,7 @@ func (v *Verifier) checkTDXPolicy(q *TDXQuote, tc *TDXClaims) error {
 		return fmt.Errorf("%w: PCE SVN %d, minimum %d", ErrPCESVN, tc.PCESVN, p.MinimumPCESVN)
 	}
 	if len(p.FMSPCs) > 0 && !containsBytes(p.FMSPCs, tc.FMSPC) {
-		return fmt.Errorf("%w: FMSPC %x is not on the policy's tdx.fmspcs allowlist", ErrPlatform, tc.FMSPC)
+		return fmt.Errorf("%w: FMSPC %s is not on the policy's tdx.fmspcs allowlist", ErrPlatform, tc.FMSPC)
 	}
 	if len(p.PPIDs) > 0 && !containsBytes(p.PPIDs, tc.PPID) {
 		return fmt.Errorf("%w: PPID %x… is not on the policy's tdx.ppids allowlist", ErrPlatform, head(tc.PPID))
