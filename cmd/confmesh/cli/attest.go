@@ -19,7 +19,7 @@ import (
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
-	"github.com/confmesh/confmesh/internal/attest/snp"
+	"github.com/confmesh/confmesh/internal/attest/tsm"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/spf13/cobra"
 )
@@ -531,11 +531,12 @@ Without --sim-dir the report comes from this machine's SEV-SNP device.`,
 	return cmd
 }
 
-// NewHardwareProvider opens this machine's SEV-SNP guest device for
-// `attest report` without --sim-dir. A variable so tests (and other
-// platforms) can replace it.
+// NewHardwareProvider opens this machine's TEE (configfs-tsm for SEV-SNP
+// or TDX, else /dev/sev-guest) for `attest report` without --sim-dir, the
+// agent and the control plane. A variable so tests (and other platforms)
+// can replace it.
 var NewHardwareProvider = func() (attest.Provider, error) {
-	p, err := snp.Open()
+	p, err := tsm.OpenHardware()
 	if err != nil {
 		return nil, fmt.Errorf("%w; pass --sim-dir to use the simulated TEE", err)
 	}

@@ -19,7 +19,6 @@ import (
 	"github.com/confmesh/confmesh/controlplane/config"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
-	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/google/go-sev-guest/verify/trust"
 	"github.com/spf13/cobra"
@@ -259,16 +258,12 @@ func openProvider(cfg *config.Config, log *slog.Logger) (attest.Provider, error)
 		return p, nil
 	}
 	m, _ := cfg.SimMeasurementBytes() // validated
-	ca, err := sim.OpenCA(cfg.SimDir, "")
+	n, root, err := openSimTEE(simTEEConfig{dir: cfg.SimDir, name: cfg.SimName, measurement: m, debug: cfg.SimDebug})
 	if err != nil {
 		return nil, failf("controlplane: --sim-dir: %v", err)
 	}
-	n, err := ca.OpenNode(cfg.SimName, sim.NodeConfig{Measurement: m, Debug: cfg.SimDebug})
-	if err != nil {
-		return nil, failf("controlplane: simulated node %q: %v", cfg.SimName, err)
-	}
 	log.Warn("!!! THE CONTROL PLANE RUNS ON A SIMULATED TEE: its evidence proves nothing about hardware; agents accept it only if their policy names the simulated root; never use this in production !!!",
-		"root", ca.RootPath(), "node", cfg.SimName, "measurement", fmt.Sprintf("%x", n.Config().Measurement), "debug", cfg.SimDebug)
+		"tee", n.TEE(), "root", root, "node", cfg.SimName, "measurement", fmt.Sprintf("%x", m), "debug", cfg.SimDebug)
 	return n, nil
 }
 

@@ -212,3 +212,9 @@ func readCert(path string) (*x509.Certificate, error) {
 	}
 	return x509.ParseCertificate(b.Bytes)
 }
+
+// IsCADir reports whether dir holds a simulated TDX CA.
+func IsCADir(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, rootKeyFile))
+	return err == nil
+}
