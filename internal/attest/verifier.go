@@ -202,7 +202,11 @@ func (v *Verifier) VerifyExactReportData(ev *attestv1.Evidence, want []byte) (*C
 		return nil, fmt.Errorf("%w: expected report data is %d bytes, want 64", ErrMalformedBinding, len(want))
 	}
 	if !bytes.Equal(reportData, want) {
-		return nil, fmt.Errorf("%w: report data %x… is not the expected %x…", ErrBinding, head(reportData), head(want))
+		i := 0
+		for i < len(want) && i < len(reportData) && reportData[i] == want[i] {
+			i++
+		}
+		return nil, fmt.Errorf("%w: report data %x is not the expected %x (they differ from byte %d)", ErrBinding, reportData, want, i)
 	}
 	return c, nil
 }
