@@ -39,6 +39,7 @@ type agentFlags struct {
 	simDir, simName, simMeasurement, simTEE                                     string
 	simDebug                                                                    bool
 	simVMPL                                                                     uint32
+	tdxColl                                                                     tdxCollateralFlags
 }
 
 func newAgentCmd() *cobra.Command {
@@ -89,6 +90,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.simMeasurement, "sim-measurement", "", "simulated launch measurement, 96 `HEX` digits")
 	fl.BoolVar(&f.simDebug, "sim-debug", false, "simulated guest has the debug policy bit set (a rogue node)")
 	fl.Uint32Var(&f.simVMPL, "sim-vmpl", 0, "simulated VMPL")
+	f.tdxColl.add(fl)
 	for _, req := range []string{"name", "control-plane", "policy", "endpoint"} {
 		_ = cmd.MarkFlagRequired(req)
 	}
@@ -114,12 +116,16 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	if err != nil {
 		return err
 	}
+	tdxColl, err := f.tdxColl.source(f.stateDir, log)
+	if err != nil {
+		return err
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return failf("agent: locate own binary for the datapath: %v", err)
 	}
 	a, err := agent.New(agent.Config{
-		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
+		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir, TDXCollateral: tdxColl,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
 		PodMetadata: podmeta.File{Path: f.podMetadata},
