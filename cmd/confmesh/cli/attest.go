@@ -19,6 +19,7 @@ import (
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
+	"github.com/confmesh/confmesh/internal/attest/simtdx"
 	"github.com/confmesh/confmesh/internal/attest/tsm"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/spf13/cobra"
@@ -476,6 +477,7 @@ func writeTDXClaims(line func(string, any), c *attest.Claims, binding string) {
 
 type reportFlags struct {
 	simDir      string
+	simTEE      string
 	nonce, key  string
 	name        string
 	measurement string
@@ -507,7 +509,13 @@ product a new CA certifies (Turin-B0 simulates a Turin node, whose --tcb
 takes five parts, FMC first). Evidence from it verifies only under a policy
 that names DIR/root.pem as a simulated root.
 
-Without --sim-dir the report comes from this machine's SEV-SNP device.`,
+With --sim-tee sim-tdx (or a DIR already holding a simulated TDX CA) the
+simulated TDX (sim-tdx) produces a v4 quote instead, written to quote.dat:
+--measurement is the MRTD, --debug sets the DEBUG TD attribute; it verifies
+only under a policy naming DIR/root.pem with kind simulated-tdx.
+
+Without --sim-dir the report comes from this machine's TEE: configfs-tsm
+(SEV-SNP or TDX; a TDX quote goes to quote.dat), else /dev/sev-guest.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAttestReport(cmd, &f)
@@ -515,6 +523,7 @@ Without --sim-dir the report comes from this machine's SEV-SNP device.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.simDir, "sim-dir", "", "simulated CA `DIR` (created when empty); omit for real hardware")
+	fl.StringVar(&f.simTEE, "sim-tee", "", "simulated TEE a new CA in --sim-dir is for: sim-snp (default) or sim-tdx; an existing CA decides by itself")
 	fl.StringVar(&f.nonce, "nonce", "", "32-byte nonce, `HEX`")
 	fl.StringVar(&f.key, "key", "", "32-byte key, `HEX`")
 	fl.StringVar(&f.name, "name", "sim-node", "simulated node `NAME`")
@@ -555,8 +564,9 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 
 	var p attest.Provider
 	var ca *sim.CA
+	var tdxRoot string
 	if f.simDir == "" {
-		for _, name := range []string{"name", "measurement", "debug", "smt", "vmpl", "tcb", "sim-product"} {
+		for _, name := range []string{"name", "measurement", "debug", "smt", "vmpl", "tcb", "sim-product", "sim-tee"} {
 			if cmd.Flags().Changed(name) {
 				return usageErrorf("--%s configures the simulated TEE and needs --sim-dir", name)
 			}
@@ -564,7 +574,23 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		if p, err = NewHardwareProvider(); err != nil {
 			return usageErrorf("%v", err)
 		}
+	} else if f.simTEE == attest.TEESimTDX || (f.simTEE == "" && simtdx.IsCADir(f.simDir)) {
+		for _, name := range []string{"smt", "vmpl", "tcb", "sim-product"} {
+			if cmd.Flags().Changed(name) {
+				return usageErrorf("--%s configures the simulated SEV-SNP; %s is (or gets) a simulated TDX CA", name, f.simDir)
+			}
+		}
+		m, err := parseMeasurementFlag(f.measurement)
+		if err != nil {
+			return err
+		}
+		if p, tdxRoot, err = openSimTEE(simTEEConfig{dir: f.simDir, tee: attest.TEESimTDX, name: f.name, measurement: m, debug: f.debug}); err != nil {
+			return usageErrorf("--sim-dir: %v", err)
+		}
 	} else {
+		if f.simTEE != "" && f.simTEE != attest.TEESimSnp {
+			return usageErrorf("--sim-tee %q: want %s or %s", f.simTEE, attest.TEESimSnp, attest.TEESimTDX)
+		}
 		cfg := sim.NodeConfig{Debug: f.debug, SMT: f.smt, VMPL: f.vmpl}
 		if f.vmpl > 3 {
 			return usageErrorf("--vmpl: %d is not a VMPL (0-3)", f.vmpl)
@@ -594,11 +620,15 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		return failf("%v", err)
 	}
 	chain := ev.GetChain()
+	reportFile := "report.bin"
+	if attest.IsTDX(ev.GetTee()) {
+		reportFile = "quote.dat"
+	}
 	files := []struct {
 		name string
 		data []byte
 	}{
-		{"report.bin", ev.GetReport()},
+		{reportFile, ev.GetReport()},
 		{"vcek.pem", pemCerts(chain.GetVcek())},
 		{"vlek.pem", pemCerts(chain.GetVlek())},
 		{"chain.pem", pemCerts(chain.GetAsk(), chain.GetArk())},
@@ -619,11 +649,14 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		}
 		fmt.Fprintf(out, "  %-12s %s\n", file.name, path)
 	}
-	if len(chain.GetVcek()) == 0 && len(chain.GetVlek()) == 0 {
+	if !attest.IsTDX(ev.GetTee()) && len(chain.GetVcek()) == 0 && len(chain.GetVlek()) == 0 {
 		fmt.Fprintln(out, "note: the host provisioned no VCEK; fetch it from AMD KDS for the report's chip ID and reported TCB")
 	}
 	if ca != nil {
 		fmt.Fprintf(out, "trust root:    %s (kind simulated; a policy must name it explicitly)\n", ca.RootPath())
+	}
+	if tdxRoot != "" {
+		fmt.Fprintf(out, "trust root:    %s (kind simulated-tdx; a policy must name it explicitly)\n", tdxRoot)
 	}
 	return nil
 }

@@ -481,3 +481,32 @@ func TestPolicyCheckTDX(t *testing.T) {
 	bad := writeFile(t, t.TempDir(), "bad.yaml", []byte(fmt.Sprintf("tdx:\n  mrtds: [%q]\n  acceptedTCBStatuses: [Fine]\n", m)))
 	run(t, "policy", "check", bad).want(t, 1, "tdx.acceptedTCBStatuses[0]", "Fine")
 }
+
+// TestSimTDXReportAndVerify: attest report makes a sim-tdx quote; attest
+// verify accepts it only under a policy naming the simulated TDX root (as
+// sim-tdx), refuses it under Intel's root, and refuses the debug TD.
+func TestSimTDXReportAndVerify(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "tdx-ca")
+	nonce, key, m := randHex(t, 32), randHex(t, 32), randHex(t, 48)
+	out := filepath.Join(dir, "out")
+	r := run(t, "attest", "report", "--sim-dir", ca, "--sim-tee", "sim-tdx", "--nonce", nonce, "--key", key, "--measurement", m, "-o", out)
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, "sim-tdx report") || !strings.Contains(r.stdout, "kind simulated-tdx") {
+		t.Fatalf("report output:\n%s", r.stdout)
+	}
+	quote := filepath.Join(out, "quote.dat")
+	pol := writeFile(t, dir, "p.yaml", []byte(fmt.Sprintf("trustedRoots: [{kind: simulated-tdx, file: %s}]\ntdx:\n  mrtds: [%q]\n", filepath.Join(ca, "root.pem"), m)))
+	r = run(t, "attest", "verify", "--report", quote, "--policy", pol, "--nonce", nonce, "--key", key, "-o", "json")
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, `"tee": "sim-tdx"`) || !strings.Contains(r.stdout, `"simulated": true`) {
+		t.Fatalf("claims:\n%s", r.stdout)
+	}
+	run(t, "attest", "verify", "--report", quote, "--nonce", nonce, "--key", key).want(t, 1, "rejected: untrusted_root")
+	// The same directory is recognised as sim-tdx without --sim-tee.
+	debugOut := filepath.Join(dir, "debug")
+	run(t, "attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "--measurement", m, "--debug", "-o", debugOut).want(t, 0)
+	run(t, "attest", "verify", "--report", filepath.Join(debugOut, "quote.dat"), "--policy", pol).want(t, 1, "rejected: debug")
+	run(t, "attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "--smt", "-o", debugOut).want(t, 2, "--smt")
+}
