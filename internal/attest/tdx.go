@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
@@ -255,9 +256,12 @@ func le16(b []byte) uint16 {
 // accepts besides is recognised from its error, and the QE identity checks
 // go-tdx-guest then skipped are done here.
 func (v *Verifier) checkTDXCollateral(q *TDXQuote, pool *x509.CertPool, ts *tdxverify.TimeSet, tc *TDXClaims) error {
+	// Record what go-tdx-guest fetched and verified, so the QE identity
+	// checked below is those bytes, not a second fetch.
+	rec := &recordingGetter{upstream: v.tdxColl.Getter, bodies: map[string][]byte{}}
 	opts := &tdxverify.Options{
 		TrustedRoots: pool, Now: ts, GetCollateral: true,
-		CheckRevocations: v.tdxColl.CheckRevocations, Getter: v.tdxColl.Getter,
+		CheckRevocations: v.tdxColl.CheckRevocations, Getter: rec,
 	}
 	verr := tdxverify.TdxQuote(q.Quote, opts)
 	statusFailure := verr != nil && strings.Contains(verr.Error(), "failed TCB status check")
@@ -283,7 +287,7 @@ func (v *Verifier) checkTDXCollateral(q *TDXQuote, pool *x509.CertPool, ts *tdxv
 	tc.AdvisoryIDs, tc.TCBDate = tcbLevel.AdvisoryIDs, tcbLevel.TcbDate
 	if statusFailure && strings.Contains(verr.Error(), "TDX TCB info") {
 		// go-tdx-guest stopped at the platform status, before the QE identity.
-		if err := checkQEIdentity(q, opts); err != nil {
+		if err := checkQEIdentity(q, rec); err != nil {
 			return err
 		}
 	}
@@ -299,8 +303,8 @@ func (v *Verifier) checkTDXCollateral(q *TDXQuote, pool *x509.CertPool, ts *tdxv
 
 // checkQEIdentity applies the identity part of Intel's QE identity
 // (MISCSELECT, attributes, MRSIGNER, ISVPRODID) to the quote's QE report.
-func checkQEIdentity(q *TDXQuote, opts *tdxverify.Options) error {
-	id, err := qeIdentityFrom(opts)
+func checkQEIdentity(q *TDXQuote, rec *recordingGetter) error {
+	id, err := rec.qeIdentity()
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrCollateral, err)
 	}
@@ -329,11 +333,30 @@ func checkQEIdentity(q *TDXQuote, opts *tdxverify.Options) error {
 	return nil
 }
 
-// qeIdentityFrom re-reads the QE identity go-tdx-guest has just verified.
-func qeIdentityFrom(opts *tdxverify.Options) (*pcs.EnclaveIdentity, error) {
-	_, body, err := tdxtrust.GetWith(context.Background(), opts.Getter, pcs.QeIdentityURL())
-	if err != nil {
-		return nil, err
+// recordingGetter passes requests to upstream and keeps each response body.
+type recordingGetter struct {
+	upstream tdxtrust.HTTPSGetter
+	mu       sync.Mutex
+	bodies   map[string][]byte
+}
+
+func (g *recordingGetter) Get(u string) (map[string][]string, []byte, error) {
+	h, b, err := tdxtrust.GetWith(context.Background(), g.upstream, u)
+	if err == nil {
+		g.mu.Lock()
+		g.bodies[u] = b
+		g.mu.Unlock()
+	}
+	return h, b, err
+}
+
+// qeIdentity is the QE identity go-tdx-guest fetched and verified.
+func (g *recordingGetter) qeIdentity() (*pcs.EnclaveIdentity, error) {
+	g.mu.Lock()
+	body, ok := g.bodies[pcs.QeIdentityURL()]
+	g.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("the QE identity was not fetched")
 	}
 	var id pcs.QeIdentity
 	if err := json.Unmarshal(body, &id); err != nil {

@@ -27,6 +27,9 @@ type CollateralConfig struct {
 	UpToDateStatus string
 	// MinQESVN is the lowest QE SVN rated UpToDate.
 	MinQESVN uint16
+	// QEMrSigner replaces the quoting enclave signer the QE identity names
+	// (to test that a QE report not matching Intel's identity is refused).
+	QEMrSigner []byte
 	// Issued and NextUpdate bound the collateral's validity; now and 30
 	// days on when zero.
 	Issued, NextUpdate time.Time
@@ -111,6 +114,10 @@ func (ca *CA) Collateral(c CollateralConfig) (*attest.Collateral, error) {
 	if modules != nil {
 		info["tdxModuleIdentities"] = modules
 	}
+	qeSigner := qeMrSigner[:]
+	if len(c.QEMrSigner) > 0 {
+		qeSigner = c.QEMrSigner
+	}
 	minQE, low := uint32(c.MinQESVN), uint32(0)
 	qeLevels := []tcbLevel{{TCB: tcb{ISVSVN: &minQE}, TCBDate: date, TCBStatus: attest.TCBStatusUpToDate}}
 	if minQE > 0 {
@@ -120,7 +127,7 @@ func (ca *CA) Collateral(c CollateralConfig) (*attest.Collateral, error) {
 		"id": "TD_QE", "version": 2, "issueDate": issued, "nextUpdate": next, "tcbEvaluationDataNumber": 1,
 		"miscselect": "00000000", "miscselectMask": "FFFFFFFF",
 		"attributes": hex.EncodeToString(qeAttributes), "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-		"mrsigner": hex.EncodeToString(qeMrSigner[:]), "isvprodid": qeProdID, "tcbLevels": qeLevels,
+		"mrsigner": hex.EncodeToString(qeSigner), "isvprodid": qeProdID, "tcbLevels": qeLevels,
 	}
 	infoJSON, err := json.Marshal(info)
 	if err != nil {

@@ -188,6 +188,15 @@ func TestSimTDXRefusals(t *testing.T) {
 	if c, err := verifier(t, policy(t, root, "  acceptedTCBStatuses: [UpToDate, SWHardeningNeeded]\n"), sw).Verify(ev, exp); err != nil || c.TDX.TCBStatus != attest.TCBStatusSWHardeningNeeded {
 		t.Errorf("SWHardeningNeeded listed: %v", err)
 	}
+	// A QE report that does not match Intel's QE identity is refused even
+	// where go-tdx-guest stopped early (platform status accepted by policy
+	// though not UpToDate): confmesh checks the identity itself.
+	foreignQE, err := ca.Collateral(simtdx.CollateralConfig{QEMrSigner: bytes.Repeat([]byte{7}, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("QE not Intel's (UpToDate path)", good, policy(t, root, ""), foreignQE, attest.ErrCollateral)
+	check("QE not Intel's (accepted OutOfDate path)", old, policy(t, root, "  acceptedTCBStatuses: [UpToDate, OutOfDate]\n"), foreignQE, attest.ErrSignature)
 	oldQE, _ := ca.NewNode(simtdx.NodeConfig{MRTD: mrtd, QESVN: 1})
 	qeColl, _ := ca.Collateral(simtdx.CollateralConfig{MinQESVN: 2})
 	check("out-of-date QE", oldQE, policy(t, root, ""), qeColl, attest.ErrTCBStatus)
