@@ -195,3 +195,31 @@ func TestTDXOutOfDateTCBRefused(t *testing.T) {
 	_, err = tdxVerifier(t, tdxPolicy(t, raw, ""), tdxV4At.AddDate(0, 2, 0), coll).VerifyUnbound(ev)
 	wantReason(t, err, attest.ErrCollateral)
 }
+
+// FuzzParseTDXQuote: no input panics the TDX parser, and whatever it
+// accepts is a quote with nothing after its signed data.
+func FuzzParseTDXQuote(f *testing.F) {
+	for _, name := range []string{"quote_v4.dat", "quote_v5.dat"} {
+		b, err := os.ReadFile("testdata/tdx/" + name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		f.Add(b[:len(b)/2])
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		q, err := attest.ParseTDXQuote(raw)
+		if err != nil {
+			if attest.Reason(err) == "other" {
+				t.Fatalf("unnamed refusal: %v", err)
+			}
+			return
+		}
+		if !attest.IsTDXQuote(raw) || len(q.Body.GetReportData()) != 64 {
+			t.Fatalf("accepted a quote without a TDX header or REPORTDATA")
+		}
+		if _, err := attest.ParseTDXQuote(append(bytes.Clone(raw), 0)); !errors.Is(err, attest.ErrTrailingData) {
+			t.Fatalf("trailing byte: %v", err)
+		}
+	})
+}
