@@ -207,6 +207,8 @@ func TestSimTDXRefusals(t *testing.T) {
 	otherCA, _ := simtdx.NewCA()
 	foreign, _ := otherCA.Collateral(simtdx.CollateralConfig{})
 	check("collateral from another root", good, policy(t, root, ""), foreign, attest.ErrCollateral)
+	otherPlatform, _ := ca.Collateral(simtdx.CollateralConfig{FMSPC: []byte{0, 0x60, 0x6a, 0, 0, 0}})
+	check("collateral for another platform model", good, policy(t, root, ""), otherPlatform, attest.ErrCollateral)
 	expired, _ := ca.Collateral(simtdx.CollateralConfig{Issued: time.Now().AddDate(0, -2, 0), NextUpdate: time.Now().AddDate(0, -1, 0)})
 	check("expired collateral", good, policy(t, root, ""), expired, attest.ErrCollateral)
 	check("collateral required", good, policy(t, root, "  requireCollateral: true\n"), nil, attest.ErrNoCollateral)
