@@ -107,10 +107,14 @@ func toPeerJSON(p *agentv1.PeerStatus) peerJSON {
 }
 
 // peerTCB is the compact TCB column: the product and its components (FMC
-// only on Turin), or "-" when unknown.
+// only on Turin), the product alone where it has no SEV-SNP TCB (TDX), or
+// "-" when unknown.
 func peerTCB(j peerJSON) string {
 	t := j.ReportedTCB
 	if t == nil {
+		if j.Product == attest.ProductTDX {
+			return j.Product
+		}
 		return "-"
 	}
 	s := j.Product
