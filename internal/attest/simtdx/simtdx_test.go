@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +19,10 @@ import (
 	tdxverify "github.com/google/go-tdx-guest/verify"
 )
 
-var mrtd = bytes.Repeat([]byte{0x5a}, 48)
+var (
+	mrtd  = bytes.Repeat([]byte{0x5a}, 48)
+	quiet = slog.New(slog.DiscardHandler)
+)
 
 func setup(t *testing.T) (*simtdx.CA, string) {
 	t.Helper()
@@ -56,7 +60,7 @@ func verifier(t *testing.T, p *attest.Policy, coll *attest.Collateral) *attest.V
 	return v
 }
 
-func bound(t *testing.T, n attest.Provider) (*attestv1.Evidence, attest.Expect) {
+func bound(t testing.TB, n attest.Provider) (*attestv1.Evidence, attest.Expect) {
 	t.Helper()
 	ch, err := attest.NewChallenge(time.Now())
 	if err != nil {
@@ -254,5 +258,48 @@ func TestSimTDXOpenNodeKeepsIdentity(t *testing.T) {
 	}
 	if _, err := ca.OpenNode("../x", simtdx.NodeConfig{}); err == nil {
 		t.Error("path-like node name accepted")
+	}
+}
+
+// BenchmarkVerifySimTDX: one bound sim-tdx quote verified over and over,
+// without and with collateral (go test -bench VerifySimTDX).
+func BenchmarkVerifySimTDX(b *testing.B) {
+	ca, err := simtdx.NewCA()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	if err := ca.Save(dir); err != nil {
+		b.Fatal(err)
+	}
+	n, err := ca.NewNode(simtdx.NodeConfig{MRTD: mrtd})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev, exp := bound(b, n)
+	coll, err := ca.Collateral(simtdx.CollateralConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	y := "trustedRoots: [{kind: simulated-tdx, file: " + ca.RootPath() + "}]\ntdx:\n  mrtds: [\"" + strings.Repeat("5a", 48) + "\"]\n"
+	p, err := attest.ParsePolicy([]byte(y))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		coll *attest.TDXCollateral
+	}{{"chain-and-signatures", nil}, {"with-collateral", coll.Source()}} {
+		b.Run(c.name, func(b *testing.B) {
+			v, err := attest.NewVerifier(p, attest.Options{TDXCollateral: c.coll, Logger: quiet})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if _, err := v.Verify(ev, exp); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
