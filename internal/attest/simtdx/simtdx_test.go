@@ -219,8 +219,22 @@ func TestSimTDXRefusals(t *testing.T) {
 	check("QE SVN minimum", good, policy(t, root, "  minimumQESVN: 3\n"), nil, attest.ErrQESVN)
 	check("TEE TCB SVN minimum", good, policy(t, root, "  minimumTeeTCBSVN: \"09000000000000000000000000000000\"\n"), nil, attest.ErrTCBTEE)
 	check("FMSPC allowlist", good, policy(t, root, "  fmspcs: [\"00606a000000\"]\n"), nil, attest.ErrPlatform)
+	check("PCE SVN minimum", good, policy(t, root, "  minimumPCESVN: 2\n"), nil, attest.ErrPCESVN)
+	check("PPID allowlist", good, policy(t, root, "  ppids: [\""+strings.Repeat("01", 16)+"\"]\n"), nil, attest.ErrPlatform)
+	check("MRCONFIGID", good, policy(t, root, "  mrConfigIDs: [\""+strings.Repeat("01", 48)+"\"]\n"), nil, attest.ErrMRConfigID)
+	check("TD attributes mask", good, policy(t, root, "  tdAttributesMask: \"00000010000000ff\"\n  tdAttributes: \"0000000000000000\"\n"), nil, attest.ErrTDAttributes)
 	check("RTMR", good, policy(t, root, "  rtmrs: [\""+strings.Repeat("11", 48)+"\", \"\", \"\", \"\"]\n"), nil, attest.ErrRTMR)
 	check("XFAM mask", good, policy(t, root, "  xfamMask: \"ffffffffffffffff\"\n  xfam: \"0300000000000000\"\n"), nil, attest.ErrXFAM)
+
+	// The same fields accept a quote that matches them.
+	z48 := strings.Repeat("00", 48)
+	ev, exp = bound(t, good)
+	strict := policy(t, root, "  rtmrs: [\""+z48+"\", \"\", \"\", \""+z48+"\"]\n  mrConfigIDs: [\""+z48+"\"]\n"+
+		"  xfamMask: \"ffffffffffffffff\"\n  xfam: \"e702060000000000\"\n  tdAttributesMask: \"ffffffffffffffff\"\n  tdAttributes: \"0000001000000000\"\n"+
+		"  minimumTeeTCBSVN: \"03000400000000000000000000000000\"\n  fmspcs: [\"90c06f000000\"]\n  ppids: [\""+hexOf(good.Config().PPID)+"\"]\n  requireCollateral: true\n")
+	if _, err := verifier(t, strict, coll).Verify(ev, exp); err != nil {
+		t.Errorf("quote matching every tdx field refused: %v", err)
+	}
 
 	// A quote whose MRTD is rewritten after signing fails the quote signature.
 	ev, exp = bound(t, good)
@@ -302,4 +316,13 @@ func BenchmarkVerifySimTDX(b *testing.B) {
 			}
 		})
 	}
+}
+
+func hexOf(b []byte) string {
+	const d = "0123456789abcdef"
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = append(out, d[c>>4], d[c&15])
+	}
+	return string(out)
 }
