@@ -223,3 +223,19 @@ func FuzzParseTDXQuote(f *testing.F) {
 		}
 	})
 }
+
+// TestTDXV5CollateralWithExpiredQEIdentityRefused: go-tdx-guest's v5
+// collateral pairs a current TCB info with a QE identity that expired in
+// 2023; at the v5 quote's time the collateral is refused, not ignored.
+func TestTDXV5CollateralWithExpiredQEIdentityRefused(t *testing.T) {
+	raw := readTDX(t, "quote_v5.dat")
+	coll, err := attest.LoadCollateral("testdata/tdx/collateral_v5.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tdxVerifier(t, tdxPolicy(t, raw, ""), tdxV5At, coll).VerifyUnbound(&attestv1.Evidence{Tee: attest.TEETDX, Report: raw})
+	wantReason(t, err, attest.ErrCollateral)
+	if !strings.Contains(err.Error(), "QeIdentity has expired") {
+		t.Errorf("refused for another reason: %v", err)
+	}
+}
