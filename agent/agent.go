@@ -77,7 +77,10 @@ type Config struct {
 	// own word (RegisterPod's service account) is never used.
 	PodMetadata podmeta.Source
 	Logger      *slog.Logger
-	Now         func() time.Time
+	// TDXCollateral, when set, gives the verifier Intel collateral so TDX
+	// peers' TCB status is checked (attest.Options.TDXCollateral).
+	TDXCollateral *attest.TDXCollateral
+	Now           func() time.Time
 	// CNI plugin installation, done once the node is attested (see
 	// CNIInstall). CNIConfDir empty: install nothing. CNIBinary empty:
 	// copy no binary (it is already in CNIBinDir). CNIAgentSocket is
@@ -184,7 +187,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust domain: %w", err)
 	}
-	v, err := attest.NewVerifier(cfg.Policy, attest.Options{Logger: log, Now: now})
+	v, err := attest.NewVerifier(cfg.Policy, attest.Options{Logger: log, Now: now, TDXCollateral: cfg.TDXCollateral})
 	if err != nil {
 		return nil, err
 	}
@@ -814,7 +817,7 @@ func (a *Agent) SetPolicy(p *attest.Policy) error {
 	if p.TrustDomain != a.td.String() {
 		return fmt.Errorf("policy trust domain %q differs from the running %q", p.TrustDomain, a.td)
 	}
-	v, err := attest.NewVerifier(p, attest.Options{Logger: a.log, Now: a.now})
+	v, err := attest.NewVerifier(p, attest.Options{Logger: a.log, Now: a.now, TDXCollateral: a.cfg.TDXCollateral})
 	if err != nil {
 		return err
 	}

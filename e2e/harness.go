@@ -80,12 +80,17 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	c := &Cluster{Cluster: netlab.NewCluster(cfg), T: t}
 	t.Cleanup(c.teardown) // registered after TempDir: runs before its removal
 	start := time.Now()
-	if err := c.Start(Options{AgentPolicy: opts.AgentPolicy, ControlPlanePolicy: opts.ControlPlanePolicy, SVIDTTL: opts.SVIDTTL}); err != nil {
+	if err := c.Start(Options{AgentPolicy: opts.AgentPolicy, ControlPlanePolicy: opts.ControlPlanePolicy, SVIDTTL: opts.SVIDTTL,
+		NodeTEEs: opts.NodeTEEs, SimTDX: opts.SimTDX}); err != nil {
 		t.Fatalf("e2e: %v", err)
 	}
 	nodes := make([]*Node, opts.Nodes)
 	for i := range nodes {
-		nodes[i] = c.AddNode(NodeOptions{})
+		var no NodeOptions
+		if i < len(opts.NodeTEEs) {
+			no.TEE = opts.NodeTEEs[i]
+		}
+		nodes[i] = c.AddNode(no)
 	}
 	for _, n := range nodes {
 		n.WaitReady()

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/attest/sim"
 )
 
 // maxDeviceName is the longest network interface name Linux accepts.
@@ -46,18 +49,32 @@ type Options struct {
 	ControlPlanePolicy *Policy
 	// SVIDTTL is the control plane's --svid-ttl (0: its default).
 	SVIDTTL time.Duration
+	// NodeTEEs is the simulated TEE of each of the Nodes honest nodes
+	// (TEESimSnp or TEESimTDX; missing or empty: sim-snp).
+	NodeTEEs []string
+	// SimTDX makes a simulated TDX CA and trusts it in every lab policy
+	// (implied when NodeTEEs names sim-tdx).
+	SimTDX bool
 }
+
+// Simulated TEEs a lab node can run on.
+const (
+	TEESimSnp = "sim-snp"
+	TEESimTDX = "sim-tdx"
+)
 
 // Cluster is a control plane, nodes and pods in network namespaces joined
 // by a bridge in the underlay namespace.
 type Cluster struct {
 	Config
-	SimDir   string // the simulated CA (sim-snp)
-	Underlay string // network namespace holding the bridge
-	Bridge   string // the bridge's name in Underlay
-	CP       *ControlPlane
+	SimDir    string // the simulated CA (sim-snp)
+	SimTDXDir string // the simulated TDX CA, when the cluster has one
+	Underlay  string // network namespace holding the bridge
+	Bridge    string // the bridge's name in Underlay
+	CP        *ControlPlane
 
 	agentPolicy string
+	tdxRoot     string
 
 	mu         sync.Mutex
 	nodes      []*Node
@@ -94,18 +111,24 @@ func (c *Cluster) Start(opts Options) error {
 		return fmt.Errorf("at most %d nodes fit the names of cluster %s", c.MaxNodes(), c.Prefix)
 	}
 	c.SimDir = filepath.Join(c.Dir, "sim")
-	root, err := SaveSimCA(c.SimDir)
+	_, err := SaveSimCA(c.SimDir)
 	if err != nil {
 		return fmt.Errorf("simulated CA: %w", err)
 	}
+	if opts.SimTDX || slices.Contains(opts.NodeTEEs, TEESimTDX) {
+		c.SimTDXDir = filepath.Join(c.Dir, "sim-tdx")
+		if c.tdxRoot, err = SaveSimTDXCA(c.SimTDXDir); err != nil {
+			return fmt.Errorf("simulated TDX CA: %w", err)
+		}
+	}
 	c.agentPolicy = filepath.Join(c.Dir, "agent-policy.yaml")
-	if err := WritePolicy(c.agentPolicy, root, opts.AgentPolicy); err != nil {
+	if err := c.WritePolicy(c.agentPolicy, opts.AgentPolicy); err != nil {
 		return err
 	}
 	cpPolicy := c.agentPolicy
 	if opts.ControlPlanePolicy != nil {
 		cpPolicy = filepath.Join(c.Dir, "cp-policy.yaml")
-		if err := WritePolicy(cpPolicy, root, *opts.ControlPlanePolicy); err != nil {
+		if err := c.WritePolicy(cpPolicy, *opts.ControlPlanePolicy); err != nil {
 			return err
 		}
 	}
@@ -117,7 +140,11 @@ func (c *Cluster) Start(opts Options) error {
 	}
 	nodes := make([]*Node, opts.Nodes)
 	for i := range nodes {
-		if nodes[i], err = c.AddNode(NodeOptions{}); err != nil {
+		var no NodeOptions
+		if i < len(opts.NodeTEEs) {
+			no.TEE = opts.NodeTEEs[i]
+		}
+		if nodes[i], err = c.AddNode(no); err != nil {
 			return err
 		}
 	}
@@ -127,6 +154,15 @@ func (c *Cluster) Start(opts Options) error {
 		}
 	}
 	return c.WaitMesh(nodes...)
+}
+
+// WritePolicy writes p trusting the cluster's simulated roots (and its
+// simulated TDX root when it has one) to path.
+func (c *Cluster) WritePolicy(path string, p Policy) error {
+	if c.tdxRoot != "" && p.SimTDXRoot == "" {
+		p.SimTDXRoot = c.tdxRoot
+	}
+	return WritePolicy(path, filepath.Join(c.SimDir, sim.RootFile), p)
 }
 
 // Nodes returns the cluster's nodes in the order they were added.

@@ -96,7 +96,11 @@ func TestPolicyLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []Policy{{}, {AllowDebug: true, Measurements: []string{ZeroMeasurement, OtherMeasurement}}} {
+	tdxRoot, err := SaveSimTDXCA(filepath.Join(dir, "sim-tdx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []Policy{{}, {AllowDebug: true, Measurements: []string{ZeroMeasurement, OtherMeasurement}}, {SimTDXRoot: tdxRoot}} {
 		path := filepath.Join(dir, "policy.yaml")
 		if err := WritePolicy(path, root, p); err != nil {
 			t.Fatal(err)
@@ -107,6 +111,12 @@ func TestPolicyLoads(t *testing.T) {
 		}
 		if pol.TrustDomain != "confmesh.local" {
 			t.Errorf("trust domain %q", pol.TrustDomain)
+		}
+		if (p.SimTDXRoot != "") != (pol.TDX != nil) {
+			t.Errorf("%+v: tdx section %v", p, pol.TDX)
+		}
+		if _, err := attest.LoadTrustedRoots(pol); err != nil {
+			t.Errorf("%+v: roots: %v", p, err)
 		}
 	}
 }

@@ -18,8 +18,12 @@ import (
 type NodeOptions struct {
 	// SimDebug starts the node's simulated TEE with the debug bit (rogue).
 	SimDebug bool
-	// SimMeasurement is its launch measurement (96 hex digits); default zero.
+	// SimMeasurement is its launch measurement (96 hex digits; the MRTD on
+	// sim-tdx); default zero.
 	SimMeasurement string
+	// TEE is the node's simulated TEE: TEESimSnp (default) or TEESimTDX
+	// (the cluster must have a simulated TDX CA: Options.SimTDX).
+	TEE string
 	// Policy replaces the cluster's agent policy for this node.
 	Policy *Policy
 	// KeyRotation is the agent's --key-rotation (0: its default).
@@ -73,7 +77,7 @@ func (c *Cluster) AddNode(opts NodeOptions) (*Node, error) {
 	n.PodMetadata = filepath.Join(n.StateDir, "pods.yaml")
 	if opts.Policy != nil {
 		n.Policy = filepath.Join(c.Dir, fmt.Sprintf("n%d-policy.yaml", i))
-		if err := WritePolicy(n.Policy, filepath.Join(c.SimDir, "root.pem"), *opts.Policy); err != nil {
+		if err := c.WritePolicy(n.Policy, *opts.Policy); err != nil {
 			return n, err
 		}
 	}
@@ -106,7 +110,18 @@ func (n *Node) StartAgent() error {
 		"--socket", n.Socket, "--workload-socket", n.WorkloadSocket, "--pod-metadata", n.PodMetadata,
 		"--metrics-listen", "",
 		"--cni-conf-dir", "", // never install the CNI plugin into the host's /etc/cni (AddCNIPod execs it itself)
-		"--sim-dir", n.c.SimDir, "--force-userspace"}
+		"--force-userspace"}
+	switch n.Opts.TEE {
+	case "", TEESimSnp:
+		args = append(args, "--sim-dir", n.c.SimDir)
+	case TEESimTDX:
+		if n.c.SimTDXDir == "" {
+			return fmt.Errorf("%s: TEE sim-tdx, but cluster %s has no simulated TDX CA (Options.SimTDX)", n.Name, n.c.Prefix)
+		}
+		args = append(args, "--sim-dir", n.c.SimTDXDir, "--sim-tee", TEESimTDX)
+	default:
+		return fmt.Errorf("%s: unknown simulated TEE %q", n.Name, n.Opts.TEE)
+	}
 	if n.Opts.SimDebug {
 		args = append(args, "--sim-debug")
 	}

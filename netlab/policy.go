@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/confmesh/confmesh/internal/attest/sim"
+	"github.com/confmesh/confmesh/internal/attest/simtdx"
 )
 
 // ZeroMeasurement is what a simulated node reports unless told otherwise.
@@ -33,6 +34,10 @@ type Policy struct {
 	// TrustNoControlPlane leaves controlPlane out: an agent with this policy
 	// refuses to dial any control plane.
 	TrustNoControlPlane bool
+	// SimTDXRoot, when set, also trusts that simulated TDX root and accepts
+	// TDX quotes whose MRTD is one of Measurements (the cluster sets it
+	// when it has sim-tdx nodes).
+	SimTDXRoot string
 }
 
 // YAML renders the policy trusting the simulated root file root.
@@ -58,6 +63,12 @@ func (p Policy) YAML(root string) string {
 	}
 	fmt.Fprintf(&b, "allowDebug: %v\nallowSMT: false\nallowMigrationAgent: false\nallowedVMPLs: [0]\nmaxEvidenceAge: 90m\n", p.AllowDebug)
 	fmt.Fprintf(&b, "trustedRoots:\n  - kind: simulated\n    file: %q\n", root)
+	if p.SimTDXRoot != "" {
+		fmt.Fprintf(&b, "  - kind: simulated-tdx\n    file: %q\ntdx:\n  mrtds:\n", p.SimTDXRoot)
+		for _, m := range ms {
+			fmt.Fprintf(&b, "    - %q\n", m)
+		}
+	}
 	return b.String()
 }
 
@@ -88,4 +99,26 @@ func SaveSimCA(dir string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(dir, sim.RootFile), nil
+}
+
+// The simulated TDX CA (ECDSA P-256) is made once per process too.
+var (
+	tdxOnce sync.Once
+	tdxCA   *simtdx.CA
+	tdxErr  error
+)
+
+// SaveSimTDXCA writes the process's simulated TDX CA into dir and returns
+// its root file.
+func SaveSimTDXCA(dir string) (string, error) {
+	tdxOnce.Do(func() { tdxCA, tdxErr = simtdx.NewCA() })
+	if tdxErr != nil {
+		return "", tdxErr
+	}
+	caMu.Lock()
+	defer caMu.Unlock()
+	if err := tdxCA.Save(dir); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, simtdx.RootFile), nil
 }

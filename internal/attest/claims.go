@@ -7,7 +7,11 @@ const (
 	TEESevSnp = "sev-snp"
 	TEESimSnp = "sim-snp"
 	TEETDX    = "tdx"
+	TEESimTDX = "sim-tdx"
 )
+
+// IsTDX reports whether a TEE type carries a TDX quote.
+func IsTDX(tee string) bool { return tee == TEETDX || tee == TEESimTDX }
 
 // Claims is what a verified report says about the machine that produced it.
 // Byte fields render as lower-case hex in JSON. ReportedTCB and LaunchTCB
@@ -34,4 +38,39 @@ type Claims struct {
 	ReportDigest   HexBytes  `json:"reportDigest"`
 	Signer         string    `json:"signer"`
 	IssuedAt       time.Time `json:"issuedAt,omitzero"`
+	// TDX holds the fields of a TDX quote; nil for SEV-SNP. For TDX,
+	// Measurement is the MRTD, ChipID the PPID of the PCK certificate.
+	TDX *TDXClaims `json:"tdx,omitempty"`
+}
+
+// TDXClaims are the fields of a verified TDX quote.
+type TDXClaims struct {
+	QuoteVersion   uint32     `json:"quoteVersion"`
+	MRTD           HexBytes   `json:"mrtd"`
+	RTMRs          []HexBytes `json:"rtmrs"`
+	MRConfigID     HexBytes   `json:"mrConfigID"`
+	MROwner        HexBytes   `json:"mrOwner"`
+	MROwnerConfig  HexBytes   `json:"mrOwnerConfig"`
+	MRSeam         HexBytes   `json:"mrSeam"`
+	MRSignerSeam   HexBytes   `json:"mrSignerSeam"`
+	SeamAttributes HexBytes   `json:"seamAttributes"`
+	TDAttributes   HexBytes   `json:"tdAttributes"`
+	XFAM           HexBytes   `json:"xfam"`
+	TeeTCBSVN      HexBytes   `json:"teeTCBSVN"`
+	TeeTCBSVN2     HexBytes   `json:"teeTCBSVN2,omitempty"`
+	MRServiceTD    HexBytes   `json:"mrServiceTD,omitempty"`
+	QESVN          uint16     `json:"qeSVN"`
+	PCESVN         uint16     `json:"pceSVN"`
+	QEVendorID     HexBytes   `json:"qeVendorID"`
+	FMSPC          HexBytes   `json:"fmspc"`
+	PCEID          HexBytes   `json:"pceID"`
+	PPID           HexBytes   `json:"ppid"`
+	PCKCertPCESVN  uint16     `json:"pckCertPCESVN"`
+	PCKCertCPUSVN  HexBytes   `json:"pckCertCPUSVN"`
+	// TCBStatus and QETCBStatus are computed from collateral; empty when
+	// the verifier had none.
+	TCBStatus   string   `json:"tcbStatus,omitempty"`
+	QETCBStatus string   `json:"qeTCBStatus,omitempty"`
+	AdvisoryIDs []string `json:"advisoryIDs,omitempty"`
+	TCBDate     string   `json:"tcbDate,omitempty"`
 }

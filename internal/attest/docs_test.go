@@ -114,6 +114,9 @@ func TestDocsPolicyReference(t *testing.T) {
 				t.Errorf("%s does not document policy field `%s`", docsPage, full)
 			}
 			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
 			if ft.Kind() == reflect.Slice {
 				if ft.Elem().Kind() == reflect.Struct {
 					walk(full+"[].", ft.Elem())
@@ -141,6 +144,9 @@ func TestDocsReasonTable(t *testing.T) {
 		attest.ErrMigrationAgent, attest.ErrValidation, attest.ErrMalformedBinding,
 		attest.ErrBinding, attest.ErrWrongNonce, attest.ErrWrongKey,
 		attest.ErrEvidenceTooOld, attest.ErrEvidenceFromFuture, attest.ErrStaleChallenge,
+		attest.ErrTrailingData, attest.ErrCollateral, attest.ErrNoCollateral, attest.ErrTCBStatus,
+		attest.ErrQESVN, attest.ErrPCESVN, attest.ErrRTMR, attest.ErrMRConfigID, attest.ErrXFAM,
+		attest.ErrTDAttributes, attest.ErrPlatform, attest.ErrNoControlPlaneTrust,
 	} {
 		label := attest.Reason(sentinel)
 		if label == "other" {

@@ -36,6 +36,17 @@ var (
 	ErrEvidenceTooOld     = errors.New("evidence too old")
 	ErrEvidenceFromFuture = errors.New("evidence from the future")
 	ErrStaleChallenge     = errors.New("challenge not fresh")
+	ErrTrailingData       = errors.New("trailing data after the report")
+	ErrCollateral         = errors.New("collateral rejected")
+	ErrNoCollateral       = errors.New("no collateral")
+	ErrTCBStatus          = errors.New("TCB status not accepted")
+	ErrQESVN              = errors.New("QE SVN below minimum")
+	ErrPCESVN             = errors.New("PCE SVN below minimum")
+	ErrRTMR               = errors.New("RTMR not allowed")
+	ErrMRConfigID         = errors.New("MRCONFIGID not allowed")
+	ErrXFAM               = errors.New("XFAM not allowed")
+	ErrTDAttributes       = errors.New("TD attributes not allowed")
+	ErrPlatform           = errors.New("platform not allowed")
 	// ErrNoControlPlaneTrust: the policy lists no control-plane measurement,
 	// so an agent trusts no control plane (ForControlPlane).
 	ErrNoControlPlaneTrust = errors.New("policy trusts no control plane")
@@ -79,6 +90,17 @@ var reasons = []struct {
 	{ErrEvidenceFromFuture, "from_future"},
 	{ErrStaleChallenge, "stale_challenge"},
 	{ErrNoControlPlaneTrust, "no_controlplane_policy"},
+	{ErrTrailingData, "trailing_data"},
+	{ErrCollateral, "collateral"},
+	{ErrNoCollateral, "no_collateral"},
+	{ErrTCBStatus, "tcb_status"},
+	{ErrQESVN, "qe_svn"},
+	{ErrPCESVN, "pce_svn"},
+	{ErrRTMR, "rtmr"},
+	{ErrMRConfigID, "mrconfigid"},
+	{ErrXFAM, "xfam"},
+	{ErrTDAttributes, "td_attributes"},
+	{ErrPlatform, "platform"},
 }
 
 // Reason returns the stable label of the check that rejected err, or

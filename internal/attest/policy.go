@@ -19,6 +19,12 @@ import (
 const (
 	RootAMD       = "amd"
 	RootSimulated = "simulated"
+	// RootIntel is Intel's SGX root CA, pinned in the binary: the root of
+	// every TDX quote's PCK chain.
+	RootIntel = "intel"
+	// RootSimulatedTDX is a locally generated sim-tdx root read from a file
+	// (PEM, one self-signed certificate).
+	RootSimulatedTDX = "simulated-tdx"
 )
 
 // Defaults applied to fields a policy file leaves out. A field written in
@@ -63,12 +69,18 @@ type Policy struct {
 	// measurement list never admits a control plane: an agent whose policy
 	// has no control-plane measurements refuses to dial (see ForControlPlane).
 	ControlPlane *ControlPlanePolicy `json:"controlPlane,omitempty"`
+	// TDX is what the verifier accepts from Intel TDX (and sim-tdx)
+	// evidence. Without it, TDX evidence is refused.
+	TDX *TDXPolicy `json:"tdx,omitempty"`
 
 	// defaulted names the top-level fields the policy file left out.
 	defaulted map[string]bool
 	// anyMeasurement is set only by programmatic policies (the CLI without
 	// --policy): it skips the measurement allowlist.
 	anyMeasurement bool
+	// cpOnly marks a ForControlPlane policy, whose lists may be empty for
+	// one TEE (a control plane runs on one of them).
+	cpOnly bool
 }
 
 // TCBMinimum is a minimum security patch level per TCB component, compared
@@ -84,7 +96,10 @@ type TCBMinimum = TCBParts
 type ControlPlanePolicy struct {
 	// Measurements lists the accepted launch measurements of the control
 	// plane's image (48 bytes, hex).
-	Measurements []HexBytes `json:"measurements"`
+	Measurements []HexBytes `json:"measurements,omitempty"`
+	// MRTDs lists the accepted MRTDs of a control plane running in a TDX
+	// trust domain (48 bytes, hex).
+	MRTDs []HexBytes `json:"mrtds,omitempty"`
 }
 
 // RootRef names a trusted root: the AMD roots pinned in the binary, or a
@@ -199,6 +214,17 @@ func ParsePolicy(data []byte) (*Policy, error) {
 			p.defaulted[name] = true
 		}
 	}
+	// A policy with a tdx section and no trustedRoots trusts Intel's root
+	// as well as AMD's.
+	if p.TDX != nil && p.defaulted["trustedRoots"] {
+		p.TrustedRoots = append(p.TrustedRoots, RootRef{Kind: RootIntel})
+	}
+	if p.TDX != nil {
+		tdxTop, _ := top["tdx"].(map[string]any)
+		if _, ok := tdxTop["acceptedTCBStatuses"]; !ok {
+			p.TDX.AcceptedTCBStatuses = []string{TCBStatusUpToDate}
+		}
+	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
@@ -233,11 +259,14 @@ func policyFields() []string {
 // not parsed from a file.
 func (p *Policy) Defaulted(field string) bool { return p.defaulted[field] }
 
-// DefaultPolicy is the policy the CLI applies without --policy: AMD roots,
-// no debug, any measurement, VMPL 0-3, no TCB minimum.
+// DefaultPolicy is the policy the CLI applies without --policy: AMD and
+// Intel roots, no debug, any measurement or MRTD, VMPL 0-3, no TCB minimum,
+// TDX TCB status UpToDate when collateral is given.
 func DefaultPolicy() *Policy {
 	p := policyDefaults()
 	p.anyMeasurement, p.AllowSMT, p.AllowedVMPLs = true, true, []uint32{0, 1, 2, 3}
+	p.TrustedRoots = append(p.TrustedRoots, RootRef{Kind: RootIntel})
+	p.TDX = &TDXPolicy{AcceptedTCBStatuses: []string{TCBStatusUpToDate}}
 	return &p
 }
 
@@ -268,10 +297,16 @@ func (p *Policy) AcceptsAnyMeasurement() bool { return p.anyMeasurement }
 // never used for the control plane, or any image approved for nodes could
 // serve as one.
 func (p *Policy) ForControlPlane() (*Policy, error) {
-	if p.ControlPlane == nil || len(p.ControlPlane.Measurements) == 0 {
-		return nil, fmt.Errorf("%w: the policy lists no controlPlane.measurements, so no control plane can be trusted (the node measurement list is never used for it); add the control plane image's launch measurement under controlPlane.measurements", ErrNoControlPlaneTrust)
+	if p.ControlPlane == nil || (len(p.ControlPlane.Measurements) == 0 && len(p.ControlPlane.MRTDs) == 0) {
+		return nil, fmt.Errorf("%w: the policy lists no controlPlane.measurements (SEV-SNP) or controlPlane.mrtds (TDX), so no control plane can be trusted (the node lists are never used for it); add the control plane image's launch measurement or MRTD", ErrNoControlPlaneTrust)
 	}
 	c := p.RequireMeasurements(p.ControlPlane.Measurements...)
+	c.cpOnly = true
+	if c.TDX != nil {
+		t := *c.TDX
+		t.MRTDs = append([]HexBytes(nil), p.ControlPlane.MRTDs...)
+		c.TDX = &t
+	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("control-plane policy: %w", err)
 	}
@@ -286,17 +321,28 @@ func (p *Policy) Validate() error {
 	if strings.ContainsAny(p.TrustDomain, "/:@ ") || p.TrustDomain != strings.ToLower(p.TrustDomain) {
 		return fmt.Errorf("trustDomain %q: must be a lower-case DNS-like name without scheme or path", p.TrustDomain)
 	}
-	if len(p.Measurements) == 0 && !p.anyMeasurement {
-		return fmt.Errorf("measurements: at least one accepted measurement is required")
+	if len(p.Measurements) == 0 && !p.anyMeasurement && !p.cpOnly && (p.TDX == nil || len(p.TDX.MRTDs) == 0) {
+		return fmt.Errorf("measurements: at least one accepted measurement is required (or, for a TDX-only cluster, tdx.mrtds)")
 	}
 	if err := p.checkMeasurements("measurements", p.Measurements); err != nil {
 		return err
 	}
 	if cp := p.ControlPlane; cp != nil {
-		if len(cp.Measurements) == 0 {
-			return fmt.Errorf("controlPlane.measurements: empty list trusts no control plane; list the control plane image's measurement (or leave controlPlane out where no control plane is dialled)")
+		if len(cp.Measurements) == 0 && len(cp.MRTDs) == 0 {
+			return fmt.Errorf("controlPlane.measurements: empty list trusts no control plane; list the control plane image's measurement (or its MRTD under controlPlane.mrtds; or leave controlPlane out where no control plane is dialled)")
 		}
 		if err := p.checkMeasurements("controlPlane.measurements", cp.Measurements); err != nil {
+			return err
+		}
+		if len(cp.MRTDs) > 0 && p.TDX == nil {
+			return fmt.Errorf("controlPlane.mrtds: set, but the policy has no tdx section, so no TDX evidence is accepted; add a tdx section")
+		}
+		if err := p.checkMRTDs("controlPlane.mrtds", cp.MRTDs); err != nil {
+			return err
+		}
+	}
+	if p.TDX != nil {
+		if err := p.TDX.validate(p); err != nil {
 			return err
 		}
 	}
@@ -336,12 +382,16 @@ func (p *Policy) Validate() error {
 			if r.File != "" {
 				return fmt.Errorf("trustedRoots[%d]: kind amd takes no file (the AMD roots are pinned in the binary)", i)
 			}
-		case RootSimulated:
+		case RootIntel:
+			if r.File != "" {
+				return fmt.Errorf("trustedRoots[%d]: kind intel takes no file (Intel's SGX root CA is pinned in the binary)", i)
+			}
+		case RootSimulated, RootSimulatedTDX:
 			if r.File == "" {
-				return fmt.Errorf("trustedRoots[%d]: kind simulated needs file: the simulated root is trusted only when named by file", i)
+				return fmt.Errorf("trustedRoots[%d]: kind %s needs file: a simulated root is trusted only when named by file", i, r.Kind)
 			}
 		default:
-			return fmt.Errorf("trustedRoots[%d]: unknown kind %q (want %q or %q)", i, r.Kind, RootAMD, RootSimulated)
+			return fmt.Errorf("trustedRoots[%d]: unknown kind %q (want %q, %q, %q or %q)", i, r.Kind, RootAMD, RootIntel, RootSimulated, RootSimulatedTDX)
 		}
 		if seen[r.String()] {
 			return fmt.Errorf("trustedRoots[%d]: %s listed twice", i, r)
@@ -390,7 +440,7 @@ func shortDuration(d time.Duration) string {
 // TrustsOnlySimulated reports whether every trusted root is simulated.
 func (p *Policy) TrustsOnlySimulated() bool {
 	for _, r := range p.TrustedRoots {
-		if r.Kind != RootSimulated {
+		if r.Kind != RootSimulated && r.Kind != RootSimulatedTDX {
 			return false
 		}
 	}
@@ -400,7 +450,7 @@ func (p *Policy) TrustsOnlySimulated() bool {
 // TrustsSimulated reports whether any simulated root is trusted.
 func (p *Policy) TrustsSimulated() bool {
 	for _, r := range p.TrustedRoots {
-		if r.Kind == RootSimulated {
+		if r.Kind == RootSimulated || r.Kind == RootSimulatedTDX {
 			return true
 		}
 	}

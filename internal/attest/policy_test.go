@@ -96,7 +96,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"tcb range", "measurements: [" + m1 + "]\nminimumTCB: {snp: 200}\n", "minimumTCB.snp: 200 exceeds 127"},
 		{"sim without file", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: simulated}]\n", "simulated root is trusted only when named by file"},
 		{"amd with file", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: amd, file: /x}]\n", "kind amd takes no file"},
-		{"unknown root kind", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: intel}]\n", `unknown kind "intel"`},
+		{"unknown root kind", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: nvidia}]\n", `unknown kind "nvidia"`},
 		{"duplicate root", "measurements: [" + m1 + "]\ntrustedRoots: [{kind: amd}, {kind: amd}]\n", "listed twice"},
 		{"trust domain with scheme", "trustDomain: spiffe://x\nmeasurements: [" + m1 + "]\n", "trustDomain"},
 		{"wrong type", "measurements: " + m1 + "\n", "decode policy"},

@@ -2,6 +2,8 @@ package attest
 
 import (
 	"crypto/x509"
+	_ "embed"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"strings"
@@ -19,15 +21,61 @@ type TrustedRoot struct {
 	Name string
 	// Simulated is true for a locally generated sim-snp root.
 	Simulated bool
-	// Certs is the ARK/ASK pair in go-sev-guest's form.
+	// Certs is the ARK/ASK pair in go-sev-guest's form (SEV-SNP roots).
 	Certs *trust.AMDRootCerts
+	// Intel is the root CA of a TDX PCK chain (TDX roots); Certs is nil.
+	Intel *x509.Certificate
 }
 
-// ProductLine is the product line the root certifies (Milan, Genoa, Turin).
-func (r *TrustedRoot) ProductLine() string { return r.Certs.GetProductLine() }
+// ProductTDX is the product line a TDX root certifies.
+const ProductTDX = "TDX"
+
+// ProductLine is the product line the root certifies (Milan, Genoa, Turin,
+// or TDX for an Intel root).
+func (r *TrustedRoot) ProductLine() string {
+	if r.Intel != nil {
+		return ProductTDX
+	}
+	return r.Certs.GetProductLine()
+}
+
+//go:embed intel_sgx_root.pem
+var intelRootPEM []byte
+
+// IntelRoot returns Intel's SGX root CA certificate, pinned in the binary
+// (the copy go-tdx-guest pins).
+func IntelRoot() *x509.Certificate {
+	c, err := ParseTDXRootPEM(intelRootPEM)
+	if err != nil {
+		panic("pinned Intel root: " + err.Error())
+	}
+	return c
+}
+
+// ParseTDXRootPEM reads a TDX root: one self-signed CA certificate in PEM.
+func ParseTDXRootPEM(data []byte) (*x509.Certificate, error) {
+	block, rest := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("want one PEM CERTIFICATE (the root CA)")
+	}
+	if b, _ := pem.Decode(rest); b != nil {
+		return nil, fmt.Errorf("want exactly one PEM CERTIFICATE (the root CA), found more")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("root certificate: %w", err)
+	}
+	if !c.IsCA || !signedBy(c, c) {
+		return nil, fmt.Errorf("root %q is not a self-signed CA certificate", c.Subject.CommonName)
+	}
+	return c, nil
+}
 
 // signs reports whether this root's ASK signed cert and the ARK signed the ASK.
 func (r *TrustedRoot) signs(cert *x509.Certificate) bool {
+	if r.Certs == nil {
+		return false
+	}
 	pc := r.Certs.ProductCerts
 	if pc == nil || pc.Ask == nil || pc.Ark == nil {
 		return false
@@ -54,6 +102,18 @@ func LoadTrustedRoots(p *Policy) ([]*TrustedRoot, error) {
 				}
 				out = append(out, &TrustedRoot{Name: RootAMD, Certs: certs})
 			}
+		case RootIntel:
+			out = append(out, &TrustedRoot{Name: RootIntel, Intel: IntelRoot()})
+		case RootSimulatedTDX:
+			data, err := os.ReadFile(ref.File)
+			if err != nil {
+				return nil, fmt.Errorf("trustedRoots[%d]: read simulated TDX root: %w", i, err)
+			}
+			c, err := ParseTDXRootPEM(data)
+			if err != nil {
+				return nil, fmt.Errorf("trustedRoots[%d]: simulated TDX root %s: %w", i, ref.File, err)
+			}
+			out = append(out, &TrustedRoot{Name: ref.String(), Simulated: true, Intel: c})
 		case RootSimulated:
 			data, err := os.ReadFile(ref.File)
 			if err != nil {

@@ -34,6 +34,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives the simulated-root warning; slog.Default() when nil.
 	Logger *slog.Logger
+	// TDXCollateral, when set, supplies Intel collateral (TCB info, QE
+	// identity, CRLs) so that TDX quotes get a TCB status checked against
+	// the policy. Without it only the chain and signatures are verified.
+	TDXCollateral *TDXCollateral
 }
 
 // Verifier checks evidence against one policy. It is safe for concurrent
@@ -44,6 +48,7 @@ type Verifier struct {
 	roots   []*TrustedRoot
 	fetcher trust.HTTPSGetter
 	now     func() time.Time
+	tdxColl *TDXCollateral
 
 	mu     sync.Mutex
 	chains map[[32]byte]*chainVerdict
@@ -95,11 +100,11 @@ func NewVerifier(p *Policy, opts Options) (*Verifier, error) {
 	if now == nil {
 		now = time.Now
 	}
-	v := &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+	v := &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, tdxColl: opts.TDXCollateral, chains: map[[32]byte]*chainVerdict{}}
 	if cpp, err := p.ForControlPlane(); err != nil {
 		v.cpErr = err
 	} else {
-		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, chains: map[[32]byte]*chainVerdict{}}
+		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, tdxColl: opts.TDXCollateral, chains: map[[32]byte]*chainVerdict{}}
 		v.cp.cp = v.cp // the control-plane policy's own ForControlPlane is itself
 	}
 	return v, nil
@@ -126,7 +131,7 @@ func (v *Verifier) TrustsSimulated() bool { return v.policy.TrustsSimulated() }
 // to want: REPORT_DATA recomputed from the carried binding, the binding's age
 // within the policy, and the binding equal to what the caller expects.
 func (v *Verifier) Verify(ev *attestv1.Evidence, want Expect) (*Claims, error) {
-	c, report, err := v.verifyReport(ev)
+	c, reportData, err := v.verifyReport(ev)
 	if err != nil {
 		return nil, err
 	}
@@ -142,8 +147,8 @@ func (v *Verifier) Verify(ev *attestv1.Evidence, want Expect) (*Claims, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(rd[:], report.GetReportData()) {
-		return nil, fmt.Errorf("%w: REPORT_DATA %x… is not SHA-512(nonce‖key) of the binding carried with the evidence", ErrBinding, report.GetReportData()[:8])
+	if !bytes.Equal(rd[:], reportData) {
+		return nil, fmt.Errorf("%w: REPORT_DATA %x… is not SHA-512(nonce‖key) of the binding carried with the evidence", ErrBinding, head(reportData))
 	}
 	issued, _ := ChallengeTime(b.GetChallenge())
 	age := v.now().Sub(issued)
@@ -172,7 +177,7 @@ func (v *Verifier) Verify(ev *attestv1.Evidence, want Expect) (*Claims, error) {
 // VerifyReportData checks the evidence and that REPORT_DATA equals
 // SHA-512(nonce‖key) for a raw nonce and key, as produced by other tools.
 func (v *Verifier) VerifyReportData(ev *attestv1.Evidence, nonce, key []byte) (*Claims, error) {
-	c, report, err := v.verifyReport(ev)
+	c, reportData, err := v.verifyReport(ev)
 	if err != nil {
 		return nil, err
 	}
@@ -180,8 +185,28 @@ func (v *Verifier) VerifyReportData(ev *attestv1.Evidence, nonce, key []byte) (*
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(rd[:], report.GetReportData()) {
-		return nil, fmt.Errorf("%w: REPORT_DATA %x… is not SHA-512(nonce‖key) (%x…)", ErrBinding, report.GetReportData()[:8], rd[:8])
+	if !bytes.Equal(rd[:], reportData) {
+		return nil, fmt.Errorf("%w: REPORT_DATA %x… is not SHA-512(nonce‖key) (%x…)", ErrBinding, head(reportData), rd[:8])
+	}
+	return c, nil
+}
+
+// VerifyExactReportData checks the evidence and that REPORT_DATA (SEV-SNP)
+// or REPORTDATA (TDX) equals want, all 64 bytes.
+func (v *Verifier) VerifyExactReportData(ev *attestv1.Evidence, want []byte) (*Claims, error) {
+	c, reportData, err := v.verifyReport(ev)
+	if err != nil {
+		return nil, err
+	}
+	if len(want) != 64 {
+		return nil, fmt.Errorf("%w: expected report data is %d bytes, want 64", ErrMalformedBinding, len(want))
+	}
+	if !bytes.Equal(reportData, want) {
+		i := 0
+		for i < len(want) && i < len(reportData) && reportData[i] == want[i] {
+			i++
+		}
+		return nil, fmt.Errorf("%w: report data %x is not the expected %x (they differ from byte %d)", ErrBinding, reportData, want, i)
 	}
 	return c, nil
 }
@@ -200,17 +225,29 @@ func head(b []byte) []byte {
 	return b
 }
 
-func (v *Verifier) verifyReport(ev *attestv1.Evidence) (*Claims, *spb.Report, error) {
+// verifyReport verifies SEV-SNP or TDX evidence (signature, chain, policy)
+// and returns its claims and the 64 bytes of report data it carries.
+func (v *Verifier) verifyReport(ev *attestv1.Evidence) (*Claims, []byte, error) {
 	if ev == nil {
 		return nil, nil, fmt.Errorf("%w: no evidence", ErrMalformedEvidence)
 	}
 	switch ev.GetTee() {
 	case TEESevSnp, TEESimSnp:
+		c, report, err := v.verifySNP(ev)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, report.GetReportData(), nil
+	case TEETDX, TEESimTDX:
+		return v.verifyTDX(ev)
 	case "":
 		return nil, nil, fmt.Errorf("%w: evidence names no TEE type", ErrUnsupportedTEE)
 	default:
-		return nil, nil, fmt.Errorf("%w: %q (this verifier handles %s and %s)", ErrUnsupportedTEE, ev.GetTee(), TEESevSnp, TEESimSnp)
+		return nil, nil, fmt.Errorf("%w: %q (this verifier handles %s, %s, %s and %s)", ErrUnsupportedTEE, ev.GetTee(), TEESevSnp, TEESimSnp, TEETDX, TEESimTDX)
 	}
+}
+
+func (v *Verifier) verifySNP(ev *attestv1.Evidence) (*Claims, *spb.Report, error) {
 	raw := ev.GetReport()
 	report, err := ParseReport(raw)
 	if err != nil {
@@ -443,6 +480,9 @@ func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.R
 }
 
 func signs(r *TrustedRoot, ek *x509.Certificate, signer abi.ReportSigner) bool {
+	if r.Certs == nil {
+		return false
+	}
 	pc := r.Certs.ProductCerts
 	if pc == nil || pc.Ark == nil {
 		return false

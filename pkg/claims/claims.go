@@ -54,6 +54,8 @@ const (
 	// accept it in production (the control plane only admits it when its
 	// policy names the simulated root).
 	TEESimSnp = "sim-snp"
+	// TEESimTDX is the simulated TDX of development clusters, likewise.
+	TEESimTDX = "sim-tdx"
 )
 
 // ErrNoClaims means the certificate carries no confmesh claims extension

@@ -18,7 +18,6 @@ import (
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/internal/attest"
-	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
@@ -37,9 +36,10 @@ type agentFlags struct {
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
 	keyRotation                                                                 time.Duration
-	simDir, simName, simMeasurement                                             string
+	simDir, simName, simMeasurement, simTEE                                     string
 	simDebug                                                                    bool
 	simVMPL                                                                     uint32
+	tdxColl                                                                     tdxCollateralFlags
 }
 
 func newAgentCmd() *cobra.Command {
@@ -85,10 +85,12 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.simDir, "sim-dir", "", "run on the SIMULATED TEE whose CA is in `DIR`; development and CI only")
+	fl.StringVar(&f.simTEE, "sim-tee", "", "simulated TEE a new CA in --sim-dir is for: sim-snp (default) or sim-tdx; an existing CA decides by itself")
 	fl.StringVar(&f.simName, "sim-name", "", "simulated node name under DIR/nodes (default: --name)")
 	fl.StringVar(&f.simMeasurement, "sim-measurement", "", "simulated launch measurement, 96 `HEX` digits")
 	fl.BoolVar(&f.simDebug, "sim-debug", false, "simulated guest has the debug policy bit set (a rogue node)")
 	fl.Uint32Var(&f.simVMPL, "sim-vmpl", 0, "simulated VMPL")
+	f.tdxColl.add(fl)
 	for _, req := range []string{"name", "control-plane", "policy", "endpoint"} {
 		_ = cmd.MarkFlagRequired(req)
 	}
@@ -114,12 +116,16 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	if err != nil {
 		return err
 	}
+	tdxColl, err := f.tdxColl.source(f.stateDir, log)
+	if err != nil {
+		return err
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return failf("agent: locate own binary for the datapath: %v", err)
 	}
 	a, err := agent.New(agent.Config{
-		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
+		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir, TDXCollateral: tdxColl,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
 		PodMetadata: podmeta.File{Path: f.podMetadata},
@@ -221,16 +227,17 @@ func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) 
 	if name == "" {
 		name = f.name
 	}
-	ca, err := sim.OpenCA(f.simDir, "")
+	switch f.simTEE {
+	case "", attest.TEESimSnp, attest.TEESimTDX:
+	default:
+		return nil, usageErrorf("--sim-tee %q: want %s or %s", f.simTEE, attest.TEESimSnp, attest.TEESimTDX)
+	}
+	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: f.simTEE, name: name, measurement: m, debug: f.simDebug, vmpl: f.simVMPL})
 	if err != nil {
 		return nil, failf("agent: --sim-dir: %v", err)
 	}
-	n, err := ca.OpenNode(name, sim.NodeConfig{Measurement: m, Debug: f.simDebug, VMPL: f.simVMPL})
-	if err != nil {
-		return nil, failf("agent: simulated node %q: %v", name, err)
-	}
 	log.Warn("!!! THIS NODE RUNS ON A SIMULATED TEE: its evidence proves nothing about hardware; development and CI only !!!",
-		"root", ca.RootPath(), "node", name, "debug", f.simDebug)
+		"tee", n.TEE(), "root", root, "node", name, "debug", f.simDebug)
 	return n, nil
 }
 

@@ -19,7 +19,8 @@ import (
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
-	"github.com/confmesh/confmesh/internal/attest/snp"
+	"github.com/confmesh/confmesh/internal/attest/simtdx"
+	"github.com/confmesh/confmesh/internal/attest/tsm"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/spf13/cobra"
 )
@@ -38,6 +39,9 @@ func newAttestCmd() *cobra.Command {
 type verifyFlags struct {
 	report, vcek, chain string
 	nonce, key          string
+	reportData          string
+	collateral          string
+	at                  string
 	measurement         string
 	allowDebug          bool
 	policy              string
@@ -47,11 +51,28 @@ type verifyFlags struct {
 func newAttestVerifyCmd() *cobra.Command {
 	var f verifyFlags
 	cmd := &cobra.Command{
-		Use:   "verify --report FILE --vcek FILE [flags]",
-		Short: "Verify a raw SEV-SNP report offline",
-		Long: `Verify a raw SEV-SNP attestation report (1184 bytes) against a policy:
-report signature by the VCEK, the VCEK's chain to a trusted root, then the
-policy (debug, VMPL, measurement, TCB, chip ID, SMT, migration agent).
+		Use:   "verify --report FILE [--vcek FILE] [flags]",
+		Short: "Verify a raw SEV-SNP report or TDX quote offline",
+		Long: `Verify a raw SEV-SNP attestation report (1184 bytes) or an Intel TDX quote
+(v4 or v5, recognised by its header) against a policy.
+
+SEV-SNP: report signature by the VCEK, the VCEK's chain to a trusted root,
+then the policy (debug, VMPL, measurement, TCB, chip ID, SMT, migration
+agent). --vcek is required.
+
+TDX: the PCK chain the quote carries (to Intel's root pinned in this
+binary, or a simulated root the policy names), the QE report and quote
+signatures, then the policy's tdx section (MRTD, RTMRs, MRCONFIGID, XFAM and
+attribute masks, debug, TEE TCB SVN, QE/PCE SVN, FMSPC/PPID). --measurement
+pins the MRTD. With --collateral FILE (Intel's collateral as JSON: TCB info,
+QE identity, CRLs) the collateral is verified and the platform's TCB status
+must be one the policy accepts (UpToDate by default). --vcek and --chain do
+not apply.
+
+--at RFC3339 verifies as of that time instead of now (certificates and
+collateral expire; this checks evidence recorded earlier).
+--report-data HEX (64 bytes) requires REPORT_DATA (SEV-SNP) or REPORTDATA
+(TDX) to equal exactly that value.
 
 The VCEK may be PEM or DER. --chain is a PEM file holding the ASK then the
 ARK as shipped with the report; it must link, but trust comes only from the
@@ -64,9 +85,9 @@ minimum. With --policy that file applies; --allow-debug then conflicts (set
 allowDebug in the policy). --measurement additionally requires the report's
 launch measurement to equal the given value.
 
-The report is first verified as tee "sev-snp" (real hardware). If that fails
-because its chain ends at an untrusted root and the policy trusts a
-simulated root, it is verified once more as tee "sim-snp": the verifier never
+The report is first verified as tee "sev-snp" or "tdx" (real hardware). If
+that fails because its chain ends at an untrusted root and the policy trusts
+a simulated root, it is verified once more as tee "sim-snp" or "sim-tdx": the verifier never
 accepts a simulated report labelled as hardware or the reverse, so a report
 from the simulated TEE verifies only under a policy that names its root.
 
@@ -83,17 +104,19 @@ Exit codes: 0 verified (claims on stdout), 1 rejected (reason on stderr),
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.report, "report", "", "raw SEV-SNP report `FILE` (1184 bytes)")
-	fl.StringVar(&f.vcek, "vcek", "", "VCEK (or, for a VLEK-signed report, VLEK) certificate `FILE`, PEM or DER")
+	fl.StringVar(&f.report, "report", "", "raw SEV-SNP report (1184 bytes) or TDX quote `FILE`")
+	fl.StringVar(&f.vcek, "vcek", "", "VCEK (or, for a VLEK-signed report, VLEK) certificate `FILE`, PEM or DER (SEV-SNP only)")
+	fl.StringVar(&f.reportData, "report-data", "", "required report data, all 64 bytes, `HEX`")
+	fl.StringVar(&f.collateral, "collateral", "", "Intel collateral `FILE` (JSON) for a TDX quote: TCB status checked")
+	fl.StringVar(&f.at, "at", "", "verify as of this `RFC3339` time instead of now")
 	fl.StringVar(&f.chain, "chain", "", "shipped chain `FILE`: PEM with the ASK then the ARK")
 	fl.StringVar(&f.nonce, "nonce", "", "32-byte nonce, `HEX`; requires --key")
 	fl.StringVar(&f.key, "key", "", "32-byte key, `HEX`; requires --nonce")
-	fl.StringVar(&f.measurement, "measurement", "", "required launch measurement, 96 `HEX` digits")
+	fl.StringVar(&f.measurement, "measurement", "", "required launch measurement (SEV-SNP) or MRTD (TDX), 96 `HEX` digits")
 	fl.BoolVar(&f.allowDebug, "allow-debug", false, "accept debug guests (default policy only)")
 	fl.StringVar(&f.policy, "policy", "", "policy `FILE` (YAML) instead of the default policy")
 	fl.StringVarP(&f.output, "output", "o", formatText, "output format: text or json")
 	_ = cmd.MarkFlagRequired("report")
-	_ = cmd.MarkFlagRequired("vcek")
 	return cmd
 }
 
@@ -119,50 +142,94 @@ func runAttestVerify(cmd *cobra.Command, f *verifyFlags) error {
 		return err
 	}
 
+	var reportData []byte
+	if f.reportData != "" {
+		if reportData, err = parseHexFlag("report-data", f.reportData, 64); err != nil {
+			return err
+		}
+	}
+	now := time.Now
+	if f.at != "" {
+		at, err := time.Parse(time.RFC3339, f.at)
+		if err != nil {
+			return usageErrorf("--at %q: want an RFC3339 time such as 2026-02-03T01:00:00Z: %v", f.at, err)
+		}
+		now = func() time.Time { return at }
+	}
+
 	report, err := os.ReadFile(f.report)
 	if err != nil {
 		return usageErrorf("--report: %v", err)
 	}
-	if len(report) != abi.ReportSize {
-		return usageErrorf("--report %s: %d bytes, an SEV-SNP report is %d", f.report, len(report), abi.ReportSize)
-	}
-	vcek, err := readCertFile(f.vcek)
-	if err != nil {
-		return usageErrorf("--vcek: %v", err)
-	}
-	// The endorsement key goes where the report's signer field says: a
-	// VLEK-signed report (cloud providers) is verified against --vcek too.
-	chain := &attestv1.CertChain{Vcek: vcek.Raw}
-	if si, err := abi.ReportSignerInfo(report); err == nil {
-		if info, err := abi.ParseSignerInfo(si); err == nil && info.SigningKey == abi.VlekReportSigner {
-			chain = &attestv1.CertChain{Vlek: vcek.Raw}
+	isTDX := attest.IsTDXQuote(report)
+	var chain *attestv1.CertChain
+	var coll *attest.TDXCollateral
+	if isTDX {
+		if f.vcek != "" || f.chain != "" {
+			return usageErrorf("--report %s is a TDX quote: it carries its PCK chain, so --vcek and --chain do not apply", f.report)
 		}
-	}
-	if f.chain != "" {
-		ask, ark, err := readChainFile(f.chain)
+		if f.collateral != "" {
+			if coll, err = attest.LoadCollateral(f.collateral); err != nil {
+				var pe *os.PathError
+				if errors.As(err, &pe) {
+					return usageErrorf("--collateral: %v", err)
+				}
+				return failf("--collateral: %v", err)
+			}
+		}
+	} else {
+		if len(report) != abi.ReportSize {
+			return usageErrorf("--report %s: %d bytes, neither an SEV-SNP report (%d bytes) nor a TDX quote (v4/v5 header)", f.report, len(report), abi.ReportSize)
+		}
+		if f.collateral != "" {
+			return usageErrorf("--collateral applies to TDX quotes; --report %s is an SEV-SNP report", f.report)
+		}
+		if f.vcek == "" {
+			return usageErrorf("--vcek is required for an SEV-SNP report")
+		}
+		vcek, err := readCertFile(f.vcek)
 		if err != nil {
-			return usageErrorf("--chain: %v", err)
+			return usageErrorf("--vcek: %v", err)
 		}
-		chain.Ask, chain.Ark = ask.Raw, ark.Raw
+		// The endorsement key goes where the report's signer field says: a
+		// VLEK-signed report (cloud providers) is verified against --vcek too.
+		chain = &attestv1.CertChain{Vcek: vcek.Raw}
+		if si, err := abi.ReportSignerInfo(report); err == nil {
+			if info, err := abi.ParseSignerInfo(si); err == nil && info.SigningKey == abi.VlekReportSigner {
+				chain = &attestv1.CertChain{Vlek: vcek.Raw}
+			}
+		}
+		if f.chain != "" {
+			ask, ark, err := readChainFile(f.chain)
+			if err != nil {
+				return usageErrorf("--chain: %v", err)
+			}
+			chain.Ask, chain.Ark = ask.Raw, ark.Raw
+		}
 	}
 
-	policy, err := verifyPolicy(f, measurement)
+	policy, err := verifyPolicy(f, measurement, isTDX)
 	if err != nil {
 		return err
 	}
 	stderr := cmd.ErrOrStderr()
 	v, err := attest.NewVerifier(policy, attest.Options{
-		Now:    time.Now,
-		Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+		Now:           now,
+		Logger:        slog.New(slog.NewTextHandler(stderr, nil)),
+		TDXCollateral: coll,
 	})
 	if err != nil {
 		// The policy parsed, so this is a root file that cannot be loaded.
 		return failf("policy: %v", err)
 	}
 
-	claims, err := verifyAs(v, attest.TEESevSnp, report, chain, nonce, key)
+	hw, simTEE := attest.TEESevSnp, attest.TEESimSnp
+	if isTDX {
+		hw, simTEE = attest.TEETDX, attest.TEESimTDX
+	}
+	claims, err := verifyAs(v, hw, report, chain, nonce, key, reportData)
 	if errors.Is(err, attest.ErrUntrustedRoot) && policy.TrustsSimulated() {
-		claims2, err2 := verifyAs(v, attest.TEESimSnp, report, chain, nonce, key)
+		claims2, err2 := verifyAs(v, simTEE, report, chain, nonce, key, reportData)
 		// A second untrusted-root verdict says nothing new: keep the first.
 		if err2 == nil || !errors.Is(err2, attest.ErrUntrustedRoot) {
 			claims, err = claims2, err2
@@ -179,16 +246,21 @@ func runAttestVerify(cmd *cobra.Command, f *verifyFlags) error {
 	if f.output == formatJSON {
 		return writeJSON(out, claims)
 	}
-	binding := "not checked (no --nonce/--key): freshness and key unproven"
-	if nonce != nil {
-		binding = "REPORT_DATA = SHA-512(nonce || key)"
+	binding := "not checked (no --nonce/--key or --report-data): freshness and key unproven"
+	switch {
+	case nonce != nil && reportData != nil:
+		binding = "report data = --report-data = SHA-512(nonce || key)"
+	case nonce != nil:
+		binding = "report data = SHA-512(nonce || key)"
+	case reportData != nil:
+		binding = "report data = --report-data"
 	}
 	return writeClaimsText(out, claims, binding)
 }
 
 // verifyPolicy is the policy verify applies: the --policy file, or the
 // default policy (restricted to --measurement when given).
-func verifyPolicy(f *verifyFlags, measurement []byte) (*attest.Policy, error) {
+func verifyPolicy(f *verifyFlags, measurement []byte, tdx bool) (*attest.Policy, error) {
 	if f.policy != "" {
 		p, err := loadPolicyFile(f.policy)
 		if err != nil {
@@ -205,7 +277,12 @@ func verifyPolicy(f *verifyFlags, measurement []byte) (*attest.Policy, error) {
 	// cleared from outside the package. Round-tripping the exported fields
 	// through the policy's own YAML form drops it (and re-applies the
 	// package's defaults), leaving an ordinary allowlist policy.
-	p.Measurements = []attest.HexBytes{measurement}
+	if tdx {
+		p.TDX.MRTDs = []attest.HexBytes{measurement}
+	} else {
+		p.Measurements = []attest.HexBytes{measurement}
+		p.TDX = nil
+	}
 	y, err := p.YAML()
 	if err != nil {
 		return nil, failf("build policy: %v", err)
@@ -231,8 +308,14 @@ func loadPolicyFile(path string) (*attest.Policy, error) {
 	return p, nil
 }
 
-func verifyAs(v *attest.Verifier, tee string, report []byte, chain *attestv1.CertChain, nonce, key []byte) (*attest.Claims, error) {
+func verifyAs(v *attest.Verifier, tee string, report []byte, chain *attestv1.CertChain, nonce, key, reportData []byte) (*attest.Claims, error) {
 	ev := &attestv1.Evidence{Tee: tee, Report: report, Chain: chain}
+	if reportData != nil {
+		c, err := v.VerifyExactReportData(ev, reportData)
+		if err != nil || nonce == nil {
+			return c, err
+		}
+	}
 	if nonce != nil {
 		return v.VerifyReportData(ev, nonce, key)
 	}
@@ -303,6 +386,13 @@ func fmtTCB(t attest.TCB) string { return t.String() }
 func writeClaimsText(w io.Writer, c *attest.Claims, binding string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 	line := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
+	if c.TDX != nil {
+		writeTDXClaims(line, c, binding)
+		if err := tw.Flush(); err != nil {
+			return failf("write output: %v", err)
+		}
+		return nil
+	}
 	line("tee", c.TEE)
 	line("product", c.Product)
 	line("root", c.Root)
@@ -333,10 +423,61 @@ func writeClaimsText(w io.Writer, c *attest.Claims, binding string) error {
 	return nil
 }
 
+func writeTDXClaims(line func(string, any), c *attest.Claims, binding string) {
+	t := c.TDX
+	line("tee", c.TEE)
+	line("product", c.Product)
+	line("root", c.Root)
+	line("simulated", c.Simulated)
+	line("quote version", t.QuoteVersion)
+	line("MRTD", t.MRTD)
+	for i, r := range t.RTMRs {
+		line(fmt.Sprintf("RTMR%d", i), r)
+	}
+	line("MRCONFIGID", t.MRConfigID)
+	line("MROWNER", t.MROwner)
+	line("MROWNERCONFIG", t.MROwnerConfig)
+	line("MRSEAM", t.MRSeam)
+	line("MRSIGNERSEAM", t.MRSignerSeam)
+	line("SEAM attributes", t.SeamAttributes)
+	line("TD attributes", t.TDAttributes)
+	line("debug", c.Debug)
+	line("XFAM", t.XFAM)
+	line("TEE TCB SVN", t.TeeTCBSVN)
+	if len(t.TeeTCBSVN2) > 0 {
+		line("TEE TCB SVN2", t.TeeTCBSVN2)
+		line("MRSERVICETD", t.MRServiceTD)
+	}
+	line("report data", c.ReportData)
+	line("binding", binding)
+	line("QE SVN", t.QESVN)
+	line("PCE SVN", t.PCESVN)
+	line("QE vendor ID", t.QEVendorID)
+	line("FMSPC", t.FMSPC)
+	line("PCE ID", t.PCEID)
+	line("PPID", t.PPID)
+	tcb := t.TCBStatus
+	if tcb == "" {
+		tcb = "not computed (no --collateral)"
+	} else if len(t.AdvisoryIDs) > 0 {
+		tcb += " (" + strings.Join(t.AdvisoryIDs, ", ") + ")"
+	}
+	line("TCB status", tcb)
+	if t.QETCBStatus != "" {
+		line("QE TCB status", t.QETCBStatus)
+	}
+	line("quote digest", c.ReportDigest)
+	line("signer", c.Signer)
+	if !c.IssuedAt.IsZero() {
+		line("issued at", c.IssuedAt.Format(time.RFC3339))
+	}
+}
+
 // ---- attest report ----
 
 type reportFlags struct {
 	simDir      string
+	simTEE      string
 	nonce, key  string
 	name        string
 	measurement string
@@ -368,7 +509,13 @@ product a new CA certifies (Turin-B0 simulates a Turin node, whose --tcb
 takes five parts, FMC first). Evidence from it verifies only under a policy
 that names DIR/root.pem as a simulated root.
 
-Without --sim-dir the report comes from this machine's SEV-SNP device.`,
+With --sim-tee sim-tdx (or a DIR already holding a simulated TDX CA) the
+simulated TDX (sim-tdx) produces a v4 quote instead, written to quote.dat:
+--measurement is the MRTD, --debug sets the DEBUG TD attribute; it verifies
+only under a policy naming DIR/root.pem with kind simulated-tdx.
+
+Without --sim-dir the report comes from this machine's TEE: configfs-tsm
+(SEV-SNP or TDX; a TDX quote goes to quote.dat), else /dev/sev-guest.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAttestReport(cmd, &f)
@@ -376,6 +523,7 @@ Without --sim-dir the report comes from this machine's SEV-SNP device.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.simDir, "sim-dir", "", "simulated CA `DIR` (created when empty); omit for real hardware")
+	fl.StringVar(&f.simTEE, "sim-tee", "", "simulated TEE a new CA in --sim-dir is for: sim-snp (default) or sim-tdx; an existing CA decides by itself")
 	fl.StringVar(&f.nonce, "nonce", "", "32-byte nonce, `HEX`")
 	fl.StringVar(&f.key, "key", "", "32-byte key, `HEX`")
 	fl.StringVar(&f.name, "name", "sim-node", "simulated node `NAME`")
@@ -392,11 +540,12 @@ Without --sim-dir the report comes from this machine's SEV-SNP device.`,
 	return cmd
 }
 
-// NewHardwareProvider opens this machine's SEV-SNP guest device for
-// `attest report` without --sim-dir. A variable so tests (and other
-// platforms) can replace it.
+// NewHardwareProvider opens this machine's TEE (configfs-tsm for SEV-SNP
+// or TDX, else /dev/sev-guest) for `attest report` without --sim-dir, the
+// agent and the control plane. A variable so tests (and other platforms)
+// can replace it.
 var NewHardwareProvider = func() (attest.Provider, error) {
-	p, err := snp.Open()
+	p, err := tsm.OpenHardware()
 	if err != nil {
 		return nil, fmt.Errorf("%w; pass --sim-dir to use the simulated TEE", err)
 	}
@@ -415,8 +564,9 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 
 	var p attest.Provider
 	var ca *sim.CA
+	var tdxRoot string
 	if f.simDir == "" {
-		for _, name := range []string{"name", "measurement", "debug", "smt", "vmpl", "tcb", "sim-product"} {
+		for _, name := range []string{"name", "measurement", "debug", "smt", "vmpl", "tcb", "sim-product", "sim-tee"} {
 			if cmd.Flags().Changed(name) {
 				return usageErrorf("--%s configures the simulated TEE and needs --sim-dir", name)
 			}
@@ -424,7 +574,23 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		if p, err = NewHardwareProvider(); err != nil {
 			return usageErrorf("%v", err)
 		}
+	} else if f.simTEE == attest.TEESimTDX || (f.simTEE == "" && simtdx.IsCADir(f.simDir)) {
+		for _, name := range []string{"smt", "vmpl", "tcb", "sim-product"} {
+			if cmd.Flags().Changed(name) {
+				return usageErrorf("--%s configures the simulated SEV-SNP; %s is (or gets) a simulated TDX CA", name, f.simDir)
+			}
+		}
+		m, err := parseMeasurementFlag(f.measurement)
+		if err != nil {
+			return err
+		}
+		if p, tdxRoot, err = openSimTEE(simTEEConfig{dir: f.simDir, tee: attest.TEESimTDX, name: f.name, measurement: m, debug: f.debug}); err != nil {
+			return usageErrorf("--sim-dir: %v", err)
+		}
 	} else {
+		if f.simTEE != "" && f.simTEE != attest.TEESimSnp {
+			return usageErrorf("--sim-tee %q: want %s or %s", f.simTEE, attest.TEESimSnp, attest.TEESimTDX)
+		}
 		cfg := sim.NodeConfig{Debug: f.debug, SMT: f.smt, VMPL: f.vmpl}
 		if f.vmpl > 3 {
 			return usageErrorf("--vmpl: %d is not a VMPL (0-3)", f.vmpl)
@@ -454,11 +620,15 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		return failf("%v", err)
 	}
 	chain := ev.GetChain()
+	reportFile := "report.bin"
+	if attest.IsTDX(ev.GetTee()) {
+		reportFile = "quote.dat"
+	}
 	files := []struct {
 		name string
 		data []byte
 	}{
-		{"report.bin", ev.GetReport()},
+		{reportFile, ev.GetReport()},
 		{"vcek.pem", pemCerts(chain.GetVcek())},
 		{"vlek.pem", pemCerts(chain.GetVlek())},
 		{"chain.pem", pemCerts(chain.GetAsk(), chain.GetArk())},
@@ -479,11 +649,14 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		}
 		fmt.Fprintf(out, "  %-12s %s\n", file.name, path)
 	}
-	if len(chain.GetVcek()) == 0 && len(chain.GetVlek()) == 0 {
+	if !attest.IsTDX(ev.GetTee()) && len(chain.GetVcek()) == 0 && len(chain.GetVlek()) == 0 {
 		fmt.Fprintln(out, "note: the host provisioned no VCEK; fetch it from AMD KDS for the report's chip ID and reported TCB")
 	}
 	if ca != nil {
 		fmt.Fprintf(out, "trust root:    %s (kind simulated; a policy must name it explicitly)\n", ca.RootPath())
+	}
+	if tdxRoot != "" {
+		fmt.Fprintf(out, "trust root:    %s (kind simulated-tdx; a policy must name it explicitly)\n", tdxRoot)
 	}
 	return nil
 }

@@ -412,3 +412,101 @@ func TestPolicyCheckShowsDefaultsAndRefusesSilentValues(t *testing.T) {
 	// The placeholder is accepted where only a simulated root is trusted.
 	run(t, "policy", "check", simPolicy(t, zero, "")).want(t, 0)
 }
+
+// tdxQuoteFile is go-tdx-guest's real v5 quote (copied into internal/attest/testdata).
+const (
+	tdxV5Quote      = "../../../internal/attest/testdata/tdx/quote_v5.dat"
+	tdxV4Quote      = "../../../internal/attest/testdata/tdx/quote_v4.dat"
+	tdxV4Collateral = "../../../internal/attest/testdata/tdx/collateral_v4.json"
+	tdxV5At         = "2026-02-03T01:00:00Z"
+	tdxV5MRTD       = "7348651a34b2d2d3462822e3a750ec6110125f36757c78480bbfc69cc0d21fb001a1ced3ee19747dda8f750c3bc8f876"
+	tdxV5ReportData = "945eaacf5abc1f719d8666a942fda03d1edcb4490277396093dc5a5289ab9f1e094aed63060cd4a4933a4dd537ed1255c9c79ecb3ed82cd1b486233e31c25c3a"
+)
+
+// TestVerifyRealTDXQuote: attest verify recognises a TDX quote by its
+// header, pins MRTD and report data, and exits 0/1/2 as for SEV-SNP.
+func TestVerifyRealTDXQuote(t *testing.T) {
+	t.Parallel()
+	r := run(t, "attest", "verify", "--report", tdxV5Quote, "--at", tdxV5At, "--measurement", tdxV5MRTD, "--report-data", tdxV5ReportData, "-o", "json")
+	r.want(t, 0)
+	var c struct {
+		TEE string `json:"tee"`
+		TDX struct {
+			MRTD  string   `json:"mrtd"`
+			FMSPC string   `json:"fmspc"`
+			RTMRs []string `json:"rtmrs"`
+		} `json:"tdx"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.TEE != "tdx" || c.TDX.MRTD != tdxV5MRTD || c.TDX.FMSPC != "90c06f000000" || len(c.TDX.RTMRs) != 4 {
+		t.Fatalf("json claims %+v", c)
+	}
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--at", tdxV5At, "--measurement", randHex(t, 48)).want(t, 1, "rejected: measurement")
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--at", tdxV5At, "--report-data", randHex(t, 64)).want(t, 1, "rejected: binding")
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--at", tdxV5At, "--nonce", randHex(t, 32), "--key", randHex(t, 32)).want(t, 1, "rejected: binding")
+	run(t, "attest", "verify", "--report", tdxV4Quote, "--at", "2023-07-01T01:00:00Z", "--collateral", tdxV4Collateral).want(t, 1, "rejected: tcb_status")
+	run(t, "attest", "verify", "--report", tdxV4Quote, "--at", "2023-07-01T01:00:00Z").want(t, 0)
+
+	dir := t.TempDir()
+	data, err := os.ReadFile(tdxV5Quote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trailing := writeFile(t, dir, "trailing.dat", append(data, 0xff))
+	run(t, "attest", "verify", "--report", trailing, "--at", tdxV5At).want(t, 1, "rejected: trailing_data")
+	badColl := writeFile(t, dir, "coll.json", []byte(`{"x":1}`))
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--collateral", badColl).want(t, 1, "unknown field")
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--at", "yesterday").want(t, 2, "--at")
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--vcek", tdxV5Quote).want(t, 2, "--vcek and --chain do not apply")
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--report-data", "abcd").want(t, 2, "want 64")
+	run(t, "attest", "verify", "--report", tdxV5Quote, "--collateral", filepath.Join(dir, "nope.json")).want(t, 2, "no such file")
+}
+
+// TestPolicyCheckTDX: policy check explains the tdx section.
+func TestPolicyCheckTDX(t *testing.T) {
+	t.Parallel()
+	m, cp := randHex(t, 48), randHex(t, 48)
+	p := writeFile(t, t.TempDir(), "tdx.yaml", []byte(fmt.Sprintf(
+		"tdx:\n  mrtds: [%q]\n  minimumQESVN: 3\n  acceptedTCBStatuses: [UpToDate, SWHardeningNeeded]\n  fmspcs: [\"90c06f000000\"]\ncontrolPlane:\n  mrtds: [%q]\n", m, cp)))
+	r := run(t, "policy", "check", p)
+	r.want(t, 0)
+	for _, s := range []string{"TDX MRTDs:", "1 accepted", m, "control plane (TDX):", cp, "3 / 0",
+		"UpToDate, SWHardeningNeeded", "1 FMSPCs", "intel (TDX)", "TDX RTMRs:"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Fatalf("output lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	bad := writeFile(t, t.TempDir(), "bad.yaml", []byte(fmt.Sprintf("tdx:\n  mrtds: [%q]\n  acceptedTCBStatuses: [Fine]\n", m)))
+	run(t, "policy", "check", bad).want(t, 1, "tdx.acceptedTCBStatuses[0]", "Fine")
+}
+
+// TestSimTDXReportAndVerify: attest report makes a sim-tdx quote; attest
+// verify accepts it only under a policy naming the simulated TDX root (as
+// sim-tdx), refuses it under Intel's root, and refuses the debug TD.
+func TestSimTDXReportAndVerify(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "tdx-ca")
+	nonce, key, m := randHex(t, 32), randHex(t, 32), randHex(t, 48)
+	out := filepath.Join(dir, "out")
+	r := run(t, "attest", "report", "--sim-dir", ca, "--sim-tee", "sim-tdx", "--nonce", nonce, "--key", key, "--measurement", m, "-o", out)
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, "sim-tdx report") || !strings.Contains(r.stdout, "kind simulated-tdx") {
+		t.Fatalf("report output:\n%s", r.stdout)
+	}
+	quote := filepath.Join(out, "quote.dat")
+	pol := writeFile(t, dir, "p.yaml", []byte(fmt.Sprintf("trustedRoots: [{kind: simulated-tdx, file: %s}]\ntdx:\n  mrtds: [%q]\n", filepath.Join(ca, "root.pem"), m)))
+	r = run(t, "attest", "verify", "--report", quote, "--policy", pol, "--nonce", nonce, "--key", key, "-o", "json")
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, `"tee": "sim-tdx"`) || !strings.Contains(r.stdout, `"simulated": true`) {
+		t.Fatalf("claims:\n%s", r.stdout)
+	}
+	run(t, "attest", "verify", "--report", quote, "--nonce", nonce, "--key", key).want(t, 1, "rejected: untrusted_root")
+	// The same directory is recognised as sim-tdx without --sim-tee.
+	debugOut := filepath.Join(dir, "debug")
+	run(t, "attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "--measurement", m, "--debug", "-o", debugOut).want(t, 0)
+	run(t, "attest", "verify", "--report", filepath.Join(debugOut, "quote.dat"), "--policy", pol).want(t, 1, "rejected: debug")
+	run(t, "attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "--smt", "-o", debugOut).want(t, 2, "--smt")
+}

@@ -19,7 +19,6 @@ import (
 	"github.com/confmesh/confmesh/controlplane/config"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
-	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/google/go-sev-guest/verify/trust"
 	"github.com/spf13/cobra"
@@ -34,6 +33,7 @@ const shutdownTimeout = 5 * time.Second
 func newControlPlaneCmd() *cobra.Command {
 	var configPath string
 	fv := config.Default() // flag values; only the flags set on the command line are used
+	var tdxColl tdxCollateralFlags
 	cmd := &cobra.Command{
 		Use:   "controlplane --policy FILE [flags]",
 		Short: "Run the control plane: verify joins, run the SPIFFE CA, stream the peer set",
@@ -73,7 +73,7 @@ error or an unreadable config or policy file.`,
 				return err
 			}
 			return untilSignal(cmd, func(ctx context.Context, hup <-chan os.Signal) error {
-				return runControlPlane(ctx, cmd.ErrOrStderr(), cfg, hup)
+				return runControlPlane(ctx, cmd.ErrOrStderr(), cfg, &tdxColl, hup)
 			})
 		},
 	}
@@ -98,6 +98,7 @@ error or an unreadable config or policy file.`,
 	fl.StringVar(&fv.SimName, "sim-name", fv.SimName, "simulated node `NAME` the control plane runs as (keeps its chip ID and VCEK under DIR/nodes/NAME)")
 	fl.StringVar(&fv.SimMeasurement, "sim-measurement", "", "simulated launch measurement, 96 `HEX` digits (default all zero)")
 	fl.BoolVar(&fv.SimDebug, "sim-debug", false, "simulated guest has the debug policy bit set")
+	tdxColl.add(fl) // flags only: not in the config file
 	fl.StringVar(&fv.KDSCache, "kds-cache", "", "fetch VCEKs that evidence does not carry from AMD's key distribution service, cached in `DIR` (off by default)")
 	fl.StringVar(&fv.LogFormat, "log-format", fv.LogFormat, "log format: json or text")
 	fl.StringVar(&fv.LogLevel, "log-level", fv.LogLevel, "log level: debug, info, warn or error")
@@ -259,16 +260,12 @@ func openProvider(cfg *config.Config, log *slog.Logger) (attest.Provider, error)
 		return p, nil
 	}
 	m, _ := cfg.SimMeasurementBytes() // validated
-	ca, err := sim.OpenCA(cfg.SimDir, "")
+	n, root, err := openSimTEE(simTEEConfig{dir: cfg.SimDir, name: cfg.SimName, measurement: m, debug: cfg.SimDebug})
 	if err != nil {
 		return nil, failf("controlplane: --sim-dir: %v", err)
 	}
-	n, err := ca.OpenNode(cfg.SimName, sim.NodeConfig{Measurement: m, Debug: cfg.SimDebug})
-	if err != nil {
-		return nil, failf("controlplane: simulated node %q: %v", cfg.SimName, err)
-	}
 	log.Warn("!!! THE CONTROL PLANE RUNS ON A SIMULATED TEE: its evidence proves nothing about hardware; agents accept it only if their policy names the simulated root; never use this in production !!!",
-		"root", ca.RootPath(), "node", cfg.SimName, "measurement", fmt.Sprintf("%x", n.Config().Measurement), "debug", cfg.SimDebug)
+		"tee", n.TEE(), "root", root, "node", cfg.SimName, "measurement", fmt.Sprintf("%x", m), "debug", cfg.SimDebug)
 	return n, nil
 }
 
@@ -304,7 +301,7 @@ func listenAdmin(path string) (net.Listener, error) {
 
 // runControlPlane runs until ctx ends (SIGINT/SIGTERM) or a server fails.
 // hup delivers SIGHUP: reload the policy.
-func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, hup <-chan os.Signal) error {
+func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, tdxColl *tdxCollateralFlags, hup <-chan os.Signal) error {
 	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 
 	policy, err := loadPolicyFile(cfg.Policy)
@@ -323,6 +320,9 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, h
 	if cfg.KDSCache != "" {
 		vopts.Fetcher = &attest.CachingFetcher{Upstream: trust.DefaultHTTPSGetter(), Dir: cfg.KDSCache, Logger: log}
 		log.Info("KDS fetching enabled for evidence without a VCEK", "cache", cfg.KDSCache)
+	}
+	if vopts.TDXCollateral, err = tdxColl.source(cfg.StateDir, log); err != nil {
+		return err
 	}
 	if err := selfCheck(prov, policy, vopts.Fetcher); err != nil {
 		log.Warn("this control plane's own evidence does not pass its policy: agents applying the same policy will refuse to join it",

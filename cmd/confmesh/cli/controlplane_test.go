@@ -587,7 +587,8 @@ simDir: sim
 	}
 	// Every flag of the command maps to a setting.
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Name == "config" || f.Name == "help" {
+		switch f.Name {
+		case "config", "help", "tdx-collateral", "pcs-url", "pcs-cache": // the TDX collateral flags are flags only
 			return
 		}
 		var a, b config.Config

@@ -36,6 +36,7 @@ var demoPodPlan = []string{"frontend", "payments", "catalog", "orders", "cart", 
 const demoK8sNamespace = "shop"
 
 type demoFlags struct {
+	tee     string
 	nodes   int
 	keep    bool
 	cleanup bool
@@ -98,6 +99,11 @@ command (iproute2). Exit codes: 0 every step's check held; 1 a step failed
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			switch f.tee {
+			case demoTEESimSnp, demoTEESimTDX, demoTEEMixed:
+			default:
+				return usageErrorf("--tee %q: want %s, %s or %s", f.tee, demoTEESimSnp, demoTEESimTDX, demoTEEMixed)
+			}
 			if f.nodes < demoMinNodes || f.nodes > demoMaxNodes {
 				return usageErrorf("--nodes %d: want %d to %d", f.nodes, demoMinNodes, demoMaxNodes)
 			}
@@ -120,6 +126,7 @@ command (iproute2). Exit codes: 0 every step's check held; 1 a step failed
 			return runDemo(ctx, out, f)
 		},
 	}
+	cmd.Flags().StringVar(&f.tee, "tee", demoTEESimSnp, "simulated TEE of the nodes: sim-snp, sim-tdx, or mixed (alternating, node-1 on sim-snp)")
 	cmd.Flags().IntVar(&f.nodes, "nodes", 3, fmt.Sprintf("how many nodes (%d to %d)", demoMinNodes, demoMaxNodes))
 	cmd.Flags().BoolVar(&f.keep, "keep", false, "leave the cluster running and print how to explore it and clean it up")
 	cmd.Flags().BoolVar(&f.cleanup, "cleanup", false, "remove your kept demo run (or RUN, or with --all every ended run of yours) and exit")
@@ -230,7 +237,7 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		return failf("demo: %v", err)
 	}
 	uid, owner := invokingUser()
-	d := &demo{out: out, self: self, nodes: f.nodes,
+	d := &demo{out: out, self: self, nodes: f.nodes, tee: f.tee,
 		c: netlab.NewCluster(netlab.Config{Prefix: prefix, Dir: dir, Bin: self, CNIBin: cniBin, OwnProcessGroup: true}),
 		state: &demoState{Run: run.ID, RunPrefix: run.Prefix, Prefix: prefix, OwnerUID: uid, Owner: owner, DemoPID: os.Getpid(),
 			Started: start.UTC(), Dir: dir, Bin: self}}
@@ -239,7 +246,7 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	}
 
 	fmt.Fprintf(out, "confmesh demo: a control plane and %d nodes in network namespaces on this machine,\n", f.nodes)
-	fmt.Fprintln(out, "attesting with the SIMULATED TEE sim-snp (development only: it proves nothing about hardware).")
+	fmt.Fprintf(out, "attesting with the SIMULATED TEE %s (development only: it proves nothing about hardware).\n", d.teeLabel())
 	fmt.Fprintf(out, "run %s of %s; names start with %s; state and logs in %s\n", run.ID, owner, prefix, dir)
 	if n := demoLeftovers(run.Prefix); n > 0 {
 		fmt.Fprintf(out, "note: %d network namespaces left by earlier demos; 'confmesh demo --cleanup' removes yours\n", n)
@@ -310,6 +317,7 @@ func demoLeftovers(ownPrefix string) int {
 
 // demo is one run's cluster and narration.
 type demo struct {
+	tee    string // demoTEESimSnp, demoTEESimTDX or demoTEEMixed
 	out    io.Writer
 	self   string
 	nodes  int
@@ -367,7 +375,7 @@ func (d *demo) addPod(n *netlab.Node, name string) (*netlab.Pod, error) {
 func (d *demo) setup() error {
 	d.section("setup")
 	t0 := time.Now()
-	err := d.c.Start(netlab.Options{})
+	err := d.c.Start(netlab.Options{SimTDX: d.tee != demoTEESimSnp})
 	d.record()
 	if err != nil {
 		return err
@@ -375,8 +383,8 @@ func (d *demo) setup() error {
 	cp := d.c.CP
 	d.say("underlay: bridge %s (%s/%d) in namespace %s; every node's default gateway", d.c.Bridge, netlab.BridgeIP, netlab.UnderlayBits, d.c.Underlay)
 	d.say("control plane: namespace %s, listening on %s, pid %d (runs on sim-snp too: agents verify its report first)", cp.NS, cp.Addr, cp.Process().PID())
-	for range d.nodes {
-		n, err := d.c.AddNode(netlab.NodeOptions{})
+	for i := range d.nodes {
+		n, err := d.c.AddNode(netlab.NodeOptions{TEE: d.nodeTEE(i)})
 		d.record()
 		if err != nil {
 			return err
@@ -387,7 +395,7 @@ func (d *demo) setup() error {
 		if err := n.WaitReady(); err != nil {
 			return err
 		}
-		d.say("%s: namespace %s, underlay %s, attested and ready, pod CIDR %s, WireGuard device %s", n.Name, n.NS, n.IP, n.PodCIDR, n.Device)
+		d.say("%s: %s, namespace %s, underlay %s, attested and ready, pod CIDR %s, WireGuard device %s", n.Name, teeOf(n), n.NS, n.IP, n.PodCIDR, n.Device)
 	}
 	if err := d.c.WaitMesh(d.honest...); err != nil {
 		return err
@@ -513,4 +521,49 @@ func (d *demo) printKeep() {
 	d.say("process logs: %s/*.log", d.c.Dir)
 	d.say("clean up later (stops the processes, deletes the namespaces and %s):", d.c.Dir)
 	d.indent(fmt.Sprintf("%s demo --cleanup %s", d.self, d.state.Run))
+}
+
+// The demo's --tee values.
+const (
+	demoTEESimSnp = netlab.TEESimSnp
+	demoTEESimTDX = netlab.TEESimTDX
+	demoTEEMixed  = "mixed"
+)
+
+// nodeTEE is the simulated TEE of the i-th honest node (0-based): mixed
+// alternates, node-1 on sim-snp.
+func (d *demo) nodeTEE(i int) string {
+	switch d.tee {
+	case demoTEESimTDX:
+		return netlab.TEESimTDX
+	case demoTEEMixed:
+		if i%2 == 1 {
+			return netlab.TEESimTDX
+		}
+	}
+	return netlab.TEESimSnp
+}
+
+// teeLabel names the TEEs the nodes run on.
+func (d *demo) teeLabel() string {
+	if d.tee == demoTEEMixed {
+		return "sim-snp and sim-tdx (a mixed cluster)"
+	}
+	return d.tee
+}
+
+// teeList is the --tee list of demo serve/call: every TEE a node runs on.
+func (d *demo) teeList() string {
+	if d.tee == demoTEEMixed {
+		return netlab.TEESimSnp + "," + netlab.TEESimTDX
+	}
+	return d.tee
+}
+
+// teeOf is the simulated TEE a lab node runs on.
+func teeOf(n *netlab.Node) string {
+	if n.Opts.TEE == "" {
+		return netlab.TEESimSnp
+	}
+	return n.Opts.TEE
 }

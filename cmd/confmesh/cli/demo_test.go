@@ -33,6 +33,7 @@ func TestDemoNodesBounds(t *testing.T) {
 		{"demo", "--cleanup", "1a2b", "3c4d"},
 		{"demo", "exec", "node-1"},         // no command
 		{"demo", "exec", "node-1", "true"}, // no --
+		{"demo", "--tee", "sev-snp"},       // only simulated TEEs
 	} {
 		var out, errb bytes.Buffer
 		if code := Execute(args, &out, &errb); code != ExitUsage {
@@ -136,5 +137,43 @@ func TestDemo(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != ExitRejected || !strings.Contains(string(outb), "needs root") {
 		t.Errorf("unprivileged confmesh demo: %v, output %q; want exit %d naming root", err, outb, ExitRejected)
+	}
+}
+
+// TestDemoMixed runs `confmesh demo --tee mixed` (root only): node-1 and
+// node-3 on sim-snp, node-2 on sim-tdx verify each other and mesh, and the
+// cross-TEE mTLS call is authorised by the claims of both TEEs.
+func TestDemoMixed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("confmesh demo needs root (network namespaces, TUN, nftables)")
+	}
+	if err := netlab.CheckHost(); err != nil {
+		t.Fatalf("%v (make deps installs it)", err)
+	}
+	bin := buildDemoBinaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "demo", "--tee", "mixed")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("confmesh demo --tee mixed: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
+	}
+	text := out.String()
+	for _, want := range []string{
+		"attesting with the SIMULATED TEE sim-snp and sim-tdx (a mixed cluster)",
+		"node-1: attested=true tee=sim-snp datapath=userspace strict=on verified peers: node-2, node-3",
+		"node-2: attested=true tee=sim-tdx datapath=userspace strict=on verified peers: node-1, node-3",
+		"mTLS ok: I am spiffe://confmesh.local/ns/shop/sa/frontend; server spiffe://confmesh.local/ns/shop/sa/payments (node node-2, sim-tdx, measurement 0000",
+		"accepted spiffe://confmesh.local/ns/shop/sa/frontend (node node-1, sim-snp, measurement 0000",
+		"PASS (a)", "PASS (c)", "PASS (d)", "PASS (e)", "PASS (f)",
+		"demo: all 6 steps held",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the narration lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("stdout:\n%s", text)
 	}
 }

@@ -118,7 +118,7 @@ func (d *demo) spiffeExchange(front, pay, wrong *netlab.Pod, frontID, payID, wro
 	addr := net.JoinHostPort(pay.IP.String(), "8443")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv := d.inPod(ctx, pay, "demo", "serve", "--listen", addr, "--allow", frontID)
+	srv := d.inPod(ctx, pay, "demo", "serve", "--listen", addr, "--allow", frontID, "--tee", d.teeList())
 	stdout, err := srv.StdoutPipe()
 	if err != nil {
 		return secrets, err
@@ -158,14 +158,14 @@ func (d *demo) spiffeExchange(front, pay, wrong *netlab.Pod, frontID, payID, wro
 		return secrets, err
 	}
 	d.say("$ confmesh demo exec %s -- confmesh demo serve --listen %s --allow %s &", podLabel(pay), addr, frontID)
-	d.indent(l + "\n(accepts only " + frontID + " on a sim-snp node with the all-zero measurement, checked with pkg/claims)")
+	d.indent(l + "\n(accepts only " + frontID + " on a " + d.teeList() + " node with the all-zero measurement, checked with pkg/claims)")
 	if !strings.Contains(l, "serving "+payID) {
 		return secrets, fmt.Errorf("server in %s: %q, want it serving as %s", podLabel(pay), l, payID)
 	}
 
 	call := func(p *netlab.Pod) (string, error) {
 		d.say("$ confmesh demo exec %s -- confmesh demo call %s --server-id %s", podLabel(p), addr, payID)
-		return d.runInPod(p, "demo", "call", addr, "--server-id", payID, "--message", marker)
+		return d.runInPod(p, "demo", "call", addr, "--server-id", payID, "--message", marker, "--tee", d.teeList())
 	}
 	out, err = call(front)
 	if err != nil {
@@ -178,14 +178,14 @@ func (d *demo) spiffeExchange(front, pay, wrong *netlab.Pod, frontID, payID, wro
 	}
 	d.say("%s's view:", podLabel(pay))
 	d.indent(seen)
-	if !strings.HasPrefix(seen, "accepted "+frontID+" (node "+front.Node.Name+", sim-snp, measurement 0000") {
+	if !strings.HasPrefix(seen, "accepted "+frontID+" (node "+front.Node.Name+", "+teeOf(front.Node)+", measurement 0000") {
 		return secrets, fmt.Errorf("server in %s: %q, want it to accept %s on %s", podLabel(pay), seen, frontID, front.Node.Name)
 	}
-	if !strings.Contains(out, "mTLS ok: I am "+frontID+"; server "+payID+" (node "+pay.Node.Name+", sim-snp") || !strings.Contains(out, marker) {
+	if !strings.Contains(out, "mTLS ok: I am "+frontID+"; server "+payID+" (node "+pay.Node.Name+", "+teeOf(pay.Node)) || !strings.Contains(out, marker) {
 		return secrets, fmt.Errorf("%s: %q, want an mTLS ok naming %s on %s and the reply", podLabel(front), out, payID, pay.Node.Name)
 	}
-	d.say("mTLS: %s -> %s ok; %s saw peer %s on %s, %s saw peer %s on %s (both sim-snp, measurement 0000…)",
-		front.PodName, pay.PodName, front.PodName, payID, pay.Node.Name, pay.PodName, frontID, front.Node.Name)
+	d.say("mTLS: %s -> %s ok; %s saw peer %s on %s (%s), %s saw peer %s on %s (%s), measurement 0000…",
+		front.PodName, pay.PodName, front.PodName, payID, pay.Node.Name, teeOf(pay.Node), pay.PodName, frontID, front.Node.Name, teeOf(front.Node))
 
 	out, err = call(wrong)
 	if err == nil {

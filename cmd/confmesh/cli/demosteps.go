@@ -71,8 +71,8 @@ func (d *demo) stepStatus() error {
 		switch {
 		case !st.Attested || !st.Ready:
 			problems = append(problems, fmt.Sprintf("%s: attested=%v ready=%v %s", n.Name, st.Attested, st.Ready, st.ReadyReason))
-		case st.TEE != "sim-snp" || st.Datapath != "userspace" || !st.StrictMode:
-			problems = append(problems, fmt.Sprintf("%s: tee=%q datapath=%q strictMode=%v, want sim-snp, userspace, true", n.Name, st.TEE, st.Datapath, st.StrictMode))
+		case st.TEE != teeOf(n) || st.Datapath != "userspace" || !st.StrictMode:
+			problems = append(problems, fmt.Sprintf("%s: tee=%q datapath=%q strictMode=%v, want %s, userspace, true", n.Name, st.TEE, st.Datapath, st.StrictMode, teeOf(n)))
 		case len(verified) != d.nodes-1 || len(other) > 0:
 			problems = append(problems, fmt.Sprintf("%s: %d verified peers, want %d; others: %s", n.Name, len(verified), d.nodes-1, strings.Join(other, "; ")))
 		}

@@ -29,13 +29,13 @@ import (
 // workloadFlags are the authorisation flags of serve and call.
 type workloadFlags struct {
 	measurement string        // accepted launch measurement (hex)
-	tee         string        // accepted TEE type
+	tees        []string      // accepted TEE types
 	timeout     time.Duration // bound on the whole command
 }
 
 func (f *workloadFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.measurement, "measurement", strings.Repeat("00", 48), "the launch `MEASUREMENT` (96 hex digits) the peer's node must have, read from its SVID's claims (default: the simulated nodes' all-zero one)")
-	cmd.Flags().StringVar(&f.tee, "tee", claims.TEESimSnp, "the TEE type the peer's node must run on (sev-snp in production)")
+	cmd.Flags().StringSliceVar(&f.tees, "tee", []string{claims.TEESimSnp}, "the TEE `TYPES` the peer's node may run on, comma-separated (sev-snp,tdx in production)")
 }
 
 // requirement is the pkg/claims requirement the flags describe.
@@ -44,7 +44,7 @@ func (f *workloadFlags) requirement() (claims.Requirement, error) {
 	if err != nil {
 		return claims.Requirement{}, usageErrorf("--measurement: %v", err)
 	}
-	return claims.Requirement{Measurements: [][]byte{m}, TEEs: []string{f.tee}}, nil
+	return claims.Requirement{Measurements: [][]byte{m}, TEEs: f.tees}, nil
 }
 
 // x509Source opens the Workload API named by SPIFFE_ENDPOINT_SOCKET and

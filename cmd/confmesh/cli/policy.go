@@ -91,6 +91,12 @@ func writePolicySummary(out io.Writer, p *attest.Policy, roots []*attest.Trusted
 		for _, m := range p.ControlPlane.Measurements {
 			line("", m.String())
 		}
+		if len(p.ControlPlane.MRTDs) > 0 {
+			line("control plane (TDX):", fmt.Sprintf("%d MRTDs accepted", len(p.ControlPlane.MRTDs)))
+			for _, m := range p.ControlPlane.MRTDs {
+				line("", m.String())
+			}
+		}
 	}
 	t := p.MinimumTCB
 	line("minimum TCB:", field("minimumTCB", fmt.Sprintf("bootloader %d, tee %d, snp %d, microcode %d; fmc %d (Turin only: Milan and Genoa have no FMC)",
@@ -111,6 +117,7 @@ func writePolicySummary(out io.Writer, p *attest.Policy, roots []*attest.Trusted
 	line("max evidence age:", field("maxEvidenceAge", time.Duration(p.MaxEvidenceAge).String())+
 		"; must exceed the renewal interval, half the node SVID TTL (the control plane checks)")
 	line("trust domain:", field("trustDomain", p.TrustDomain))
+	writeTDXSummary(line, p)
 	// The AMD kind resolves to one root per product line: group by name.
 	var names []string
 	lines := map[string][]string{}
@@ -140,4 +147,62 @@ func writePolicySummary(out io.Writer, p *attest.Policy, roots []*attest.Trusted
 		fmt.Fprintln(out, "!!! about hardware: anyone holding the simulated CA's keys can forge any report. Never use")
 		fmt.Fprintln(out, "!!! this policy in production.")
 	}
+}
+
+// writeTDXSummary explains the tdx section: what a TDX quote must show.
+func writeTDXSummary(line func(k, v string), p *attest.Policy) {
+	t := p.TDX
+	if t == nil {
+		line("TDX:", "no tdx section: every TDX quote is refused")
+		return
+	}
+	if p.AcceptsAnyMeasurement() {
+		line("TDX MRTDs:", "any")
+	} else {
+		line("TDX MRTDs:", fmt.Sprintf("%d accepted", len(t.MRTDs)))
+		for _, m := range t.MRTDs {
+			line("", m.String())
+		}
+	}
+	if len(t.RTMRs) == 0 {
+		line("TDX RTMRs:", "not checked")
+	} else {
+		for i, r := range t.RTMRs {
+			v := "not checked"
+			if len(r) > 0 {
+				v = r.String()
+			}
+			line(fmt.Sprintf("TDX RTMR%d:", i), v)
+		}
+	}
+	if len(t.MRConfigIDs) == 0 {
+		line("TDX MRCONFIGID:", "not checked")
+	} else {
+		line("TDX MRCONFIGID:", fmt.Sprintf("%d accepted", len(t.MRConfigIDs)))
+	}
+	line("TDX debug TDs:", allowed(p.AllowDebug)+" (allowDebug, shared with SEV-SNP)")
+	mask := func(m, v attest.HexBytes) string {
+		if m == nil {
+			return "not checked (go-tdx-guest's fixed-bit checks still apply to v4 quotes)"
+		}
+		return fmt.Sprintf("quote & %s == %s", m, v)
+	}
+	line("TDX XFAM:", mask(t.XFAMMask, t.XFAM))
+	line("TDX attributes:", mask(t.TDAttributesMask, t.TDAttributes))
+	svn := "none"
+	if t.MinimumTeeTCBSVN != nil {
+		svn = t.MinimumTeeTCBSVN.String() + " (component-wise)"
+	}
+	line("TDX minimum TEE TCB SVN:", svn)
+	line("TDX minimum QE/PCE SVN:", fmt.Sprintf("%d / %d", t.MinimumQESVN, t.MinimumPCESVN))
+	coll := "checked only when the verifier has collateral"
+	if t.RequireCollateral {
+		coll = "collateral required (a verifier without it refuses every TDX quote)"
+	}
+	line("TDX TCB statuses:", strings.Join(t.AcceptedTCBStatuses, ", ")+"; "+coll)
+	plat := "any platform"
+	if len(t.FMSPCs) > 0 || len(t.PPIDs) > 0 {
+		plat = fmt.Sprintf("%d FMSPCs, %d PPIDs on the allowlist", len(t.FMSPCs), len(t.PPIDs))
+	}
+	line("TDX platforms:", plat)
 }

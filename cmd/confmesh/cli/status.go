@@ -111,12 +111,17 @@ func toPeerJSON(p *agentv1.PeerStatus) peerJSON {
 }
 
 // peerTCB is the compact TCB column: the product and its components (FMC
-// only on Turin), or "-" when unknown.
+// only on Turin), the product alone where it has no SEV-SNP TCB (TDX), or
+// "-" when unknown.
 func peerTCB(j peerJSON) string { return compactTCB(j.Product, j.ReportedTCB) }
 
-// compactTCB renders a product and its decoded TCB, or "-" when unknown.
+// compactTCB renders a product and its decoded TCB, the product alone where
+// it has no SEV-SNP TCB (TDX), or "-" when unknown.
 func compactTCB(product string, t *attest.TCB) string {
 	if t == nil {
+		if product == attest.ProductTDX {
+			return product
+		}
 		return "-"
 	}
 	s := product
@@ -133,9 +138,10 @@ func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
 		WireGuardKey: hex.EncodeToString(st.WireguardPublicKey), TrustsSimulatedRoot: st.TrustsSimulatedRoot, Revision: st.Revision,
 		State: st.State, StateReason: st.StateReason, StateSince: ts(st.StateSince, st.StateSince != nil),
 		Peers: []peerJSON{}}
+	out.Product = st.Product
 	if st.Product != "" {
 		if t, err := attest.DecodeTCB(st.Product, st.ReportedTcb); err == nil {
-			out.Product, out.ReportedTCB = st.Product, &t
+			out.ReportedTCB = &t
 		}
 	}
 	for _, p := range st.Peers {
@@ -202,7 +208,7 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 	}
 	fmt.Fprintf(out, "state:       %s\n", state)
 	fmt.Fprintf(out, "attested:    %v (%s, measurement %s)\n", s.Attested, s.TEE, shorten(s.Measurement))
-	if s.ReportedTCB != nil {
+	if s.Product != "" {
 		fmt.Fprintf(out, "tcb:         %s\n", compactTCB(s.Product, s.ReportedTCB))
 	}
 	fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
