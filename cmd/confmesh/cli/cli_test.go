@@ -339,7 +339,7 @@ func TestPolicyCheck(t *testing.T) {
 
 func TestBenchVerify(t *testing.T) {
 	t.Parallel()
-	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms")
+	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms", "--cold", "5")
 	r.want(t, 0)
 	var got map[string]float64
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
@@ -348,8 +348,12 @@ func TestBenchVerify(t *testing.T) {
 	if n, ok := got["verifications_per_second"]; !ok || n <= 0 || got["signature_only_per_second"] <= 0 || got["ratio_to_signature_only_baseline"] <= 0 {
 		t.Fatalf("bench output %s", r.stdout)
 	}
+	if got["cold_verifications_per_second"] <= 0 || got["cold_ms_per_verification"] <= 0 || got["cold_ratio_to_signature_only_baseline"] <= 0 {
+		t.Fatalf("no cold-path figures: %s", r.stdout)
+	}
 	run(t, "bench", "verify", "-o", "xml").want(t, 2, "unknown output format")
 	run(t, "bench", "verify", "--duration", "0s").want(t, 2, "--duration")
+	run(t, "bench", "verify", "--cold", "0").want(t, 2, "--cold")
 }
 
 // TestBenchControlPlaneSmoke runs a small control plane bench end to end
