@@ -232,7 +232,7 @@ func RunControlPlane(ctx context.Context, cfg ControlPlaneConfig) (ControlPlaneR
 	}); err != nil {
 		return res, cp.withLog(err)
 	}
-	if err := waitRevision(ctx, watchers, finalRev); err != nil {
+	if err := cp.waitRevision(ctx, watchers, finalRev); err != nil {
 		return res, cp.withLog(err)
 	}
 	cpu2, err := cp.cpu()
@@ -306,7 +306,7 @@ func (cp *cpProcess) measureChanges(ctx context.Context, watchers []*benchAgent,
 	for _, c := range commits {
 		last = max(last, c.rev)
 	}
-	if err := waitRevision(ctx, watchers, last); err != nil {
+	if err := cp.waitRevision(ctx, watchers, last); err != nil {
 		return nil, 0, cp.withLog(err)
 	}
 	cpu1, err := cp.cpu()
@@ -332,8 +332,9 @@ func (cp *cpProcess) measureChanges(ctx context.Context, watchers []*benchAgent,
 	return lats, cpu1 - cpu0, nil
 }
 
-// waitRevision waits until every watcher has received rev.
-func waitRevision(ctx context.Context, watchers []*benchAgent, rev uint64) error {
+// waitRevision waits until every watcher has received rev (or the
+// control plane exits).
+func (cp *cpProcess) waitRevision(ctx context.Context, watchers []*benchAgent, rev uint64) error {
 	deadline := time.Now().Add(5 * time.Minute)
 	for _, w := range watchers {
 		for {
@@ -349,6 +350,8 @@ func waitRevision(ctx context.Context, watchers []*benchAgent, rev uint64) error
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
+			case <-cp.exited:
+				return errors.New("control plane exited")
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
