@@ -117,7 +117,7 @@ next to this binary, then on PATH, unless --plugin names it.`,
 	cmd.Flags().StringVarP(&output, "output", "o", formatText, "output format: text or json")
 	cmd.Flags().IntVarP(&concurrency, "concurrency", "c", 20, "plugin processes running at once in the parallel phase")
 	cmd.Flags().IntVar(&pods, "pods", 0, "attachments to add and delete in the parallel phase (0: 5 x concurrency)")
-	cmd.Flags().IntVar(&serialPods, "serial-pods", 0, "attachments to add and delete one at a time (0: 50)")
+	cmd.Flags().IntVar(&serialPods, "serial-pods", 0, "attachments to add and delete one at a time (0: 100)")
 	cmd.Flags().StringVar(&plugin, "plugin", "", "confmesh-cni binary `PATH` (default: next to this binary, then PATH)")
 	cmd.Flags().StringVar(&reference, "reference", "build", "reference plugins: build, none, or a `DIR` holding ptp and host-local")
 	return cmd
