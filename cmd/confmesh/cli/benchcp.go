@@ -31,8 +31,9 @@ mTLS handshake and snapshot); --fanout-joins further nodes join while all
 from the control plane's store commit of each join, read from its debug log,
 to each watcher's receipt of that delta); --renewals watching nodes renew
 (the same figures for renewals); one node is revoked with 'confmesh nodes
-revoke' (server_cpu_ms_revoke, revoke_fanout_*). server_rss_mib is the control plane's resident
-memory with every watch open at the end (server_peak_rss_mib its peak).
+revoke' (server_cpu_ms_revoke, revoke_fanout_*). server_rss_mib is the
+control plane's resident memory with every watch open at the end
+(server_peak_rss_mib its peak). docs/benchmarks.md has figures.
 
 The agents share the machine with the control plane: on a small machine the
 fan-out figures include waiting for a CPU on both sides. CPU times are read
