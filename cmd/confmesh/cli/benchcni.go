@@ -101,9 +101,9 @@ next to this binary, then on PATH, unless --plugin names it.`,
 			fmt.Fprintf(w, "%d CPUs; %d pods one at a time, %d pods %d at a time\n", runtime.NumCPU(),
 				len(r.Confmesh.Serial.Add), len(r.Confmesh.Parallel.Add), concurrency)
 			line := func(name, p string) {
-				fmt.Fprintf(w, "%-13s ADD CPU %6.2f ms  c=1 p50 %6.2f p99 %6.2f ms  c=%d p50 %7.2f p99 %7.2f ms\n", name,
+				fmt.Fprintf(w, "%-14s ADD CPU %6.2f ms  c=1 p50 %6.2f p99 %6.2f ms  c=%d p50 %7.2f p99 %7.2f ms\n", name,
 					out[p+"add_cpu_ms"], out[p+"add_c1_p50_ms"], out[p+"add_c1_p99_ms"], concurrency, out[p+"add_p50_ms"], out[p+"add_p99_ms"])
-				fmt.Fprintf(w, "%-13s DEL CPU %6.2f ms  c=1 p50 %6.2f p99 %6.2f ms  c=%d p50 %7.2f p99 %7.2f ms\n", "",
+				fmt.Fprintf(w, "%-14s DEL CPU %6.2f ms  c=1 p50 %6.2f p99 %6.2f ms  c=%d p50 %7.2f p99 %7.2f ms\n", "",
 					out[p+"del_cpu_ms"], out[p+"del_c1_p50_ms"], out[p+"del_c1_p99_ms"], concurrency, out[p+"del_p50_ms"], out[p+"del_p99_ms"])
 			}
 			line("confmesh-cni", "")
