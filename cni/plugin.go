@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
@@ -87,8 +88,9 @@ const ErrWrongNetNS uint = 101
 
 // checkCaller asks the agent whether this process runs in the node's
 // network namespace; the agent reads that from the kernel (the socket's
-// peer credentials), so it is the one that decides. It is every command's
-// first agent call, before the plugin changes anything.
+// peer credentials), so it is the one that decides. Its answer is judged
+// before any other agent answer and before the plugin changes anything
+// (ADD sends it together with the read-only Ready and NodeInfo calls).
 func checkCaller(ctx context.Context, c AgentClient, socket string) error {
 	_, err := c.CheckCaller(ctx, &agentv1.CheckCallerRequest{})
 	return callerError(socket, err)
@@ -193,19 +195,33 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return cniErr(types.ErrTryAgainLater, "%v", err)
 	}
 	defer closeAgent()
-	if err := checkCaller(ctx, agent, conf.AgentSocket); err != nil {
-		return err
+	// CheckCaller, Ready and NodeInfo go out together: one wait for the
+	// agent instead of three. Their answers are judged in that order, so a
+	// caller in the wrong network namespace gets that refusal whatever the
+	// others said (the agent refuses each of them from there anyway), and
+	// Ready and NodeInfo change nothing.
+	var (
+		rr         *agentv1.ReadyResponse
+		nd         node
+		rerr, nerr error
+		wg         sync.WaitGroup
+	)
+	wg.Add(2)
+	go func() { defer wg.Done(); rr, rerr = agent.Ready(ctx, &agentv1.ReadyRequest{}) }()
+	go func() { defer wg.Done(); nd, nerr = nodeInfo(ctx, agent, conf.AgentSocket) }()
+	cerr := checkCaller(ctx, agent, conf.AgentSocket)
+	wg.Wait()
+	if cerr != nil {
+		return cerr
 	}
-	rr, err := agent.Ready(ctx, &agentv1.ReadyRequest{})
-	if err != nil {
-		return agentErr("readiness", conf.AgentSocket, err)
+	if rerr != nil {
+		return agentErr("readiness", conf.AgentSocket, rerr)
 	}
 	if !rr.GetReady() {
 		return cniErr(types.ErrTryAgainLater, "node not ready for pods: %s", rr.GetReason())
 	}
-	nd, err := nodeInfo(ctx, agent, conf.AgentSocket)
-	if err != nil {
-		return err
+	if nerr != nil {
+		return nerr
 	}
 
 	netns, err := openNetNS(args.Netns)

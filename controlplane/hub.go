@@ -4,29 +4,86 @@ import (
 	"sync"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
-	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
+// encodedMsg is a message already in its protobuf wire form, the
+// concatenation of parts: wireCodec sends the parts as they are, so one
+// encoding serves every watcher and a snapshot is assembled from the
+// peers' cached encodings without copying them.
+type encodedMsg struct{ parts [][]byte }
+
+// wireCodec is the agent service's codec: protobuf, except that an
+// *encodedMsg goes out as its parts (read-only, shared by every stream).
+type wireCodec struct{ encoding.CodecV2 }
+
+func newWireCodec() wireCodec { return wireCodec{encoding.GetCodecV2(grpcproto.Name)} }
+
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(*encodedMsg); ok {
+		out := make(mem.BufferSlice, len(m.parts))
+		for i, p := range m.parts {
+			out[i] = mem.SliceBuffer(p)
+		}
+		return out, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
 // hubEvent is one delta, encoded at most once however many watchers it
-// goes to: with N watchers every join is N sends of the same message.
+// goes to: with N watchers every join is N sends of the same bytes.
 type hubEvent struct {
-	ev       *cpv1.WatchEvent
-	once     sync.Once
-	prepared *grpc.PreparedMsg
-	err      error
+	ev   *cpv1.WatchEvent
+	once sync.Once
+	wire *encodedMsg // set at creation for snapshots, else on first use
+	err  error
 }
 
 func newHubEvent(ev *cpv1.WatchEvent) *hubEvent { return &hubEvent{ev: ev} }
 
-// encoded returns the event marshalled with stream's codec, shared by every
-// stream (they all use the same codec and no compression).
-func (e *hubEvent) encoded(stream grpc.ServerStream) (*grpc.PreparedMsg, error) {
+// newSnapshotEvent is a snapshot at rev made of peers already encoded as
+// Snapshot.peers fields (see peerField; nodeCache keeps one per node), so a
+// watcher's snapshot costs neither encoding every peer again nor copying
+// them into one buffer. Its ev carries the revision only.
+func newSnapshotEvent(rev uint64, peerFields [][]byte) *hubEvent {
+	size := 0
+	for _, p := range peerFields {
+		size += len(p)
+	}
+	var head []byte
+	if rev != 0 {
+		head = protowire.AppendTag(head, 1, protowire.VarintType) // WatchEvent.revision
+		head = protowire.AppendVarint(head, rev)
+	}
+	head = protowire.AppendTag(head, 2, protowire.BytesType) // WatchEvent.snapshot
+	head = protowire.AppendVarint(head, uint64(size))
+	return &hubEvent{
+		ev:   &cpv1.WatchEvent{Revision: rev, Event: &cpv1.WatchEvent_Snapshot{Snapshot: &cpv1.Snapshot{}}},
+		wire: &encodedMsg{parts: append([][]byte{head}, peerFields...)},
+	}
+}
+
+// peerField is p encoded as a Snapshot.peers field (tag, length, message).
+func peerField(p *cpv1.Peer) ([]byte, error) {
+	b := protowire.AppendTag(nil, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(proto.Size(p)))
+	return proto.MarshalOptions{}.MarshalAppend(b, p)
+}
+
+// encoded returns the event's wire form, shared by every stream.
+func (e *hubEvent) encoded() (*encodedMsg, error) {
 	e.once.Do(func() {
-		p := &grpc.PreparedMsg{}
-		e.err = p.Encode(stream, e.ev)
-		e.prepared = p
+		if e.wire != nil {
+			return
+		}
+		b, err := proto.Marshal(e.ev)
+		e.wire, e.err = &encodedMsg{parts: [][]byte{b}}, err
 	})
-	return e.prepared, e.err
+	return e.wire, e.err
 }
 
 const (
@@ -78,9 +135,9 @@ func (h *hub) publish(msg *cpv1.WatchEvent) {
 
 // subscribe registers a watcher. It returns what the watcher must receive
 // first: the deltas after from when the log still holds them all, else a
-// snapshot (built by snap). The caller must hold the server's state lock
+// snapshot of the encoded peers snap returns. The caller must hold the server's state lock
 // so no change lands between the snapshot and the subscription.
-func (h *hub) subscribe(node string, from uint64, snap func() []*cpv1.Peer) ([]*hubEvent, *subscriber) {
+func (h *hub) subscribe(node string, from uint64, snap func() [][]byte) ([]*hubEvent, *subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := &subscriber{node: node, ch: make(chan *hubEvent, subscriberBuffer)}
@@ -97,7 +154,7 @@ func (h *hub) subscribe(node string, from uint64, snap func() []*cpv1.Peer) ([]*
 		}
 		return out, s
 	default:
-		return []*hubEvent{newHubEvent(&cpv1.WatchEvent{Revision: h.rev, Event: &cpv1.WatchEvent_Snapshot{Snapshot: &cpv1.Snapshot{Peers: snap()}}})}, s
+		return []*hubEvent{newSnapshotEvent(h.rev, snap())}, s
 	}
 }
 

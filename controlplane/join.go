@@ -406,6 +406,7 @@ func (s *Server) putAndPublish(rec *store.NodeRecord) error {
 	if err != nil {
 		return err
 	}
+	s.logCommit(rev, rec.Name, rec.State)
 	if err := s.nodes.put(rec); err != nil {
 		return err
 	}
@@ -420,9 +421,20 @@ func (s *Server) putAndPublish(rec *store.NodeRecord) error {
 	return s.refreshNodeGauge()
 }
 
-// deleteAndPublish tells watchers a node left; the caller holds s.mu and
+// CommitLogMessage is the debug log message of every peer-set change, logged
+// right after the store committed it and before watchers are told:
+// `confmesh bench controlplane` measures fan-out latency from its time.
+const CommitLogMessage = "peer set committed"
+
+// logCommit logs a committed peer-set change at debug level.
+func (s *Server) logCommit(rev uint64, name, state string) {
+	s.log.Debug(CommitLogMessage, "revision", rev, "node", name, "state", state)
+}
+
+// publishDelete tells watchers a node left; the caller holds s.mu and
 // has already removed it from the store at rev.
 func (s *Server) publishDelete(name string, rev uint64) error {
+	s.logCommit(rev, name, "deleted")
 	s.nodes.remove(name)
 	s.hub.publish(&cpv1.WatchEvent{Revision: rev, Event: &cpv1.WatchEvent_Delete{Delete: name}})
 	s.metrics.revision.Set(float64(rev))

@@ -15,10 +15,11 @@ import (
 type nodeCache struct {
 	recs  map[string]*store.NodeRecord
 	peers map[string]*cpv1.Peer // active nodes only
+	wire  map[string][]byte     // peers[name] as a Snapshot.peers field (peerField)
 }
 
 func newNodeCache(recs []*store.NodeRecord) (*nodeCache, error) {
-	c := &nodeCache{recs: map[string]*store.NodeRecord{}, peers: map[string]*cpv1.Peer{}}
+	c := &nodeCache{recs: map[string]*store.NodeRecord{}, peers: map[string]*cpv1.Peer{}, wire: map[string][]byte{}}
 	for _, r := range recs {
 		if err := c.put(r); err != nil {
 			return nil, err
@@ -32,6 +33,7 @@ func newNodeCache(recs []*store.NodeRecord) (*nodeCache, error) {
 func (c *nodeCache) put(rec *store.NodeRecord) error {
 	c.recs[rec.Name] = rec
 	delete(c.peers, rec.Name)
+	delete(c.wire, rec.Name)
 	if rec.State != store.StateActive {
 		return nil
 	}
@@ -39,13 +41,18 @@ func (c *nodeCache) put(rec *store.NodeRecord) error {
 	if err != nil {
 		return err
 	}
-	c.peers[rec.Name] = p
+	b, err := peerField(p)
+	if err != nil {
+		return err
+	}
+	c.peers[rec.Name], c.wire[rec.Name] = p, b
 	return nil
 }
 
 func (c *nodeCache) remove(name string) {
 	delete(c.recs, name)
 	delete(c.peers, name)
+	delete(c.wire, name)
 }
 
 // list returns copies of the records, sorted by name.
@@ -59,16 +66,20 @@ func (c *nodeCache) list() []*store.NodeRecord {
 	return out
 }
 
-// activePeers returns the peer messages of active nodes other than me,
-// sorted by name. The messages are shared and must not be modified.
-func (c *nodeCache) activePeers(me string) []*cpv1.Peer {
-	out := make([]*cpv1.Peer, 0, len(c.peers))
-	for name, p := range c.peers {
+// activePeerWire returns the encoded peer fields of active nodes other
+// than me, sorted by name. The slices are shared and must not be modified.
+func (c *nodeCache) activePeerWire(me string) [][]byte {
+	names := make([]string, 0, len(c.wire))
+	for name := range c.wire {
 		if name != me {
-			out = append(out, p)
+			names = append(names, name)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	sort.Strings(names)
+	out := make([][]byte, len(names))
+	for i, name := range names {
+		out[i] = c.wire[name]
+	}
 	return out
 }
 

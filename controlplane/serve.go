@@ -53,6 +53,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Challenge and Join are open to anyone: charge each source first.
 		grpc.UnaryInterceptor(s.limitInterceptor),
+		// Watch events go out pre-encoded, once for every watcher.
+		grpc.ForceServerCodecV2(newWireCodec()),
+		// With a thousand agents' streams open, a 32 KiB write buffer per
+		// connection that sits idle between deltas is most of the memory:
+		// take one from a pool for each flush instead.
+		grpc.SharedWriteBuffer(true),
+		// Agents send little (a join's evidence is a few KiB, watchers
+		// send nothing): a small read buffer per connection does.
+		grpc.ReadBufferSize(4<<10),
 	)
 	cpv1.RegisterControlPlaneServer(g, s)
 	return s.serve(ctx, g, lis, true)

@@ -20,7 +20,7 @@ func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchSer
 		return err
 	}
 	me := rec.Name
-	initial, sub := s.hub.subscribe(me, req.GetRevision(), func() []*cpv1.Peer { return s.snapshotLocked(me) })
+	initial, sub := s.hub.subscribe(me, req.GetRevision(), func() [][]byte { return s.snapshotLocked(me) })
 	s.mu.Unlock()
 	s.metrics.watchers.Set(float64(s.hub.watchers()))
 	defer func() {
@@ -63,15 +63,16 @@ func (s *Server) sendFor(stream cpv1.ControlPlane_WatchServer, me string, he *hu
 			return status.Errorf(codes.PermissionDenied, "node %q left the peer set at revision %d", me, ev.Revision)
 		}
 	}
-	msg, err := he.encoded(stream)
+	msg, err := he.encoded()
 	if err != nil {
 		return status.Errorf(codes.Internal, "encode peer event: %v", err)
 	}
 	return stream.SendMsg(msg)
 }
 
-// snapshotLocked lists the active peers other than me; the caller holds s.mu.
-func (s *Server) snapshotLocked(me string) []*cpv1.Peer { return s.nodes.activePeers(me) }
+// snapshotLocked lists the encoded active peers other than me; the caller
+// holds s.mu.
+func (s *Server) snapshotLocked(me string) [][]byte { return s.nodes.activePeerWire(me) }
 
 // stopWatches ends every open Watch stream (shutdown); idempotent.
 func (s *Server) stopWatches() {

@@ -20,6 +20,12 @@ func init() {
 	// Namespace switches (setns) apply to one OS thread: keep main on the
 	// thread it started on.
 	runtime.LockOSThread()
+	// The plugin's work is sequential (its goroutines hand off to each
+	// other: gRPC's reader, namespace switches). With a P per core the
+	// idle ones spin looking for work at every hand-off, on a node where
+	// many plugin processes compete for the cores: one P cuts the CPU per
+	// ADD and DEL by about 15% (`confmesh bench cni`, docs/benchmarks.md).
+	runtime.GOMAXPROCS(1)
 }
 
 func main() {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,20 +22,48 @@ import (
 type BenchConfig struct {
 	// Plugin is the confmesh-cni binary to exec.
 	Plugin string
+	// Reference, when set, is a directory holding the reference plugins
+	// ptp and host-local, run the same way in the same run.
+	Reference string
 	// Concurrency is how many plugin processes run at once.
 	Concurrency int
-	// Pods is how many attachments are added and then deleted (0: 5 x Concurrency).
-	Pods int
-	// Dir holds the fake agent's socket and state.
+	// Pods is how many attachments are added and then deleted at
+	// Concurrency (0: 5 x Concurrency); SerialPods how many one at a time
+	// (0: 100, so that p99 is not simply the slowest).
+	Pods, SerialPods int
+	// Dir holds the fake agent's socket and state and host-local's store.
 	Dir string
 }
 
-// BenchResult holds the wall time of every ADD and DEL exec, and the CPU
-// time (user + system) each plugin process used: on a machine with fewer
-// cores than Concurrency, wall time is mostly waiting for a CPU.
-type BenchResult struct {
+// Runs holds the wall time of every ADD and DEL exec of one phase, and the
+// CPU time (user + system, including the children it waited for) each
+// plugin process used: on a machine with fewer cores than the concurrency,
+// wall time is mostly waiting for a CPU.
+type Runs struct {
 	Add, Del       []time.Duration
 	AddCPU, DelCPU []time.Duration
+}
+
+// PluginResult is one plugin's runs one at a time (Serial) and at the
+// configured concurrency (Parallel).
+type PluginResult struct {
+	Serial, Parallel Runs
+}
+
+// AddCPU and DelCPU are every exec's CPU time, both phases together.
+func (r PluginResult) AddCPU() []time.Duration {
+	return append(append([]time.Duration(nil), r.Serial.AddCPU...), r.Parallel.AddCPU...)
+}
+
+// DelCPU: see AddCPU.
+func (r PluginResult) DelCPU() []time.Duration {
+	return append(append([]time.Duration(nil), r.Serial.DelCPU...), r.Parallel.DelCPU...)
+}
+
+// BenchResult is confmesh-cni's runs and, with BenchConfig.Reference, the
+// reference plugins'.
+type BenchResult struct {
+	Confmesh, Reference PluginResult
 }
 
 // Mean is the average of ds.
@@ -63,12 +92,21 @@ func Percentile(ds []time.Duration, q float64) time.Duration {
 	return s[i]
 }
 
+// target is a plugin and how to exec it.
+type target struct {
+	plugin, cniPath string
+	conf            []byte
+}
+
 // RunBench execs the real plugin binary the way a runtime does (CNI_*
-// environment, configuration on stdin), Concurrency processes at a time,
-// against a FakeAgent on a unix socket: Pods ADDs, each into its own fresh
-// network namespace, then as many DELs. The "host" side is a fresh network
-// namespace too, so nothing touches the machine's own network. Creating
-// the namespaces is not timed; each exec is, from fork to exit.
+// environment, configuration on stdin) against a FakeAgent on a unix
+// socket: SerialPods ADDs one at a time, each into its own network
+// namespace, then as many DELs; then Pods ADDs and DELs Concurrency at a
+// time. With Reference, the reference ptp plugin (with host-local IPAM)
+// does the same after each confmesh-cni phase, into the same namespaces.
+// The "host" side is a fresh network namespace, so nothing touches the
+// machine's own network. Creating the namespaces is not timed; each exec
+// is, from fork to exit.
 func RunBench(cfg BenchConfig) (BenchResult, error) {
 	if cfg.Concurrency < 1 {
 		return BenchResult{}, errors.New("concurrency must be at least 1")
@@ -76,8 +114,25 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 	if cfg.Pods == 0 {
 		cfg.Pods = 5 * cfg.Concurrency
 	}
-	if cfg.Pods < 1 || cfg.Pods > 10000 {
-		return BenchResult{}, fmt.Errorf("pods %d: want 1 to 10000", cfg.Pods)
+	if cfg.SerialPods == 0 {
+		cfg.SerialPods = 100
+	}
+	for _, n := range []int{cfg.Pods, cfg.SerialPods} {
+		if n < 1 || n > 10000 {
+			return BenchResult{}, fmt.Errorf("pods %d: want 1 to 10000", n)
+		}
+	}
+	confmesh := target{plugin: cfg.Plugin, cniPath: filepath.Dir(cfg.Plugin)}
+	var ref target
+	if cfg.Reference != "" {
+		for _, name := range []string{"ptp", "host-local"} {
+			if st, err := os.Stat(filepath.Join(cfg.Reference, name)); err != nil || st.IsDir() {
+				return BenchResult{}, fmt.Errorf("reference plugin %s not in %s", name, cfg.Reference)
+			}
+		}
+		ref = target{plugin: filepath.Join(cfg.Reference, "ptp"), cniPath: cfg.Reference,
+			conf: []byte(fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "confmesh-bench-ref", "type": "ptp", "mtu": 1420, "ipMasq": false,
+  "ipam": {"type": "host-local", "subnet": "10.251.0.0/16", "dataDir": %q}}`, filepath.Join(cfg.Dir, "host-local")))}
 	}
 	hostNS, err := testutils.NewNS()
 	if err != nil {
@@ -98,68 +153,108 @@ func RunBench(cfg BenchConfig) (BenchResult, error) {
 		return BenchResult{}, err
 	}
 	defer fa.Stop()
+	confmesh.conf = []byte(fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "confmesh-bench", "type": "confmesh-cni", "agentSocket": %q}`, sock))
 
-	pods := make([]ns.NetNS, 0, cfg.Pods)
+	pods := make([]ns.NetNS, 0, max(cfg.Pods, cfg.SerialPods))
 	defer func() {
 		for _, p := range pods {
 			p.Close()
 			_ = testutils.UnmountNS(p)
 		}
 	}()
-	for i := 0; i < cfg.Pods; i++ {
+	for i := 0; i < cap(pods); i++ {
 		p, err := testutils.NewNS()
 		if err != nil {
 			return BenchResult{}, fmt.Errorf("pod namespace: %w", err)
 		}
 		pods = append(pods, p)
 	}
-	conf := []byte(fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "confmesh-bench", "type": "confmesh-cni", "agentSocket": %q}`, sock))
 
-	run := func(cmd string) ([]time.Duration, []time.Duration, error) {
-		ds, cpu := make([]time.Duration, cfg.Pods), make([]time.Duration, cfg.Pods)
-		errs := make([]error, cfg.Pods)
+	run := func(t target, cmd, prefix string, n, conc int) ([]time.Duration, []time.Duration, error) {
+		ds, cpu := make([]time.Duration, n), make([]time.Duration, n)
+		errs := make([]error, n)
 		next := make(chan int)
 		var wg sync.WaitGroup
-		for w := 0; w < cfg.Concurrency; w++ {
+		for w := 0; w < conc; w++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for i := range next {
 					errs[i] = hostNS.Do(func(ns.NetNS) error {
 						var err error
-						ds[i], cpu[i], err = execPlugin(cfg.Plugin, cmd, fmt.Sprintf("bench%05d", i), pods[i].Path(), conf)
+						ds[i], cpu[i], err = execPlugin(t, cmd, fmt.Sprintf("%s%05d", prefix, i), pods[i].Path())
 						return err
 					})
 				}
 			}()
 		}
-		for i := 0; i < cfg.Pods; i++ {
+		for i := 0; i < n; i++ {
 			next <- i
 		}
 		close(next)
 		wg.Wait()
 		return ds, cpu, errors.Join(errs...)
 	}
+	phase := func(t target, prefix string, n, conc int) (Runs, error) {
+		var r Runs
+		var err error
+		if r.Add, r.AddCPU, err = run(t, "ADD", prefix, n, conc); err != nil {
+			_, _, _ = run(t, "DEL", prefix, n, conc)
+			return r, err
+		}
+		r.Del, r.DelCPU, err = run(t, "DEL", prefix, n, conc)
+		return r, err
+	}
 	var res BenchResult
-	if res.Add, res.AddCPU, err = run("ADD"); err != nil {
-		_, _, _ = run("DEL")
-		return res, err
-	}
-	if res.Del, res.DelCPU, err = run("DEL"); err != nil {
-		return res, err
-	}
-	if left := fa.Allocations(); len(left) != 0 {
-		return res, fmt.Errorf("%d reservations left after the DELs", len(left))
+	for _, p := range []struct {
+		prefix  string
+		n, conc int
+		cm, rf  *Runs
+	}{
+		{"s", cfg.SerialPods, 1, &res.Confmesh.Serial, &res.Reference.Serial},
+		{"p", cfg.Pods, cfg.Concurrency, &res.Confmesh.Parallel, &res.Reference.Parallel},
+	} {
+		if *p.cm, err = phase(confmesh, "cm"+p.prefix, p.n, p.conc); err != nil {
+			return res, err
+		}
+		if left := fa.Allocations(); len(left) != 0 {
+			return res, fmt.Errorf("%d reservations left after confmesh-cni's DELs", len(left))
+		}
+		if cfg.Reference == "" {
+			continue
+		}
+		if *p.rf, err = phase(ref, "rf"+p.prefix, p.n, p.conc); err != nil {
+			return res, fmt.Errorf("reference: %w", err)
+		}
+		if left, err := hostLocalLeft(filepath.Join(cfg.Dir, "host-local", "confmesh-bench-ref")); err != nil || left != 0 {
+			return res, fmt.Errorf("reference: %d host-local reservations left after the DELs (%v)", left, err)
+		}
 	}
 	return res, nil
 }
 
-func execPlugin(plugin, command, id, netns string, conf []byte) (wall, cpu time.Duration, err error) {
+// hostLocalLeft counts the addresses host-local still holds in dir (one
+// file per address, named by it).
+func hostLocalLeft(dir string) (int, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		if _, err := netip.ParseAddr(e.Name()); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func execPlugin(t target, command, id, netns string) (wall, cpu time.Duration, err error) {
 	var out bytes.Buffer
-	cmd := exec.Command(plugin)
+	cmd := exec.Command(t.plugin)
 	cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns, "CNI_IFNAME=eth0",
-		"CNI_PATH=" + filepath.Dir(plugin), "PATH=" + os.Getenv("PATH")}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(conf), &out, &out
+		"CNI_PATH=" + t.cniPath, "PATH=" + os.Getenv("PATH")}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(t.conf), &out, &out
 	start := time.Now()
 	err = cmd.Run()
 	wall = time.Since(start)
@@ -170,4 +265,41 @@ func execPlugin(plugin, command, id, netns string, conf []byte) (wall, cpu time.
 		return wall, cpu, fmt.Errorf("%s %s: %v: %s", command, id, err, bytes.TrimSpace(out.Bytes()))
 	}
 	return wall, cpu, nil
+}
+
+// ReferenceModule is the module of the reference plugins.
+const ReferenceModule = "github.com/containernetworking/plugins"
+
+// BuildReference builds the reference ptp and host-local plugins, static,
+// into dir, at the version of ReferenceModule that the module at root
+// requires (in a scratch module under dir, so root's go.mod and go.sum are
+// not touched). It needs the go tool and the module proxy or a module
+// cache holding that version.
+func BuildReference(root, dir string) error {
+	goCmd := func(wd string, args ...string) ([]byte, error) {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = wd
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod", "GOWORK=off")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out, nil
+	}
+	out, err := goCmd(root, "list", "-m", "-f", "{{.Version}}", ReferenceModule)
+	if err != nil {
+		return err
+	}
+	version := strings.TrimSpace(string(out))
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return err
+	}
+	mod := fmt.Sprintf("module confmesh-bench-reference\n\ngo 1.24\n\nrequire %s %s\n", ReferenceModule, version)
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(mod), 0o644); err != nil {
+		return err
+	}
+	_, err = goCmd(src, "build", "-o", dir+string(filepath.Separator),
+		ReferenceModule+"/plugins/main/ptp", ReferenceModule+"/plugins/ipam/host-local")
+	return err
 }

@@ -23,8 +23,21 @@ import (
 // OpenCA saves a new CA.
 var simDir string
 
+// execAsCLI, set in the environment, makes the test binary run the CLI
+// (with its arguments) instead of the tests: commands that start this
+// binary again (bench controlplane starts the control plane) work under
+// `go test`.
+const execAsCLI = "CONFMESH_CLI_TEST_EXEC"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(execAsCLI) == "1" {
+		os.Exit(Execute(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(func() int {
+		if err := os.Setenv(execAsCLI, "1"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		dir, err := os.MkdirTemp("", "confmesh-cli-test-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -326,7 +339,7 @@ func TestPolicyCheck(t *testing.T) {
 
 func TestBenchVerify(t *testing.T) {
 	t.Parallel()
-	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms")
+	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms", "--cold", "5")
 	r.want(t, 0)
 	var got map[string]float64
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
@@ -335,8 +348,45 @@ func TestBenchVerify(t *testing.T) {
 	if n, ok := got["verifications_per_second"]; !ok || n <= 0 || got["signature_only_per_second"] <= 0 || got["ratio_to_signature_only_baseline"] <= 0 {
 		t.Fatalf("bench output %s", r.stdout)
 	}
+	if got["cold_verifications_per_second"] <= 0 || got["cold_ms_per_verification"] <= 0 || got["cold_ratio_to_signature_only_baseline"] <= 0 {
+		t.Fatalf("no cold-path figures: %s", r.stdout)
+	}
 	run(t, "bench", "verify", "-o", "xml").want(t, 2, "unknown output format")
 	run(t, "bench", "verify", "--duration", "0s").want(t, 2, "--duration")
+	run(t, "bench", "verify", "--cold", "0").want(t, 2, "--cold")
+}
+
+// TestBenchControlPlaneSmoke runs a small control plane bench end to end
+// (the control plane in its own process: this test binary re-executed as
+// the CLI) and checks that every figure is there and sane.
+func TestBenchControlPlaneSmoke(t *testing.T) {
+	t.Parallel()
+	r := run(t, "bench", "controlplane", "--nodes", "6", "--fanout-joins", "3", "--renewals", "2", "--concurrency", "2", "-o", "json")
+	r.want(t, 0)
+	var got map[string]float64
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	for _, k := range []string{"joins_per_second", "server_rss_mib", "server_peak_rss_mib"} {
+		if got[k] <= 0 {
+			t.Errorf("%s = %v, want > 0", k, got[k])
+		}
+	}
+	for _, k := range []string{"server_cpu_ms_per_join", "server_cpu_ms_per_watch", "server_cpu_ms_per_watched_join", "server_cpu_ms_per_renewal",
+		"server_cpu_ms_revoke", "fanout_p50_ms", "fanout_p99_ms", "renew_fanout_p99_ms", "revoke_fanout_p99_ms"} {
+		if v, ok := got[k]; !ok || v < 0 || v > 60000 {
+			t.Errorf("%s = %v (present %v), want 0..60000", k, v, ok)
+		}
+	}
+	if got["fanout_p50_ms"] > got["fanout_p99_ms"] || got["fanout_p99_ms"] > got["fanout_max_ms"] {
+		t.Errorf("fan-out percentiles out of order: %s", r.stdout)
+	}
+	// 3 joins to 6 watchers, 2 renewals to 5 others each, 1 revocation to 5.
+	if got["nodes"] != 6 || got["fanout_joins"] != 3 || got["renewals"] != 2 || got["deliveries"] != 3*6+2*5+5 {
+		t.Errorf("counts wrong: %s", r.stdout)
+	}
+	run(t, "bench", "controlplane", "--nodes", "1").want(t, 2, "--nodes")
+	run(t, "bench", "controlplane", "--renewals", "-1").want(t, 2, "must not be negative")
 }
 
 // TestTurinVerifyShowsFMC: a simulated Turin report's TCB is shown with
