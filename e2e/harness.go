@@ -100,12 +100,15 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// teardown: on failure the log tails first, then netlab's teardown (each
+// teardown: on failure the log tails and each node's network state first, then netlab's teardown (each
 // problem fails the test), then the logs are kept if CME2E_LOG_DIR says so.
 func (c *Cluster) teardown() {
 	t := c.T
 	if t.Failed() {
 		for _, s := range c.LogTails(40) {
+			t.Logf("e2e: %s", s)
+		}
+		for _, s := range c.NetworkSnapshots() {
 			t.Logf("e2e: %s", s)
 		}
 	}

@@ -41,3 +41,38 @@ func (c *Cluster) CopyLogs(dst string) error {
 	}
 	return nil
 }
+
+// NetworkSnapshots renders, for every node, what a failed traffic check
+// needs: the strict-mode state and counters the agent reports, each
+// WireGuard peer with its endpoint, allowed IPs, last handshake and byte
+// counts, and the node's routes and pod interfaces.
+func (c *Cluster) NetworkSnapshots() []string {
+	var out []string
+	for _, n := range c.Nodes() {
+		var b strings.Builder
+		fmt.Fprintf(&b, "---- %s network state (netns %s) ----\n", n.Name, n.NS)
+		if st, err := n.Status(); err != nil {
+			fmt.Fprintf(&b, "status: %v\n", err)
+		} else {
+			fmt.Fprintf(&b, "status: state=%s ready=%v strictMode=%v strict=%+v\n", st.State, st.Ready, st.StrictMode, st.Strict)
+		}
+		if dev, err := n.WGDevice(); err != nil {
+			fmt.Fprintf(&b, "wireguard: %v\n", err)
+		} else {
+			fmt.Fprintf(&b, "wireguard %s: port %d, %d peers\n", dev.Name, dev.ListenPort, len(dev.Peers))
+			for _, p := range dev.Peers {
+				fmt.Fprintf(&b, "  peer %s endpoint %v allowed %v handshake %s rx %d tx %d\n",
+					p.PublicKey.String()[:8], p.Endpoint, p.AllowedIPs, p.LastHandshakeTime.Format("15:04:05.000"), p.ReceiveBytes, p.TransmitBytes)
+			}
+		}
+		for _, args := range [][]string{{"route", "show", "table", "all"}, {"-brief", "link"}} {
+			o, err := Exec("ip", append([]string{"-n", n.NS}, args...)...)
+			if err != nil {
+				o += " (" + err.Error() + ")"
+			}
+			fmt.Fprintf(&b, "$ ip %s\n%s\n", strings.Join(args, " "), strings.TrimSpace(o))
+		}
+		out = append(out, b.String())
+	}
+	return out
+}
