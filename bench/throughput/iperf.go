@@ -79,19 +79,19 @@ func (g *Iperf3) Streams(ctx context.Context, p Path, port, streams int, d time.
 			return Load{}, fmt.Errorf("%s: tunnel process CPU: %w", p.Variant, cerr)
 		}
 		cpu1 = c1
-		if err == nil {
-			break
-		}
 		var r iperfResult
 		_ = json.Unmarshal(out, &r)
-		if attempt < 20 && strings.Contains(r.Error, "unable to connect") && ctx.Err() == nil {
+		// iperf3 -J may exit 0 with only an error in its report.
+		if err == nil && r.Error == "" {
+			break
+		}
+		if attempt < 30 && strings.Contains(r.Error, "unable to connect") && ctx.Err() == nil {
 			if serr := sleepCtx(ctx, 100*time.Millisecond); serr != nil {
 				return Load{}, serr
 			}
 			continue
 		}
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && r.Error != "" {
+		if r.Error != "" {
 			err = errors.New(r.Error)
 		}
 		return Load{}, fmt.Errorf("%s: iperf3 client: %w", p.Variant, err)

@@ -74,6 +74,13 @@ func (r *Result) Flat() map[string]any {
 	out["datapath_rss_mib"], out["datapath_peak_rss_mib"] = maxRSS(r.Datapaths)
 	out["wireguard_go_rss_mib"], out["wireguard_go_peak_rss_mib"] = maxRSS(r.StockWG)
 	out["agent_rss_mib"], _ = maxRSS(r.Agents)
+	if len(r.IdleRSS) > 0 {
+		idle := 0.0
+		for _, x := range r.IdleRSS {
+			idle = math.Max(idle, x)
+		}
+		out["datapath_idle_rss_mib"], out["datapath_idle_after_s"] = idle, r.IdleAfter
+	}
 	return out
 }
 
@@ -89,6 +96,9 @@ func (r *Result) WriteText(w io.Writer) {
 		f["ratio_vs_wireguard_go"], f["ratio_vs_wireguard_go"+s], r.Streams, f["ratio_vs_plaintext"], f["ratio_vs_plaintext"+s])
 	fmt.Fprintf(w, "resident memory after the run (MiB): confmesh datapath %.1f (peak %.1f), stock wireguard-go %.1f (peak %.1f), agent %.1f, control plane %.1f\n",
 		f["datapath_rss_mib"], f["datapath_peak_rss_mib"], f["wireguard_go_rss_mib"], f["wireguard_go_peak_rss_mib"], f["agent_rss_mib"], r.CP.RSS)
+	if idle, ok := f["datapath_idle_rss_mib"]; ok {
+		fmt.Fprintf(w, "confmesh datapath once idle: %.1f MiB after %.1f s\n", idle, f["datapath_idle_after_s"])
+	}
 }
 
 // markdownTable is one row per variant: medians with [min-max] over the rounds.
@@ -132,4 +142,7 @@ func (r *Result) WriteMarkdown(w io.Writer, machine string) {
 		f["ratio_vs_wireguard_go"], f["ratio_vs_wireguard_go"+s], r.Streams, f["ratio_vs_plaintext"], f["ratio_vs_plaintext"+s])
 	fmt.Fprintf(w, "Resident memory after the run (MiB): confmesh datapath %.1f (peak %.1f), stock wireguard-go %.1f (peak %.1f), agent %.1f, control plane %.1f.\n",
 		f["datapath_rss_mib"], f["datapath_peak_rss_mib"], f["wireguard_go_rss_mib"], f["wireguard_go_peak_rss_mib"], f["agent_rss_mib"], r.CP.RSS)
+	if idle, ok := f["datapath_idle_rss_mib"]; ok {
+		fmt.Fprintf(w, "\nconfmesh datapath once idle: %.1f MiB after %.1f s.\n", idle, f["datapath_idle_after_s"])
+	}
 }

@@ -11,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
+	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/netlab"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -28,6 +30,21 @@ const (
 // Variants are the three paths every run measures.
 var Variants = []string{Plaintext, WireGuardGo, Confmesh}
 
+// ConfmeshFromNode is a diagnostic path (Config.Diagnose): from node 1's
+// own namespace to the pod on node 2, through the same datapaths but
+// without the sending pod's veth and the forwarding hop.
+const ConfmeshFromNode = "confmesh_from_node"
+
+// ConfmeshToNode is a diagnostic path (Config.Diagnose): from the pod on
+// node 1 to node 2's own tunnel address (its pod gateway), so the
+// receiving node delivers locally instead of forwarding to a pod.
+const ConfmeshToNode = "confmesh_to_node"
+
+// DatapathNoAgent is a diagnostic path (Config.Diagnose): `confmesh
+// datapath` in place of stock wireguard-go in the stock topology
+// (configured the same way, with wgctrl, no agent, no pods).
+const DatapathNoAgent = "datapath_no_agent"
+
 // Runs names the bench's lab runs: "cmtp-<run ID>-<cluster>", a lock in
 // /run/cmtp while a bench runs (netlab.Runs.Sweep removes only the
 // leftovers of ended runs).
@@ -40,6 +57,10 @@ var (
 	wgUnderA       = netip.MustParseAddr("198.18.0.111")
 	wgUnderB       = netip.MustParseAddr("198.18.0.112")
 	wgInA, wgInB   = netip.MustParseAddr("198.19.0.1"), netip.MustParseAddr("198.19.0.2")
+	diagUnderA     = netip.MustParseAddr("198.18.0.121")
+	diagUnderB     = netip.MustParseAddr("198.18.0.122")
+	diagInA        = netip.MustParseAddr("198.19.1.1")
+	diagInB        = netip.MustParseAddr("198.19.1.2")
 )
 
 // stockMTU is what wg-quick gives a stock wireguard-go device on a
@@ -57,6 +78,11 @@ type Config struct {
 	// RRDuration bounds each latency measurement (0: min(Duration, 2s)).
 	RRDuration time.Duration
 	Generator  Generator
+	// IdleWait is how long, after the loads, to watch the confmesh
+	// datapaths give memory back (0: not measured).
+	IdleWait time.Duration
+	// Diagnose adds the ConfmeshFromNode path to the rounds.
+	Diagnose bool
 	// Logf receives progress lines; nil: none.
 	Logf func(format string, args ...any)
 }
@@ -83,6 +109,8 @@ type Result struct {
 	Variants   map[string]*VariantResult `json:"variants"`
 	Orders     [][]string                `json:"round_orders"`
 	Datapaths  []Memory                  `json:"confmesh_datapaths_memory"`
+	IdleRSS    []float64                 `json:"confmesh_datapaths_idle_rss_mib,omitempty"`
+	IdleAfter  float64                   `json:"idle_after_s,omitempty"`
 	StockWG    []Memory                  `json:"wireguard_go_memory"`
 	Agents     []Memory                  `json:"agents_memory"`
 	CP         Memory                    `json:"controlplane_memory"`
@@ -175,6 +203,10 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	if m, err := ReadMemory(procs.cp); err == nil {
 		res.CP = m
 	}
+	if cfg.IdleWait > 0 {
+		cfg.logf("watching the confmesh datapaths' memory while idle (up to %s)", cfg.IdleWait)
+		res.IdleRSS, res.IdleAfter = idleRSS(ctx, procs.datapaths, res.Datapaths, cfg.IdleWait)
+	}
 	res.LoadAfter = LoadAvg()
 	res.Elapsed = time.Since(start)
 	return res, nil
@@ -217,32 +249,45 @@ func setup(ctx context.Context, c *netlab.Cluster, cfg Config, dir string) (map[
 	if err != nil {
 		return nil, pr, err
 	}
-	wa, wb, pids, err := stockWireGuard(c, cfg, dir)
+	wa, wb, pids, err := stockWireGuard(c, dir, "w", wgUnderA, wgUnderB, wgInA, wgInB, cfg.WGBin, "-f")
 	if err != nil {
 		return nil, pr, fmt.Errorf("stock wireguard-go: %w", err)
 	}
 	pr.stock = pids
-	return map[string]Path{
-		Plaintext:   {Variant: Plaintext, From: pa, ToNS: pb, To: plainB},
-		WireGuardGo: {Variant: WireGuardGo, From: wa, ToNS: wb, To: wgInB, PIDs: pids},
-		Confmesh:    {Variant: Confmesh, From: pods[0].NS, ToNS: pods[1].NS, To: pods[1].IP, PIDs: pr.datapaths},
-	}, pr, nil
+	paths := map[string]Path{}
+	if cfg.Diagnose {
+		da, db, dpids, err := stockWireGuard(c, dir, "d", diagUnderA, diagUnderB, diagInA, diagInB, cfg.Bin, "datapath", "--iface")
+		if err != nil {
+			return nil, pr, fmt.Errorf("datapath without agent: %w", err)
+		}
+		paths[DatapathNoAgent] = Path{Variant: DatapathNoAgent, From: da, ToNS: db, To: diagInB, PIDs: dpids}
+	}
+	for k, v := range map[string]Path{
+		ConfmeshToNode:   {Variant: ConfmeshToNode, From: pods[0].NS, ToNS: nodes[1].NS, To: agent.Gateway(nodes[1].PodCIDR), PIDs: pr.datapaths},
+		ConfmeshFromNode: {Variant: ConfmeshFromNode, From: nodes[0].NS, ToNS: pods[1].NS, To: pods[1].IP, PIDs: pr.datapaths},
+		Plaintext:        {Variant: Plaintext, From: pa, ToNS: pb, To: plainB},
+		WireGuardGo:      {Variant: WireGuardGo, From: wa, ToNS: wb, To: wgInB, PIDs: pids},
+		Confmesh:         {Variant: Confmesh, From: pods[0].NS, ToNS: pods[1].NS, To: pods[1].IP, PIDs: pr.datapaths},
+	} {
+		paths[k] = v
+	}
+	return paths, pr, nil
 }
 
 // stockWireGuard starts two upstream wireguard-go daemons (foreground,
 // default settings) on two underlay hosts and configures them with wgctrl
 // as peers of each other, with the tunnel addresses wgInA and wgInB and
 // the MTU wg-quick would give them.
-func stockWireGuard(c *netlab.Cluster, cfg Config, dir string) (a, b string, pids []int, err error) {
+func stockWireGuard(c *netlab.Cluster, dir, tag string, underA, underB, inA, inB netip.Addr, argv ...string) (a, b string, pids []int, err error) {
 	type end struct {
 		ns, dev string
 		under   netip.Addr
 		in      netip.Addr
 		key     wgtypes.Key
 	}
-	ends := []*end{{under: wgUnderA, in: wgInA}, {under: wgUnderB, in: wgInB}}
+	ends := []*end{{under: underA, in: inA}, {under: underB, in: inB}}
 	for i, e := range ends {
-		suffix := fmt.Sprintf("w%d", i+1)
+		suffix := fmt.Sprintf("%s%d", tag, i+1)
 		e.dev = c.Prefix + suffix
 		if e.ns, err = c.AddUnderlayHost(suffix, suffix, e.under); err != nil {
 			return "", "", nil, err
@@ -250,7 +295,7 @@ func stockWireGuard(c *netlab.Cluster, cfg Config, dir string) (a, b string, pid
 		if e.key, err = wgtypes.GeneratePrivateKey(); err != nil {
 			return "", "", nil, err
 		}
-		p, err := c.StartProcess("wireguard-go "+e.dev, filepath.Join(dir, e.dev+".log"), e.ns, cfg.WGBin, "-f", e.dev)
+		p, err := c.StartProcess(argv[0]+" "+e.dev, filepath.Join(dir, e.dev+".log"), e.ns, append(slices.Clone(argv), e.dev)...)
 		if err != nil {
 			return "", "", nil, err
 		}
@@ -303,7 +348,11 @@ func stockWireGuard(c *netlab.Cluster, cfg Config, dir string) (a, b string, pid
 // (and completes the tunnels' handshakes).
 func measure(ctx context.Context, cfg Config, paths map[string]Path, res *Result) error {
 	port := 5201
-	for _, v := range Variants {
+	variants := Variants
+	if cfg.Diagnose {
+		variants = append(slices.Clone(Variants), ConfmeshFromNode, ConfmeshToNode, DatapathNoAgent)
+	}
+	for _, v := range variants {
 		if _, err := RoundTrips(ctx, paths[v], port, 300*time.Millisecond, 100); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
@@ -314,9 +363,9 @@ func measure(ctx context.Context, cfg Config, paths map[string]Path, res *Result
 	p50 := map[string][]float64{}
 	p99 := map[string][]float64{}
 	for r := range cfg.Rounds {
-		order := make([]string, len(Variants))
-		for i := range Variants {
-			order[i] = Variants[(i+r)%len(Variants)]
+		order := make([]string, len(variants))
+		for i := range variants {
+			order[i] = variants[(i+r)%len(variants)]
 		}
 		res.Orders = append(res.Orders, order)
 		for _, v := range order {
@@ -344,7 +393,7 @@ func measure(ctx context.Context, cfg Config, paths map[string]Path, res *Result
 			cfg.logf("round %d/%d %-12s round trips: p50 %.0f us p99 %.0f us (%d)", r+1, cfg.Rounds, v, p50[v][r], p99[v][r], len(trips))
 		}
 	}
-	for _, v := range Variants {
+	for _, v := range variants {
 		vr := res.Variants[v]
 		vr.Gbps1, vr.GbpsS = Summarize(g1[v]), Summarize(gS[v])
 		vr.RRP50us, vr.RRP99us = Summarize(p50[v]), Summarize(p99[v])
@@ -353,4 +402,28 @@ func measure(ctx context.Context, cfg Config, paths map[string]Path, res *Result
 		}
 	}
 	return nil
+}
+
+// idleRSS samples the datapaths' resident memory every half second for up
+// to wait and returns the last sample once each has fallen to half of what
+// it was right after the loads (or 32 MiB), with the seconds that took.
+func idleRSS(ctx context.Context, pids []int, after []Memory, wait time.Duration) ([]float64, float64) {
+	start := time.Now()
+	rss := make([]float64, len(pids))
+	for {
+		done := true
+		for i, pid := range pids {
+			m, err := ReadMemory(pid)
+			if err != nil {
+				return nil, 0
+			}
+			rss[i] = m.RSS
+			if m.RSS > after[i].RSS/2 && m.RSS > 32 {
+				done = false
+			}
+		}
+		if done || time.Since(start) >= wait || sleepCtx(ctx, 500*time.Millisecond) != nil {
+			return rss, round3(time.Since(start).Seconds())
+		}
+	}
 }

@@ -51,7 +51,7 @@ func TestBenchThroughputSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(bin, "bench", "throughput", "--duration", "1s", "--rounds", "1", "--generator", "go",
+	cmd := exec.Command(bin, "bench", "throughput", "--duration", "1s", "--rounds", "1", "--generator", "go", "--idle-wait", "0",
 		"--plugin", cni, "--wireguard-go", wg, "-o", "json", "--plot", plot, "--results", results)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()

@@ -19,9 +19,9 @@ import (
 
 type benchThroughputFlags struct {
 	output, plot, markdown, results, machine, wgBin, plugin, generator string
-	duration                                                           time.Duration
+	duration, idleWait                                                 time.Duration
 	streams, rounds                                                    int
-	quiet                                                              bool
+	quiet, diagnose                                                    bool
 }
 
 func newBenchThroughputCmd() *cobra.Command {
@@ -60,14 +60,16 @@ Needs root. docs/benchmarks.md explains the method and the figures.`,
 	fl.StringVarP(&f.output, "output", "o", formatText, "output format: text or json")
 	fl.DurationVar(&f.duration, "duration", 5*time.Second, "length of each load")
 	fl.IntVar(&f.streams, "streams", 4, "parallel TCP streams of the multi-stream load (at least 2)")
+	fl.DurationVar(&f.idleWait, "idle-wait", 15*time.Second, "after the loads, watch the confmesh datapaths return memory for up to this long (0: skip)")
 	fl.IntVar(&f.rounds, "rounds", 4, "rounds (each runs every path once)")
 	fl.StringVar(&f.plot, "plot", "", "also draw the figures into this PNG `FILE`")
 	fl.StringVar(&f.markdown, "markdown", "", "also write a markdown table to `FILE`")
 	fl.StringVar(&f.results, "results", "", "also store the JSON result under the key \"throughput\" of the JSON object in `FILE` (created if missing; other keys kept)")
-	fl.StringVar(&f.machine, "machine", "", "a description of the machine for the markdown file")
+	fl.StringVar(&f.machine, "machine", "", "a description of the machine for the markdown file (default: host, CPUs, memory, kernel)")
 	fl.StringVar(&f.wgBin, "wireguard-go", "", "stock wireguard-go binary `PATH` (default: next to this binary, then PATH)")
 	fl.StringVar(&f.plugin, "plugin", "", "confmesh-cni binary `PATH` (default: next to this binary, then PATH)")
 	fl.StringVar(&f.generator, "generator", "auto", "load generator: auto (iperf3 when on PATH), iperf3 or go")
+	fl.BoolVar(&f.diagnose, "diagnose", false, "also measure from node 1's namespace to the pod on node 2 (confmesh_from_node: no sending pod hop)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress lines on stderr")
 	return cmd
 }
@@ -119,7 +121,7 @@ func runBenchThroughput(cmd *cobra.Command, f benchThroughputFlags) error {
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg := throughput.Config{Bin: self, CNIBin: plugin, WGBin: wgBin, Duration: f.duration, Streams: f.streams,
-		Rounds: f.rounds, Generator: gen}
+		Rounds: f.rounds, Generator: gen, IdleWait: f.idleWait, Diagnose: f.diagnose}
 	if !f.quiet {
 		cfg.Logf = func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }
 	}
@@ -137,7 +139,11 @@ func runBenchThroughput(cmd *cobra.Command, f benchThroughputFlags) error {
 		if err != nil {
 			return failf("%v", err)
 		}
-		res.WriteMarkdown(mf, f.machine)
+		machine := f.machine
+		if machine == "" {
+			machine = throughput.Machine()
+		}
+		res.WriteMarkdown(mf, machine)
 		if err := mf.Close(); err != nil {
 			return failf("%v", err)
 		}
