@@ -71,7 +71,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.endpoint, "endpoint", "", "this node's underlay `IP:PORT` peers send WireGuard to; required")
 	fl.StringVar(&f.device, "device", agent.DefaultDevice, "WireGuard device `NAME`")
 	fl.IntVar(&f.listenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP `PORT`")
-	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device and pod routes get this minus 80")
+	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device, pods and routes get this minus 60 (IPv4 --endpoint) or 80 (IPv6)")
 	fl.StringVar(&f.clusterCIDR, "cluster-cidr", agent.DefaultClusterCIDR, "cluster pod `CIDR` (strict mode covers it from the first instant)")
 	fl.BoolVar(&f.strict, "strict", true, "strict fail-closed nftables rules (never turn off in production)")
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
@@ -305,7 +305,8 @@ func datapathCommand(f agentFlags, self string) []string {
 	if f.externalDatapath {
 		return nil
 	}
-	argv := []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
+	ep, _ := netip.ParseAddrPort(f.endpoint) // checked by runAgent; an invalid one counts as IPv6 (80)
+	argv := []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.Overhead(ep)),
 		"--pid-file", filepath.Join(f.stateDir, "datapath.pid")}
 	if f.datapathMemoryLimit != "" {
 		argv = append(argv, "--memory-limit", f.datapathMemoryLimit)
