@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 			err = errors.Join(err, fmt.Errorf("teardown: %w", errors.Join(terrs...)))
 		}
 	}()
-	res = &Result{Datapath: "userspace: wireguard-go over TUN (no kernel WireGuard used), for both tunnels",
+	res = &Result{Datapath: "userspace: wireguard-go over TUN for both tunnels (confmesh agents report datapath=userspace; no kernel WireGuard)",
 		Generator: cfg.Generator.Name(), Duration: cfg.Duration, Streams: cfg.Streams, Rounds: cfg.Rounds,
 		CPUs: runtime.NumCPU(), Variants: map[string]*VariantResult{}, LoadBefore: LoadAvg(), Started: time.Now().UTC()}
 	start := time.Now()
@@ -235,6 +235,15 @@ func setup(ctx context.Context, c *netlab.Cluster, cfg Config, dir string) (map[
 			return nil, pr, fmt.Errorf("%s datapath: %w", n.Name, err)
 		}
 		pr.datapaths = append(pr.datapaths, pid)
+		st, err := n.Status()
+		if err != nil {
+			return nil, pr, fmt.Errorf("%s status: %w", n.Name, err)
+		}
+		if st.Datapath != "userspace" {
+			// The lab forces the userspace datapath; anything else would
+			// make the comparison with stock wireguard-go meaningless.
+			return nil, pr, fmt.Errorf("%s runs the %q datapath, want userspace", n.Name, st.Datapath)
+		}
 		pr.agents = append(pr.agents, n.Agent().PID())
 	}
 	pr.cp = c.CP.Process().PID()
