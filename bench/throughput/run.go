@@ -181,6 +181,9 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		return nil, err
 	}
 	if err := measure(ctx, cfg, paths, res); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("interrupted (%v) during: %w", context.Cause(ctx), err)
+		}
 		return nil, err
 	}
 	for _, pid := range procs.datapaths {
