@@ -39,12 +39,16 @@ const (
 	DefaultDevice      = "cm0"
 	DefaultListenPort  = 51820
 	DefaultUnderlayMTU = 1500
-	// WireGuardOverhead is what encapsulation costs: MTU = underlay - 80.
-	WireGuardOverhead  = 80
-	DefaultClusterCIDR = "10.244.0.0/16"
-	DefaultTable       = "confmesh"
-	tickInterval       = 2 * time.Second
-	recheckInterval    = 30 * time.Second
+	// WireGuardOverhead is what encapsulation costs over an IPv6 underlay,
+	// the worst case: outer IPv6 (40) + UDP (8) + WireGuard (32).
+	WireGuardOverhead = 80
+	// WireGuardOverheadIPv4 is the cost over an IPv4 underlay: outer IPv4
+	// (20) + UDP (8) + WireGuard (32).
+	WireGuardOverheadIPv4 = 60
+	DefaultClusterCIDR    = "10.244.0.0/16"
+	DefaultTable          = "confmesh"
+	tickInterval          = 2 * time.Second
+	recheckInterval       = 30 * time.Second
 )
 
 // Config configures an Agent.
@@ -166,8 +170,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.UnderlayMTU == 0 {
 		cfg.UnderlayMTU = DefaultUnderlayMTU
 	}
-	if cfg.UnderlayMTU-WireGuardOverhead < 576 {
-		return nil, fmt.Errorf("underlay MTU %d leaves %d for pods; need at least 576", cfg.UnderlayMTU, cfg.UnderlayMTU-WireGuardOverhead)
+	if m := cfg.UnderlayMTU - Overhead(cfg.Endpoint); m < 576 {
+		return nil, fmt.Errorf("underlay MTU %d leaves %d for pods; need at least 576", cfg.UnderlayMTU, m)
 	}
 	if !cfg.ClusterCIDR.IsValid() {
 		cfg.ClusterCIDR = netip.MustParsePrefix(DefaultClusterCIDR)
@@ -213,7 +217,7 @@ func New(cfg Config) (*Agent, error) {
 	m := newMetrics()
 	a := &Agent{
 		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey,
-		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - WireGuardOverhead,
+		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - Overhead(cfg.Endpoint),
 		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods, ipam: ipam,
 	}
 	if cfg.StrictMode {
@@ -855,4 +859,14 @@ func setOf(keys []wgtypes.Key) map[wgtypes.Key]bool {
 		m[k] = true
 	}
 	return m
+}
+
+// Overhead is what WireGuard encapsulation costs on the underlay of this
+// endpoint: WireGuardOverheadIPv4 for an IPv4 address, else (IPv6, or an
+// IPv4-mapped address that may be sent as IPv6) WireGuardOverhead.
+func Overhead(endpoint netip.AddrPort) int {
+	if endpoint.Addr().Is4() {
+		return WireGuardOverheadIPv4
+	}
+	return WireGuardOverhead
 }

@@ -32,7 +32,7 @@ const (
 	DefaultChallengeTTL  = 60 * time.Second
 	DefaultClusterCIDR   = "10.244.0.0/16"
 	DefaultNodePrefixLen = 24
-	DefaultMTUHint       = 1420
+	DefaultMTUHint       = 1440
 	DefaultSweepInterval = 15 * time.Second
 	// DefaultEvidenceEpoch is how long the control plane's own evidence is
 	// reused before its TEE is asked for a new report.
@@ -56,7 +56,8 @@ type Config struct {
 	// ClusterCIDR is the pod network; each node gets a NodePrefixLen slice.
 	ClusterCIDR   string
 	NodePrefixLen int
-	// MTUHint is sent to agents (underlay MTU - 80 on a 1500 underlay).
+	// MTUHint is sent to agents, which use the smaller of it and their own
+	// (underlay MTU - 60 on IPv4, - 80 on IPv6): default 1500 - 60.
 	MTUHint uint32
 	// SVIDTTL is the node SVID lifetime; agents renew at half of it.
 	SVIDTTL time.Duration

@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// PodMTU is the underlay MTU (1500) minus WireGuard's 80, as the CNI
-// plugin sets it.
-const PodMTU = 1500 - agent.WireGuardOverhead
+// PodMTU is the underlay MTU (1500) minus WireGuard's 60 over the lab's
+// IPv4 underlay, as the CNI plugin sets it.
+const PodMTU = 1500 - agent.WireGuardOverheadIPv4
 
 // Pod is a network namespace with a veth whose pod end, eth0, holds the pod
 // IP (/32) and routes everything via the node's pod gateway; the node end

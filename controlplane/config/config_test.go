@@ -43,7 +43,7 @@ simDir: sim
 		t.Fatalf("durations: %+v", c)
 	}
 	// Unset keys keep their defaults.
-	if c.Listen != DefaultListen || c.MTUHint != 1420 || c.SimName != DefaultSimName || time.Duration(c.WorkloadTTL) != time.Hour {
+	if c.Listen != DefaultListen || c.MTUHint != 1440 || c.SimName != DefaultSimName || time.Duration(c.WorkloadTTL) != time.Hour {
 		t.Fatalf("defaults lost: %+v", c)
 	}
 	if err := c.Validate(); err != nil {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -56,6 +57,12 @@ type Config struct {
 	// PIDFile, when set, receives the process ID once the socket is served,
 	// and is removed on shutdown.
 	PIDFile string
+	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 means
+	// GOMEMLIMIT when set, else DefaultMemoryLimit; negative means none.
+	MemoryLimit int64
+	// IdleRelease is how often the datapath checks for idleness to return
+	// free memory to the kernel: 0 means DefaultIdleRelease, negative never.
+	IdleRelease time.Duration
 	// Logger receives the datapath's and wireguard-go's messages
 	// (wireguard-go's verbose lines at debug level). Nil discards them.
 	Logger *slog.Logger
@@ -78,6 +85,9 @@ func (c Config) withDefaults() (Config, error) {
 	c.SocketDir = DefaultSocketDir
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.IdleRelease == 0 {
+		c.IdleRelease = DefaultIdleRelease
 	}
 	return c, nil
 }
@@ -151,6 +161,11 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		defer removePIDFile(cfg.PIDFile, log)
+	}
+
+	applyMemoryLimit(cfg, log)
+	if cfg.IdleRelease > 0 {
+		go releaseWhenIdle(ctx, cfg.IdleRelease, log)
 	}
 
 	acceptErr := make(chan error, 1)

@@ -18,6 +18,7 @@ import (
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/datapath"
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
@@ -33,6 +34,7 @@ type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
 	metricsListen, logFormat, logLevel, workloadSocket, podMetadata             string
 	cniBinDir, cniConfDir, cniBinary                                            string
+	datapathMemoryLimit                                                         string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
 	keyRotation                                                                 time.Duration
@@ -69,11 +71,12 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.endpoint, "endpoint", "", "this node's underlay `IP:PORT` peers send WireGuard to; required")
 	fl.StringVar(&f.device, "device", agent.DefaultDevice, "WireGuard device `NAME`")
 	fl.IntVar(&f.listenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP `PORT`")
-	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device and pod routes get this minus 80")
+	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device, pods and routes get this minus 60 (IPv4 --endpoint) or 80 (IPv6)")
 	fl.StringVar(&f.clusterCIDR, "cluster-cidr", agent.DefaultClusterCIDR, "cluster pod `CIDR` (strict mode covers it from the first instant)")
 	fl.BoolVar(&f.strict, "strict", true, "strict fail-closed nftables rules (never turn off in production)")
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
 	fl.BoolVar(&f.externalDatapath, "external-datapath", false, "the userspace datapath runs elsewhere (a sidecar container): wait for its socket instead of starting one")
+	fl.StringVar(&f.datapathMemoryLimit, "datapath-memory-limit", "", "the started datapath's --memory-limit (e.g. 256MiB, off); empty: the datapath's default")
 	fl.DurationVar(&f.keyRotation, "key-rotation", 24*time.Hour, "rotate the WireGuard key on this period through a re-attested renewal (0: never)")
 	fl.StringVar(&f.socket, "socket", defaultAgentSocket, "local API unix socket `PATH` (CNI plugin, confmesh status)")
 	fl.StringVar(&f.cniBinDir, "cni-bin-dir", agent.DefaultCNIBinDir, "`DIR` the confmesh-cni plugin is installed into once the node is attested")
@@ -111,6 +114,11 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	cluster, err := netip.ParsePrefix(f.clusterCIDR)
 	if err != nil {
 		return usageErrorf("--cluster-cidr %q: %v", f.clusterCIDR, err)
+	}
+	if f.datapathMemoryLimit != "" {
+		if _, err := datapath.ParseSize(f.datapathMemoryLimit); err != nil {
+			return usageErrorf("--datapath-memory-limit: %v", err)
+		}
 	}
 	prov, err := openAgentProvider(f, log)
 	if err != nil {
@@ -304,6 +312,11 @@ func datapathCommand(f agentFlags, self string) []string {
 	if f.externalDatapath {
 		return nil
 	}
-	return []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.WireGuardOverhead),
+	ep, _ := netip.ParseAddrPort(f.endpoint) // checked by runAgent; an invalid one counts as IPv6 (80)
+	argv := []string{self, "datapath", "--iface", f.device, "--mtu", fmt.Sprint(f.underlayMTU - agent.Overhead(ep)),
 		"--pid-file", filepath.Join(f.stateDir, "datapath.pid")}
+	if f.datapathMemoryLimit != "" {
+		argv = append(argv, "--memory-limit", f.datapathMemoryLimit)
+	}
+	return argv
 }

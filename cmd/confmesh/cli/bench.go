@@ -19,6 +19,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.AddCommand(newBenchVerifyCmd())
 	cmd.AddCommand(newBenchCNICmd())
 	cmd.AddCommand(newBenchControlPlaneCmd())
+	cmd.AddCommand(newBenchThroughputCmd())
 	return cmd
 }
 

@@ -2,9 +2,11 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/confmesh/confmesh/internal/datapath"
@@ -13,7 +15,7 @@ import (
 
 func newDatapathCmd() *cobra.Command {
 	var cfg datapath.Config
-	var level string
+	var level, memLimit, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "datapath --iface NAME [--mtu N] [--pid-file FILE] [--log-level LEVEL]",
 		Short: "Run the userspace WireGuard datapath (wireguard-go over TUN) for one device",
@@ -34,7 +36,24 @@ must be unique.`,
 			if err := lvl.UnmarshalText([]byte(level)); err != nil {
 				return usageErrorf("--log-level %q: want debug, info, warn or error", level)
 			}
+			if memLimit != "" {
+				n, err := datapath.ParseSize(memLimit)
+				if err != nil {
+					return usageErrorf("--memory-limit: %v", err)
+				}
+				cfg.MemoryLimit = n
+			}
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			if cpuProfile == "" {
+				cpuProfile = os.Getenv(cpuProfileEnv)
+			}
+			if cpuProfile != "" {
+				stopProfile, err := startCPUProfile(cpuProfile + "." + cfg.Iface)
+				if err != nil {
+					return failf("--cpuprofile: %v", err)
+				}
+				defer stopProfile()
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			err := datapath.Run(ctx, cfg)
@@ -50,7 +69,30 @@ must be unique.`,
 	cmd.Flags().StringVar(&cfg.Iface, "iface", "", "WireGuard device name (required)")
 	cmd.Flags().IntVar(&cfg.MTU, "mtu", datapath.DefaultMTU, "device MTU (underlay MTU - 80)")
 	cmd.Flags().StringVar(&cfg.PIDFile, "pid-file", "", "write the process ID here while running")
+	cmd.Flags().StringVar(&memLimit, "memory-limit", "", fmt.Sprintf("Go soft memory `limit` (e.g. 256MiB; 0 or off: none); default GOMEMLIMIT when set, else %dMiB", datapath.DefaultMemoryLimit>>20))
+	cmd.Flags().DurationVar(&cfg.IdleRelease, "idle-release", datapath.DefaultIdleRelease, "check this often for idleness and then return free memory to the kernel (negative: never)")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile to `FILE`.<iface> until exit (default: $"+cpuProfileEnv+", which reaches a datapath the agent starts)")
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error (debug includes wireguard-go's per-packet lines)")
 	_ = cmd.MarkFlagRequired("iface")
 	return cmd
+}
+
+// cpuProfileEnv names the environment variable that turns on
+// --cpuprofile for a datapath started by the agent (it inherits the
+// agent's environment): a profiling aid, see docs/benchmarks.md.
+const cpuProfileEnv = "CONFMESH_DATAPATH_CPUPROFILE"
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
