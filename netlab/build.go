@@ -19,3 +19,20 @@ func BuildConfmesh(root, dir string) (string, error) {
 func BuildCNI(root, dir string) (string, error) {
 	return gobuild.Build(root, dir, "./cmd/confmesh-cni", "CGO_ENABLED=0")
 }
+
+// BuildBinaries builds confmesh and, next to it, confmesh-cni (where the
+// demo and the benches look for the plugin) from the module this package
+// belongs to into dir, and returns both paths.
+func BuildBinaries(dir string) (confmesh, cni string, err error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", "", err
+	}
+	if confmesh, err = BuildConfmesh(root, dir); err != nil {
+		return "", "", err
+	}
+	if cni, err = BuildCNI(root, dir); err != nil {
+		return "", "", err
+	}
+	return confmesh, cni, nil
+}

@@ -21,16 +21,8 @@ import (
 // demo makes its pods with the plugin found there).
 func buildDemoBinaries(t *testing.T) string {
 	t.Helper()
-	root, err := netlab.ModuleRoot()
+	bin, _, err := netlab.BuildBinaries(t.TempDir())
 	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	bin, err := netlab.BuildConfmesh(root, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := netlab.BuildCNI(root, dir); err != nil {
 		t.Fatal(err)
 	}
 	return bin
