@@ -17,7 +17,7 @@ PROTOS          = $(shell find api -name '*.proto' | LC_ALL=C sort)
 SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test lint demo bench fuzz generate architecture clean
+.PHONY: help deps build test lint demo bench fuzz generate architecture clean k8s-tools
 
 help:
 	@echo "make demo      local multi-node demo (network namespaces, simulated TEE)"
@@ -28,6 +28,7 @@ help:
 	@echo "make fuzz      every Fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
 	@echo "make architecture  redraw docs/images/architecture.png (graphviz, installed if missing)"
+	@echo "make k8s-tools build or reuse the real-cluster tools (Kubernetes, etcd, containerd) in the cache"
 	@echo "make clean     remove $(BIN)/"
 
 # Runtime tools the namespace tests and the demo drive: ip (iproute2) and
@@ -123,6 +124,13 @@ architecture:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz fonts-dejavu-core; \
 	fi
 	dot -Tpng -Gdpi=100 docs/images/architecture.dot -o docs/images/architecture.png
+
+# Kubernetes, etcd and containerd for the real-cluster tests, built from the
+# modules under k8s/tools into ${XDG_CACHE_HOME:-~/.cache}/confmesh/k8s-tools/<versions>
+# and reused from there (cold: ~15 min of CPU on 2 cores). NICE=19 yields
+# the CPU to other work.
+k8s-tools:
+	k8s/tools/build.sh
 
 clean:
 	rm -rf $(BIN)
