@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent"
-	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/netfilter"
@@ -33,6 +32,7 @@ const (
 type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
 	metricsListen, logFormat, logLevel, workloadSocket, podMetadata             string
+	kubeconfig                                                                  string
 	cniBinDir, cniConfDir, cniBinary                                            string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
@@ -69,7 +69,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.endpoint, "endpoint", "", "this node's underlay `IP:PORT` peers send WireGuard to; required")
 	fl.StringVar(&f.device, "device", agent.DefaultDevice, "WireGuard device `NAME`")
 	fl.IntVar(&f.listenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP `PORT`")
-	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device and pod routes get this minus 80")
+	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device and pod routes get this minus 80 (0: the MTU of the interface holding --endpoint's address)")
 	fl.StringVar(&f.clusterCIDR, "cluster-cidr", agent.DefaultClusterCIDR, "cluster pod `CIDR` (strict mode covers it from the first instant)")
 	fl.BoolVar(&f.strict, "strict", true, "strict fail-closed nftables rules (never turn off in production)")
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
@@ -80,7 +80,8 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.cniConfDir, "cni-conf-dir", agent.DefaultCNIConfDir, "`DIR` the conflist is written into once the node is attested (empty: install nothing)")
 	fl.StringVar(&f.cniBinary, "cni-binary", "", "confmesh-cni binary `PATH` to install (default: confmesh-cni next to this binary, if present)")
 	fl.StringVar(&f.workloadSocket, "workload-socket", agent.DefaultWorkloadSocket, "SPIFFE Workload API unix socket `PATH` for the pods (empty: off)")
-	fl.StringVar(&f.podMetadata, "pod-metadata", agent.DefaultPodMetadata, "standalone pod-metadata `FILE` naming each pod's service account; it and its directories must be writable by root only (a pod it does not list gets no workload identity)")
+	fl.StringVar(&f.podMetadata, "pod-metadata", agent.DefaultPodMetadata, "where each pod's service account comes from: "+podMetadataKubernetes+" (the API server: the pods on node --name) or a standalone `FILE` that it and its directories must be writable by root only; a pod the source does not know gets no workload identity")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "with --pod-metadata="+podMetadataKubernetes+": kubeconfig `FILE` (empty: the in-cluster service account)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -110,7 +111,17 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	if err != nil {
 		return usageErrorf("--cluster-cidr %q: %v", f.clusterCIDR, err)
 	}
+	if f.underlayMTU == 0 {
+		if f.underlayMTU, err = agent.InterfaceMTU(ep.Addr()); err != nil {
+			return failf("agent: --underlay-mtu=0: %v", err)
+		}
+		log.Info("underlay MTU derived from the endpoint's interface", "mtu", f.underlayMTU, "device mtu", f.underlayMTU-agent.WireGuardOverhead)
+	}
 	prov, err := openAgentProvider(f, log)
+	if err != nil {
+		return err
+	}
+	pods, err := openPodMetadata(ctx, f, log)
 	if err != nil {
 		return err
 	}
@@ -122,7 +133,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
-		PodMetadata: podmeta.File{Path: f.podMetadata},
+		PodMetadata: pods,
 		CNIBinDir:   f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: datapathCommand(f, self),
 	})
