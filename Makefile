@@ -17,7 +17,7 @@ PROTOS          = $(shell find api -name '*.proto' | LC_ALL=C sort)
 SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test lint demo bench fuzz generate architecture clean k8s-tools
+.PHONY: help deps build test lint demo bench fuzz generate architecture clean k8s-tools image
 
 help:
 	@echo "make demo      local multi-node demo (network namespaces, simulated TEE)"
@@ -28,6 +28,7 @@ help:
 	@echo "make fuzz      every Fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
 	@echo "make architecture  redraw docs/images/architecture.png (graphviz, installed if missing)"
+	@echo "make image     OCI image tarballs of the binaries and of the pod sandbox (offline, reproducible)"
 	@echo "make k8s-tools build or reuse the real-cluster tools (Kubernetes, etcd, containerd) in the cache"
 	@echo "make clean     remove $(BIN)/"
 
@@ -124,6 +125,21 @@ architecture:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz fonts-dejavu-core; \
 	fi
 	dot -Tpng -Gdpi=100 docs/images/architecture.dot -o docs/images/architecture.png
+
+# The install image, built offline and reproducibly (no Docker): one layer
+# with /usr/local/bin/confmesh (the entrypoint) and /usr/local/bin/confmesh-cni
+# (the agent installs it onto the host), as an OCI image-layout tarball for
+# `ctr -n k8s.io images import`, `podman load` or `skopeo copy oci-archive:`.
+# Also the pod sandbox (pause) image, for clusters that reach no registry.
+# The Dockerfile builds the same layout with Docker.
+IMAGE_REF ?= docker.io/library/confmesh:dev
+PAUSE_REF ?= localhost/confmesh/pause:1
+image:
+	mkdir -p $(BIN)/image
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -buildid=" -o $(BIN)/image/ ./cmd/confmesh ./cmd/confmesh-cni ./internal/ociimage/pause
+	go run ./internal/ociimage/build -o $(BIN)/confmesh-image.tar -ref $(IMAGE_REF) -entrypoint /usr/local/bin/confmesh \
+		$(BIN)/image/confmesh=/usr/local/bin/confmesh $(BIN)/image/confmesh-cni=/usr/local/bin/confmesh-cni
+	go run ./internal/ociimage/build -o $(BIN)/pause-image.tar -ref $(PAUSE_REF) -entrypoint /pause $(BIN)/image/pause=/pause
 
 # Kubernetes, etcd and containerd for the real-cluster tests, built from the
 # modules under k8s/tools into ${XDG_CACHE_HOME:-~/.cache}/confmesh/k8s-tools/<versions>
