@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -110,6 +111,10 @@ type APIServer struct {
 	// Dir holds the data, certificates and logs.
 	Dir string
 
+	// SAKey is the service-account signing key (for a controller manager).
+	SAKey string
+
+	netns string
 	procs []*exec.Cmd
 }
 
@@ -123,6 +128,11 @@ type Options struct {
 	Port int
 	// ExtraArgs go to kube-apiserver as they are.
 	ExtraArgs []string
+	// NetNS, when set, is the named network namespace (/run/netns/NAME)
+	// etcd and the API server run in; clients dial into it.
+	NetNS string
+	// Dir holds the data (a test temporary directory when empty).
+	Dir string
 }
 
 // StartAPIServer starts etcd and kube-apiserver in a temporary directory
@@ -132,7 +142,10 @@ func StartAPIServer(t testing.TB, opt Options) *APIServer {
 	t.Helper()
 	etcdBin := Tool(t, "etcd")
 	apiBin := Tool(t, "kube-apiserver")
-	dir := t.TempDir()
+	dir := opt.Dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	s, err := start(dir, etcdBin, apiBin, opt)
 	t.Cleanup(s.Stop)
 	if err != nil {
@@ -142,7 +155,8 @@ func StartAPIServer(t testing.TB, opt Options) *APIServer {
 }
 
 func start(dir, etcdBin, apiBin string, opt Options) (*APIServer, error) {
-	s := &APIServer{Dir: dir, CAFile: filepath.Join(dir, "certs", "apiserver.crt")}
+	s := &APIServer{Dir: dir, CAFile: filepath.Join(dir, "certs", "apiserver.crt"), netns: opt.NetNS}
+	s.SAKey = filepath.Join(dir, "sa.key")
 	ports, err := freePorts(3)
 	if err != nil {
 		return s, err
@@ -202,7 +216,12 @@ func (s *APIServer) spawn(name, bin string, args ...string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, args...)
+	argv := append([]string{bin}, args...)
+	if s.netns != "" {
+		// nsenter execs the program: the PID is the program's own.
+		argv = append([]string{"nsenter", "--net=/run/netns/" + s.netns, "--"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -215,13 +234,13 @@ func (s *APIServer) spawn(name, bin string, args ...string) error {
 }
 
 func (s *APIServer) waitReady(limit time.Duration) error {
-	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS(), DialContext: s.Dial}}
 	deadline := time.Now().Add(limit)
 	var last string
 	for time.Now().Before(deadline) {
 		for _, p := range s.procs {
 			if p.ProcessState != nil {
-				return fmt.Errorf("%s exited: %s", filepath.Base(p.Path), s.logTail(filepath.Base(p.Path)))
+				return fmt.Errorf("%s exited: %s", p.Args[len(p.Args)-1], s.logTail(logName(p)))
 			}
 		}
 		req, _ := http.NewRequest(http.MethodGet, s.URL+"/readyz", nil)
@@ -275,7 +294,7 @@ func (s *APIServer) Stop() {
 
 // Config is a client configuration for u.
 func (s *APIServer) Config(u User) *rest.Config {
-	return &rest.Config{Host: s.URL, BearerToken: u.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile}}
+	return &rest.Config{Host: s.URL, BearerToken: u.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile}, Dial: s.Dial}
 }
 
 // Client is a clientset authenticated as u.
@@ -312,6 +331,42 @@ func WaitFor(ctx context.Context, limit time.Duration, cond func() bool) bool {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// Dial connects from the API server's network namespace (the caller's
+// when it has none).
+func (s *APIServer) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if s.netns == "" {
+		return d.DialContext(ctx, network, addr)
+	}
+	var c net.Conn
+	err := InNetNS(s.netns, func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// InNetNS runs f on an OS thread switched into the named network
+// namespace; sockets f creates stay there.
+func InNetNS(name string, f func() error) error {
+	n, err := ns.GetNS("/run/netns/" + name)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error { return f() })
+}
+
+func logName(c *exec.Cmd) string {
+	for _, a := range c.Args {
+		if b := filepath.Base(a); b == "etcd" || b == "kube-apiserver" {
+			return b
+		}
+	}
+	return filepath.Base(c.Path)
 }
 
 func freePorts(n int) ([]int, error) {

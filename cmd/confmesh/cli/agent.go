@@ -32,7 +32,7 @@ const (
 type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
 	metricsListen, logFormat, logLevel, workloadSocket, podMetadata             string
-	kubeconfig                                                                  string
+	kubeconfig, uninstallDaemonSet                                              string
 	cniBinDir, cniConfDir, cniBinary                                            string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
@@ -81,6 +81,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.cniBinary, "cni-binary", "", "confmesh-cni binary `PATH` to install (default: confmesh-cni next to this binary, if present)")
 	fl.StringVar(&f.workloadSocket, "workload-socket", agent.DefaultWorkloadSocket, "SPIFFE Workload API unix socket `PATH` for the pods (empty: off)")
 	fl.StringVar(&f.podMetadata, "pod-metadata", agent.DefaultPodMetadata, "where each pod's service account comes from: "+podMetadataKubernetes+" (the API server: the pods on node --name) or a standalone `FILE` that it and its directories must be writable by root only; a pod the source does not know gets no workload identity")
+	fl.StringVar(&f.uninstallDaemonSet, "uninstall-daemonset", "", "with --pod-metadata="+podMetadataKubernetes+": `NAMESPACE/NAME` of this agent's DaemonSet; when it is deleted (confmesh uninstalled, not restarted), the stopping agent removes its rules, routes, device, CNI plugin and state from the node")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "with --pod-metadata="+podMetadataKubernetes+": kubeconfig `FILE` (empty: the in-cluster service account)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -133,7 +134,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
-		PodMetadata: pods,
+		PodMetadata: pods.source,
 		CNIBinDir:   f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: datapathCommand(f, self),
 	})
@@ -165,10 +166,23 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 			}
 		}()
 	}
-	go func() { errc <- a.Run(ctx) }()
+	ran := make(chan struct{})
+	go func() { errc <- a.Run(ctx); close(ran) }()
 	go reloadAgentPolicy(ctx, log, f.policy, a, hup)
 	select {
 	case <-ctx.Done():
+		if pods.uninstall != nil && pods.uninstall.Deleted() {
+			// Let Run stop first: it would reinstall the strict rules.
+			select {
+			case <-ran:
+			case <-time.After(10 * time.Second):
+			}
+			log.Warn("the agent's DaemonSet was deleted: confmesh is being uninstalled; removing the strict rules, routes, device, CNI plugin and state from this node")
+			if err := uninstallNode(f); err != nil {
+				return failf("agent: uninstall: %v", err)
+			}
+			return nil
+		}
 		log.Info("agent stopping; the device, datapath and strict rules stay in place")
 		return nil
 	case err := <-errc:

@@ -127,6 +127,13 @@ func TestManifestsRender(t *testing.T) {
 				t.Errorf("agent ClusterRole grants %s, want list,watch only", got)
 			}
 
+			role = find(objs, "Role", "confmesh-agent")
+			rules, _ = role["rules"].([]any)
+			if len(rules) != 1 || strings.Join(toStrings(rules[0].(map[string]any)["resources"]), ",") != "daemonsets" ||
+				strings.Join(toStrings(rules[0].(map[string]any)["verbs"]), ",") != "list,watch" {
+				t.Errorf("agent Role: %v; want daemonsets list,watch only", rules)
+			}
+
 			policy, _ := dig(find(objs, "ConfigMap", configMapVolume(t, cp, "policy")), "data", "policy.yaml").(string)
 			_, err := attest.ParsePolicy([]byte(policy))
 			switch overlay {
