@@ -17,7 +17,7 @@ PROTOS          = $(shell find api -name '*.proto' | LC_ALL=C sort)
 SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test lint demo bench fuzz generate architecture clean k8s-tools image
+.PHONY: help deps build test lint demo bench fuzz generate architecture clean k8s-tools image k8s-e2e
 
 help:
 	@echo "make demo      local multi-node demo (network namespaces, simulated TEE)"
@@ -29,6 +29,7 @@ help:
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
 	@echo "make architecture  redraw docs/images/architecture.png (graphviz, installed if missing)"
 	@echo "make image     OCI image tarballs of the binaries and of the pod sandbox (offline, reproducible)"
+	@echo "make k8s-e2e   real-cluster e2e: kubectl apply -k the sim overlay on a 3-node Kubernetes in namespaces (root)"
 	@echo "make k8s-tools build or reuse the real-cluster tools (Kubernetes, etcd, containerd) in the cache"
 	@echo "make clean     remove $(BIN)/"
 
@@ -50,7 +51,10 @@ build:
 	@if [ -d cmd ]; then mkdir -p $(BIN) && go build -o $(BIN)/ ./cmd/confmesh && \
 		CGO_ENABLED=0 go build -o $(BIN)/ ./cmd/confmesh-cni; fi
 
+# The API-server tests (agent/podmeta/kube, agent/uninstall) run against a
+# real etcd + kube-apiserver from the tool cache: build those two first.
 test: deps lint
+	k8s/tools/build.sh etcd kube-apiserver
 	go test -count=1 -timeout 15m ./...
 
 # Generated files (marked "Code generated ... DO NOT EDIT.") are exempt from gofmt.
@@ -147,6 +151,11 @@ image:
 # the CPU to other work.
 k8s-tools:
 	k8s/tools/build.sh
+
+# The real-cluster e2e (docs/install.md): builds or reuses the tools and the
+# images, then runs e2e/k8s (root: namespaces, cgroups, containerd).
+k8s-e2e: k8s-tools image
+	CONFMESH_K8S_E2E=1 go test -count=1 -timeout 30m -v -run TestRealCluster ./e2e/k8s/
 
 clean:
 	rm -rf $(BIN)

@@ -8,6 +8,7 @@
 # directory holding the binaries.
 #
 #   k8s/tools/build.sh            build what is missing, print the bin dir
+#   k8s/tools/build.sh NAME...    only these (e.g. etcd kube-apiserver)
 #   k8s/tools/build.sh --dir      print the bin dir only (builds nothing)
 #
 # A cold build is ~15 min of CPU on 2 cores (Kubernetes ~11, containerd
@@ -39,9 +40,13 @@ nice=(nice -n "${NICE:-0}")
 
 # build NAME CMD...: runs CMD (which writes $bin/.tmp-NAME) unless NAME is
 # already cached; the rename makes a half-written binary never count.
+wanted=("$@")
 build() {
 	local name=$1
 	shift
+	if [[ ${#wanted[@]} -gt 0 && " ${wanted[*]} " != *" $name "* ]]; then
+		return
+	fi
 	if [[ -x "$bin/$name" ]]; then
 		echo "k8s-tools: $name cached"
 		return
@@ -87,6 +92,7 @@ containerd_cmd() {
 	rm -rf "$gobin"
 }
 
+if [[ ${#wanted[@]} -eq 0 || " ${wanted[*]} " == *" runc "* ]]; then
 if ! command -v runc >/dev/null; then
 	echo "k8s-tools: installing runc (Debian)"
 	sudo=""
@@ -95,6 +101,7 @@ if ! command -v runc >/dev/null; then
 		{ $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends runc >/dev/null; }
 fi
 ln -sf "$(command -v runc)" "$bin/runc"
+fi
 
 start=$SECONDS
 # The API server, etcd and kubectl first: the Go tests that need only them
