@@ -14,8 +14,10 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
@@ -25,7 +27,9 @@ import (
 
 // Watch follows one DaemonSet.
 type Watch struct {
-	informer cache.SharedIndexInformer
+	client          kubernetes.Interface
+	namespace, name string
+	informer        cache.SharedIndexInformer
 	seen     atomic.Bool // the DaemonSet was seen alive
 	deleted  atomic.Bool // then deleted, or marked for deletion
 }
@@ -39,7 +43,7 @@ func Start(ctx context.Context, client kubernetes.Interface, namespace, name str
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
 		}))
-	w := &Watch{informer: f.Apps().V1().DaemonSets().Informer()}
+	w := &Watch{client: client, namespace: namespace, name: name, informer: f.Apps().V1().DaemonSets().Informer()}
 	update := func(obj any) {
 		if ds, ok := obj.(*appsv1.DaemonSet); ok {
 			w.seen.Store(true)
@@ -67,3 +71,23 @@ func Start(ctx context.Context, client kubernetes.Interface, namespace, name str
 // marked for deletion). A DaemonSet never seen (no API access yet) is not
 // deleted: in doubt the agent keeps everything in place.
 func (w *Watch) Deleted() bool { return w.deleted.Load() }
+
+// Confirm is Deleted, or else asks the API server once more (the pod's
+// SIGTERM may overtake the watch event): the DaemonSet, seen before, is now
+// gone or marked for deletion. Any other answer, an error included, means
+// not deleted.
+func (w *Watch) Confirm(ctx context.Context) bool {
+	if w.Deleted() {
+		return true
+	}
+	if !w.seen.Load() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ds, err := w.client.AppsV1().DaemonSets(w.namespace).Get(ctx, w.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && ds.DeletionTimestamp != nil) {
+		w.deleted.Store(true)
+	}
+	return w.Deleted()
+}

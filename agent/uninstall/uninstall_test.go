@@ -70,3 +70,35 @@ func TestDeletedOnlyWhenTheDaemonSetGoes(t *testing.T) {
 		t.Fatal("the agent's DaemonSet was deleted and the watch did not tell within 20 s")
 	}
 }
+
+// TestConfirmAsksAgain: the SIGTERM of an uninstall can overtake the watch
+// event; Confirm then reads the DaemonSet itself.
+func TestConfirmAsksAgain(t *testing.T) {
+	api := kubetest.StartAPIServer(t, kubetest.Options{})
+	c := api.Client(t, api.Admin)
+	ctx := context.Background()
+	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "confmesh-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dsc := c.AppsV1().DaemonSets("confmesh-system")
+	if _, err := dsc.Create(ctx, daemonSet("confmesh-agent"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	w, err := uninstall.Start(wctx, c, "confmesh-system", "confmesh-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the watch sees the DaemonSet
+	if w.Confirm(ctx) {
+		t.Fatal("Confirm with the DaemonSet in place")
+	}
+	stopWatch() // no event will arrive now
+	time.Sleep(500 * time.Millisecond)
+	if err := dsc.Delete(ctx, "confmesh-agent", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !w.Confirm(ctx) {
+		t.Fatal("Confirm after the DaemonSet was deleted (no watch event): false")
+	}
+}

@@ -255,6 +255,10 @@ func TestRealCluster(t *testing.T) {
 	})
 
 	s.check("rollout restart of the agent DaemonSet keeps a TCP stream alive", func() (string, error) {
+		before, err := agentPods(ctx, l)
+		if err != nil {
+			return "", err
+		}
 		stream, err := netlab.StartTCPStream(cpod, spod, 400, 100*time.Millisecond, 30*time.Second)
 		if err != nil {
 			return "", err
@@ -271,7 +275,19 @@ func TestRealCluster(t *testing.T) {
 		if err := stream.Finish(); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%d records sent, %d received, in order", stream.Sent(), stream.Received()), nil
+		after, err := agentPods(ctx, l)
+		if err != nil {
+			return "", err
+		}
+		for uid := range after {
+			if before[uid] {
+				return "", fmt.Errorf("agent pod %s was not replaced by the rollout", uid)
+			}
+		}
+		if len(after) != len(good) {
+			return "", fmt.Errorf("%d agent pods after the rollout, want %d", len(after), len(good))
+		}
+		return fmt.Sprintf("both agents replaced; %d records sent, %d received, in order", stream.Sent(), stream.Received()), nil
 	})
 
 	s.check("pod deletion removes its identity and CNI state", func() (string, error) {
@@ -385,6 +401,21 @@ func (l *lab) kubectlApply(manifest string) (string, error) {
 		return "", err
 	}
 	return l.kubectl("apply", "-f", f)
+}
+
+// agentPods are the UIDs of the main agent DaemonSet's live pods.
+func agentPods(ctx context.Context, l *lab) (map[string]bool, error) {
+	pods, err := l.admin.CoreV1().Pods("confmesh-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=confmesh-agent"})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out[string(p.UID)] = true
+		}
+	}
+	return out, nil
 }
 
 func nodeReady(ctx context.Context, l *lab, name string) (bool, string) {

@@ -171,11 +171,13 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	go reloadAgentPolicy(ctx, log, f.policy, a, hup)
 	select {
 	case <-ctx.Done():
-		if pods.uninstall != nil && pods.uninstall.Deleted() {
-			// Let Run stop first: it would reinstall the strict rules.
+		if pods.uninstall != nil && pods.uninstall.Confirm(context.Background()) {
+			// Let Run stop first (its strict-mode keeper would put the
+			// rules back), but not for long: the kubelet's grace period
+			// runs.
 			select {
 			case <-ran:
-			case <-time.After(10 * time.Second):
+			case <-time.After(3 * time.Second):
 			}
 			log.Warn("the agent's DaemonSet was deleted: confmesh is being uninstalled; removing the strict rules, routes, device, CNI plugin and state from this node")
 			if err := uninstallNode(f); err != nil {

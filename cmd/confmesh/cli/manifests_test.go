@@ -130,8 +130,8 @@ func TestManifestsRender(t *testing.T) {
 			role = find(objs, "Role", "confmesh-agent")
 			rules, _ = role["rules"].([]any)
 			if len(rules) != 1 || strings.Join(toStrings(rules[0].(map[string]any)["resources"]), ",") != "daemonsets" ||
-				strings.Join(toStrings(rules[0].(map[string]any)["verbs"]), ",") != "list,watch" {
-				t.Errorf("agent Role: %v; want daemonsets list,watch only", rules)
+				strings.Join(toStrings(rules[0].(map[string]any)["verbs"]), ",") != "get,list,watch" {
+				t.Errorf("agent Role: %v; want daemonsets get,list,watch only", rules)
 			}
 
 			policy, _ := dig(find(objs, "ConfigMap", configMapVolume(t, cp, "policy")), "data", "policy.yaml").(string)
