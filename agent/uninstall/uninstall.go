@@ -30,8 +30,8 @@ type Watch struct {
 	client          kubernetes.Interface
 	namespace, name string
 	informer        cache.SharedIndexInformer
-	seen     atomic.Bool // the DaemonSet was seen alive
-	deleted  atomic.Bool // then deleted, or marked for deletion
+	seen            atomic.Bool // the DaemonSet was seen alive
+	deleted         atomic.Bool // then deleted, or marked for deletion
 }
 
 // Start watches DaemonSet namespace/name until ctx ends.
