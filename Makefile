@@ -21,7 +21,7 @@ SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 help:
 	@echo "make demo      local multi-node demo (network namespaces, simulated TEE)"
-	@echo "make test      lint, then all tests"
+	@echo "make test      lint, then all tests, then the real-cluster e2e (builds the k8s tools once)"
 	@echo "make build     compile everything; binaries go to $(BIN)/"
 	@echo "make lint      gofmt and go vet"
 	@echo "make bench     Go benchmarks, then '$(BIN)/confmesh bench verify'"
@@ -52,10 +52,13 @@ build:
 		CGO_ENABLED=0 go build -o $(BIN)/ ./cmd/confmesh-cni; fi
 
 # The API-server tests (agent/podmeta/kube, agent/uninstall) run against a
-# real etcd + kube-apiserver from the tool cache: build those two first.
-test: deps lint
-	k8s/tools/build.sh etcd kube-apiserver
+# real etcd + kube-apiserver from the tool cache, and the real-cluster e2e
+# (run after the rest, alone: it is the heaviest) needs every tool and the
+# images. A cold tool cache costs ~15 min of CPU once.
+K8S_E2E = CONFMESH_K8S_E2E=1 go test -count=1 -timeout 30m -v -run TestRealCluster ./e2e/k8s/
+test: deps lint k8s-tools image
 	go test -count=1 -timeout 15m ./...
+	$(K8S_E2E)
 
 # Generated files (marked "Code generated ... DO NOT EDIT.") are exempt from gofmt.
 lint:
@@ -155,7 +158,7 @@ k8s-tools:
 # The real-cluster e2e (docs/install.md): builds or reuses the tools and the
 # images, then runs e2e/k8s (root: namespaces, cgroups, containerd).
 k8s-e2e: k8s-tools image
-	CONFMESH_K8S_E2E=1 go test -count=1 -timeout 30m -v -run TestRealCluster ./e2e/k8s/
+	$(K8S_E2E)
 
 clean:
 	rm -rf $(BIN)
