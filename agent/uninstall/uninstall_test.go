@@ -2,6 +2,7 @@ package uninstall_test
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -10,7 +11,28 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
+
+// agentUser is the agent's service account; its rights come only from
+// manifests/base/rbac.yaml.
+var agentUser = kubetest.User{
+	Name:   "system:serviceaccount:confmesh-system:confmesh-agent",
+	Groups: []string{"system:serviceaccounts", "system:serviceaccounts:confmesh-system", "system:authenticated"},
+	Token:  "confmesh-agent-test-token",
+}
+
+// startAPI starts an API server with confmesh-system and the manifests'
+// RBAC; it returns an admin client and one with the agent's rights.
+func startAPI(t *testing.T) (admin, agent kubernetes.Interface) {
+	api := kubetest.StartAPIServer(t, kubetest.Options{Users: []kubetest.User{agentUser}})
+	admin = api.Client(t, api.Admin)
+	if _, err := admin.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "confmesh-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.ApplyRBAC(t, admin, filepath.Join("..", "..", "manifests", "base", "rbac.yaml"), "confmesh-system")
+	return admin, api.Client(t, agentUser)
+}
 
 func daemonSet(name string) *appsv1.DaemonSet {
 	labels := map[string]string{"app": name}
@@ -30,20 +52,16 @@ func daemonSet(name string) *appsv1.DaemonSet {
 // `kubectl rollout restart` does) is no uninstall; deleting it, or another
 // DaemonSet's deletion, is told apart.
 func TestDeletedOnlyWhenTheDaemonSetGoes(t *testing.T) {
-	api := kubetest.StartAPIServer(t, kubetest.Options{})
-	c := api.Client(t, api.Admin)
+	c, agent := startAPI(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "confmesh-system"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	dsc := c.AppsV1().DaemonSets("confmesh-system")
 	for _, n := range []string{"confmesh-agent", "other"} {
 		if _, err := dsc.Create(ctx, daemonSet(n), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	w, err := uninstall.Start(ctx, c, "confmesh-system", "confmesh-agent")
+	w, err := uninstall.Start(ctx, agent, "confmesh-system", "confmesh-agent")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,18 +92,14 @@ func TestDeletedOnlyWhenTheDaemonSetGoes(t *testing.T) {
 // TestConfirmAsksAgain: the SIGTERM of an uninstall can overtake the watch
 // event; Confirm then reads the DaemonSet itself.
 func TestConfirmAsksAgain(t *testing.T) {
-	api := kubetest.StartAPIServer(t, kubetest.Options{})
-	c := api.Client(t, api.Admin)
+	c, agent := startAPI(t)
 	ctx := context.Background()
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "confmesh-system"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	dsc := c.AppsV1().DaemonSets("confmesh-system")
 	if _, err := dsc.Create(ctx, daemonSet("confmesh-agent"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
-	w, err := uninstall.Start(wctx, c, "confmesh-system", "confmesh-agent")
+	w, err := uninstall.Start(wctx, agent, "confmesh-system", "confmesh-agent")
 	if err != nil {
 		t.Fatal(err)
 	}

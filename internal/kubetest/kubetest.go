@@ -27,10 +27,13 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
 )
 
 // RepoRoot is the directory of the confmesh go.mod above the working
@@ -420,3 +423,61 @@ func randomToken() string {
 // written by the API server while it starts, so there is nothing to pin
 // before the first answer; every client after that checks CAFile.
 func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
+
+// ApplyRBAC creates the ClusterRoles, ClusterRoleBindings, Roles and
+// RoleBindings of a manifest file (other kinds are skipped) and returns how
+// many it created, so a test runs with exactly the rights a manifest grants.
+// Namespaced objects without a namespace go into namespace.
+func ApplyRBAC(t testing.TB, c kubernetes.Interface, path, namespace string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	n := 0
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "ClusterRole":
+			var r rbacv1.ClusterRole
+			mustStrict(t, doc, &r)
+			_, err = c.RbacV1().ClusterRoles().Create(ctx, &r, metav1.CreateOptions{})
+		case "ClusterRoleBinding":
+			var b rbacv1.ClusterRoleBinding
+			mustStrict(t, doc, &b)
+			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, &b, metav1.CreateOptions{})
+		case "Role":
+			var r rbacv1.Role
+			mustStrict(t, doc, &r)
+			if r.Namespace == "" {
+				r.Namespace = namespace
+			}
+			_, err = c.RbacV1().Roles(r.Namespace).Create(ctx, &r, metav1.CreateOptions{})
+		case "RoleBinding":
+			var b rbacv1.RoleBinding
+			mustStrict(t, doc, &b)
+			if b.Namespace == "" {
+				b.Namespace = namespace
+			}
+			_, err = c.RbacV1().RoleBindings(b.Namespace).Create(ctx, &b, metav1.CreateOptions{})
+		default:
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %s: %v", path, meta.Kind, err)
+		}
+		n++
+	}
+	return n
+}
+
+func mustStrict(t testing.TB, doc string, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict([]byte(doc), into); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,7 +3,6 @@ package kube_test
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,10 +12,8 @@ import (
 	"github.com/confmesh/confmesh/agent/podmeta/kube"
 	"github.com/confmesh/confmesh/internal/kubetest"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 )
 
 // agentUser is the agent's service account as the API server sees it; its
@@ -25,47 +22,6 @@ var agentUser = kubetest.User{
 	Name:   "system:serviceaccount:confmesh-system:confmesh-agent",
 	Groups: []string{"system:serviceaccounts", "system:serviceaccounts:confmesh-system", "system:authenticated"},
 	Token:  "confmesh-agent-test-token",
-}
-
-// applyAgentRBAC creates the ClusterRole and ClusterRoleBinding the
-// manifests ship for the agent, so the test runs with exactly those rights.
-func applyAgentRBAC(t *testing.T, c kubernetes.Interface) {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "..", "manifests", "base", "rbac.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	found := 0
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "ClusterRole":
-			var r rbacv1.ClusterRole
-			if err := yaml.UnmarshalStrict([]byte(doc), &r); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.RbacV1().ClusterRoles().Create(ctx, &r, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			found++
-		case "ClusterRoleBinding":
-			var b rbacv1.ClusterRoleBinding
-			if err := yaml.UnmarshalStrict([]byte(doc), &b); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &b, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			found++
-		}
-	}
-	if found != 2 {
-		t.Fatalf("manifests/base/rbac.yaml: %d RBAC objects for the agent, want a ClusterRole and its binding", found)
-	}
 }
 
 func createPod(t *testing.T, c kubernetes.Interface, ns, name, sa, node string) *corev1.Pod {
@@ -96,11 +52,13 @@ func TestKubernetesSourceAgainstAPIServer(t *testing.T) {
 	admin := api.Client(t, api.Admin)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	applyAgentRBAC(t, admin)
 	for _, ns := range []string{"confmesh-system", "shop"} {
 		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if n := kubetest.ApplyRBAC(t, admin, filepath.Join("..", "..", "..", "manifests", "base", "rbac.yaml"), "confmesh-system"); n < 2 {
+		t.Fatalf("manifests/base/rbac.yaml: %d RBAC objects", n)
 	}
 	// No controller manager runs: create the service accounts the pods name
 	// (the ServiceAccount admission plugin insists they exist).
