@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent"
-	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/datapath"
 	"github.com/confmesh/confmesh/internal/netfilter"
@@ -33,6 +32,7 @@ const (
 type agentFlags struct {
 	name, controlPlane, policy, stateDir, endpoint, device, clusterCIDR, socket string
 	metricsListen, logFormat, logLevel, workloadSocket, podMetadata             string
+	kubeconfig, uninstallDaemonSet                                              string
 	cniBinDir, cniConfDir, cniBinary                                            string
 	datapathMemoryLimit                                                         string
 	listenPort, underlayMTU                                                     int
@@ -71,7 +71,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.endpoint, "endpoint", "", "this node's underlay `IP:PORT` peers send WireGuard to; required")
 	fl.StringVar(&f.device, "device", agent.DefaultDevice, "WireGuard device `NAME`")
 	fl.IntVar(&f.listenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP `PORT`")
-	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device, pods and routes get this minus 60 (IPv4 --endpoint) or 80 (IPv6)")
+	fl.IntVar(&f.underlayMTU, "underlay-mtu", agent.DefaultUnderlayMTU, "underlay MTU; the device, pods and routes get this minus 60 (IPv4 --endpoint) or 80 (IPv6) (0: the MTU of the interface holding --endpoint's address)")
 	fl.StringVar(&f.clusterCIDR, "cluster-cidr", agent.DefaultClusterCIDR, "cluster pod `CIDR` (strict mode covers it from the first instant)")
 	fl.BoolVar(&f.strict, "strict", true, "strict fail-closed nftables rules (never turn off in production)")
 	fl.BoolVar(&f.forceUserspace, "force-userspace", false, "skip kernel WireGuard and use the userspace datapath")
@@ -83,7 +83,9 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.cniConfDir, "cni-conf-dir", agent.DefaultCNIConfDir, "`DIR` the conflist is written into once the node is attested (empty: install nothing)")
 	fl.StringVar(&f.cniBinary, "cni-binary", "", "confmesh-cni binary `PATH` to install (default: confmesh-cni next to this binary, if present)")
 	fl.StringVar(&f.workloadSocket, "workload-socket", agent.DefaultWorkloadSocket, "SPIFFE Workload API unix socket `PATH` for the pods (empty: off)")
-	fl.StringVar(&f.podMetadata, "pod-metadata", agent.DefaultPodMetadata, "standalone pod-metadata `FILE` naming each pod's service account; it and its directories must be writable by root only (a pod it does not list gets no workload identity)")
+	fl.StringVar(&f.podMetadata, "pod-metadata", agent.DefaultPodMetadata, "where each pod's service account comes from: "+podMetadataKubernetes+" (the API server: the pods on node --name) or a standalone `FILE` that it and its directories must be writable by root only; a pod the source does not know gets no workload identity")
+	fl.StringVar(&f.uninstallDaemonSet, "uninstall-daemonset", "", "with --pod-metadata="+podMetadataKubernetes+": `NAMESPACE/NAME` of this agent's DaemonSet; when it is deleted (confmesh uninstalled, not restarted), the stopping agent removes its rules, routes, device, CNI plugin and state from the node")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "with --pod-metadata="+podMetadataKubernetes+": kubeconfig `FILE` (empty: the in-cluster service account)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -120,11 +122,21 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 			return usageErrorf("--datapath-memory-limit: %v", err)
 		}
 	}
+	if f.underlayMTU == 0 {
+		if f.underlayMTU, err = agent.InterfaceMTU(ep.Addr()); err != nil {
+			return failf("agent: --underlay-mtu=0: %v", err)
+		}
+		log.Info("underlay MTU derived from the endpoint's interface", "mtu", f.underlayMTU, "device mtu", f.underlayMTU-agent.Overhead(ep))
+	}
 	prov, err := openAgentProvider(f, log)
 	if err != nil {
 		return err
 	}
 	tdxColl, err := f.tdxColl.source(f.stateDir, log)
+	if err != nil {
+		return err
+	}
+	pods, err := openPodMetadata(ctx, f, log)
 	if err != nil {
 		return err
 	}
@@ -136,7 +148,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir, TDXCollateral: tdxColl,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
-		PodMetadata: podmeta.File{Path: f.podMetadata},
+		PodMetadata: pods.source,
 		CNIBinDir:   f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: datapathCommand(f, self),
 	})
@@ -168,10 +180,25 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 			}
 		}()
 	}
-	go func() { errc <- a.Run(ctx) }()
+	ran := make(chan struct{})
+	go func() { errc <- a.Run(ctx); close(ran) }()
 	go reloadAgentPolicy(ctx, log, f.policy, a, hup)
 	select {
 	case <-ctx.Done():
+		if pods.uninstall != nil && pods.uninstall.Confirm(context.Background()) {
+			// Let Run stop first (its strict-mode keeper would put the
+			// rules back), but not for long: the kubelet's grace period
+			// runs.
+			select {
+			case <-ran:
+			case <-time.After(3 * time.Second):
+			}
+			log.Warn("the agent's DaemonSet was deleted: confmesh is being uninstalled; removing the strict rules, routes, device, CNI plugin and state from this node")
+			if err := uninstallNode(f); err != nil {
+				return failf("agent: uninstall: %v", err)
+			}
+			return nil
+		}
 		log.Info("agent stopping; the device, datapath and strict rules stay in place")
 		return nil
 	case err := <-errc:

@@ -1,0 +1,483 @@
+// Package kubetest runs a real etcd and kube-apiserver on loopback for
+// tests (in the manner of controller-runtime's envtest), from the binaries
+// k8s/tools/build.sh caches outside the repository. A test that needs them
+// skips, naming the command that builds them, when they are not built.
+package kubetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
+)
+
+// RepoRoot is the directory of the confmesh go.mod above the working
+// directory (tests run in their package's directory).
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module github.com/confmesh/confmesh\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("kubetest: no confmesh go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+var (
+	toolsOnce sync.Once
+	toolsDir  string
+	toolsErr  error
+)
+
+// ToolsDir is the cache directory k8s/tools/build.sh builds into (it may
+// not exist yet).
+func ToolsDir() (string, error) {
+	toolsOnce.Do(func() {
+		root, err := RepoRoot()
+		if err != nil {
+			toolsErr = err
+			return
+		}
+		out, err := exec.Command("bash", filepath.Join(root, "k8s", "tools", "build.sh"), "--dir").Output()
+		if err != nil {
+			toolsErr = fmt.Errorf("k8s/tools/build.sh --dir: %w", err)
+			return
+		}
+		toolsDir = strings.TrimSpace(string(out))
+	})
+	return toolsDir, toolsErr
+}
+
+// Tool returns the path of a cached tool, or skips t naming the command
+// that builds it.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	dir, err := ToolsDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("%s is not built (%s missing): run `make k8s-tools` (k8s/tools/build.sh) first", name, p)
+	}
+	return p
+}
+
+// User is a static-token identity the API server authenticates.
+type User struct {
+	Name   string
+	Groups []string
+	Token  string
+}
+
+// APIServer is a running etcd + kube-apiserver pair.
+type APIServer struct {
+	// URL is https://127.0.0.1:<port>.
+	URL string
+	// CAFile holds the certificate authority of the serving certificate.
+	CAFile string
+	// Admin is in system:masters.
+	Admin User
+	// Dir holds the data, certificates and logs.
+	Dir string
+
+	// SAKey is the service-account signing key (for a controller manager).
+	SAKey string
+
+	netns string
+	procs []*exec.Cmd
+}
+
+// Options configures StartAPIServer.
+type Options struct {
+	// Users are extra token identities (e.g. a service account's).
+	Users []User
+	// BindAddress is where the API server listens (127.0.0.1 when empty).
+	BindAddress string
+	// Port is the API server's port (a free one when zero).
+	Port int
+	// ExtraArgs go to kube-apiserver as they are.
+	ExtraArgs []string
+	// NetNS, when set, is the named network namespace (/run/netns/NAME)
+	// etcd and the API server run in; clients dial into it.
+	NetNS string
+	// Dir holds the data (a test temporary directory when empty).
+	Dir string
+}
+
+// StartAPIServer starts etcd and kube-apiserver in a temporary directory
+// and waits (up to two minutes, the machine may be loaded) until the API
+// server is ready. Both stop, by PID, when the test ends.
+func StartAPIServer(t testing.TB, opt Options) *APIServer {
+	t.Helper()
+	etcdBin := Tool(t, "etcd")
+	apiBin := Tool(t, "kube-apiserver")
+	dir := opt.Dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	s, err := start(dir, etcdBin, apiBin, opt)
+	t.Cleanup(s.Stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func start(dir, etcdBin, apiBin string, opt Options) (*APIServer, error) {
+	s := &APIServer{Dir: dir, CAFile: filepath.Join(dir, "certs", "apiserver.crt"), netns: opt.NetNS}
+	s.SAKey = filepath.Join(dir, "sa.key")
+	ports, err := freePorts(3)
+	if err != nil {
+		return s, err
+	}
+	if opt.Port != 0 {
+		ports[2] = opt.Port
+	}
+	bind := opt.BindAddress
+	if bind == "" {
+		bind = "127.0.0.1"
+	}
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	if err := s.spawn("etcd", etcdBin, "--name=kubetest", "--data-dir="+filepath.Join(dir, "etcd"),
+		"--listen-client-urls="+etcdURL, "--advertise-client-urls="+etcdURL,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=kubetest="+peerURL, "--unsafe-no-fsync", "--log-level=warn"); err != nil {
+		return s, err
+	}
+	saKey, saPub, err := serviceAccountKeys(dir)
+	if err != nil {
+		return s, err
+	}
+	s.Admin = User{Name: "kubetest-admin", Groups: []string{"system:masters"}, Token: randomToken()}
+	var tokens strings.Builder
+	for _, u := range append([]User{s.Admin}, opt.Users...) {
+		fmt.Fprintf(&tokens, "%s,%s,%s,\"%s\"\n", u.Token, u.Name, u.Name, strings.Join(u.Groups, ","))
+	}
+	tokenFile := filepath.Join(dir, "tokens.csv")
+	if err := os.WriteFile(tokenFile, []byte(tokens.String()), 0o600); err != nil {
+		return s, err
+	}
+	s.URL = fmt.Sprintf("https://%s", net.JoinHostPort(bind, fmt.Sprint(ports[2])))
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + bind, fmt.Sprintf("--secure-port=%d", ports[2]), "--advertise-address=" + bind,
+		"--cert-dir=" + filepath.Join(dir, "certs"),
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=" + saPub, "--service-account-signing-key-file=" + saKey,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--token-auth-file=" + tokenFile,
+		"--authorization-mode=Node,RBAC",
+		"--endpoint-reconciler-type=none",
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
+		"--enable-priority-and-fairness=false",
+	}
+	if err := s.spawn("kube-apiserver", apiBin, append(args, opt.ExtraArgs...)...); err != nil {
+		return s, err
+	}
+	return s, s.waitReady(2 * time.Minute)
+}
+
+// spawn starts a process whose output goes to <dir>/<name>.log; it dies
+// with the test process (Pdeathsig) if the test is killed.
+func (s *APIServer) spawn(name, bin string, args ...string) error {
+	logf, err := os.Create(filepath.Join(s.Dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	argv := append([]string{bin}, args...)
+	if s.netns != "" {
+		// nsenter execs the program: the PID is the program's own.
+		argv = append([]string{"nsenter", "--net=/run/netns/" + s.netns, "--"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	logf.Close()
+	s.procs = append(s.procs, cmd)
+	return nil
+}
+
+func (s *APIServer) waitReady(limit time.Duration) error {
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS(), DialContext: s.Dial}}
+	deadline := time.Now().Add(limit)
+	var last string
+	for time.Now().Before(deadline) {
+		for _, p := range s.procs {
+			if p.ProcessState != nil {
+				return fmt.Errorf("%s exited: %s", p.Args[len(p.Args)-1], s.logTail(logName(p)))
+			}
+		}
+		req, _ := http.NewRequest(http.MethodGet, s.URL+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+s.Admin.Token)
+		resp, err := cl.Do(req)
+		if err == nil {
+			body := new(bytes.Buffer)
+			_, _ = body.ReadFrom(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("HTTP %d %s", resp.StatusCode, lastLines(body.String(), 3))
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("kube-apiserver not ready within %v (%s); log: %s", limit, last, s.logTail("kube-apiserver"))
+}
+
+func (s *APIServer) logTail(name string) string {
+	data, _ := os.ReadFile(filepath.Join(s.Dir, name+".log"))
+	return lastLines(string(data), 15)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Stop kills the API server and etcd by PID and waits for them.
+func (s *APIServer) Stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		p := s.procs[i]
+		_ = p.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
+	s.procs = nil
+}
+
+// Config is a client configuration for u.
+func (s *APIServer) Config(u User) *rest.Config {
+	return &rest.Config{Host: s.URL, BearerToken: u.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile}, Dial: s.Dial}
+}
+
+// Client is a clientset authenticated as u.
+func (s *APIServer) Client(t testing.TB, u User) kubernetes.Interface {
+	t.Helper()
+	c, err := kubernetes.NewForConfig(s.Config(u))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// WriteKubeconfig writes a kubeconfig for u to path.
+func (s *APIServer) WriteKubeconfig(path string, u User) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: s.URL, CertificateAuthority: s.CAFile}
+	cfg.AuthInfos[u.Name] = &clientcmdapi.AuthInfo{Token: u.Token}
+	cfg.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: u.Name}
+	cfg.CurrentContext = "kubetest"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// WaitFor polls cond every 200 ms until it holds or limit passes.
+func WaitFor(ctx context.Context, limit time.Duration, cond func() bool) bool {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		if cond() {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return cond()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Dial connects from the API server's network namespace (the caller's
+// when it has none).
+func (s *APIServer) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if s.netns == "" {
+		return d.DialContext(ctx, network, addr)
+	}
+	var c net.Conn
+	err := InNetNS(s.netns, func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// InNetNS runs f on an OS thread switched into the named network
+// namespace; sockets f creates stay there.
+func InNetNS(name string, f func() error) error {
+	n, err := ns.GetNS("/run/netns/" + name)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error { return f() })
+}
+
+func logName(c *exec.Cmd) string {
+	for _, a := range c.Args {
+		if b := filepath.Base(a); b == "etcd" || b == "kube-apiserver" {
+			return b
+		}
+	}
+	return filepath.Base(c.Path)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// serviceAccountKeys writes a fresh ECDSA key pair for service account
+// tokens.
+func serviceAccountKeys(dir string) (keyPath, pubPath string, err error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return "", "", err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		return "", "", err
+	}
+	keyPath, pubPath = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	return keyPath, pubPath, os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
+
+// insecureTLS is for the readiness poll only: the serving certificate is
+// written by the API server while it starts, so there is nothing to pin
+// before the first answer; every client after that checks CAFile.
+func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
+
+// ApplyRBAC creates the ClusterRoles, ClusterRoleBindings, Roles and
+// RoleBindings of a manifest file (other kinds are skipped) and returns how
+// many it created, so a test runs with exactly the rights a manifest grants.
+// Namespaced objects without a namespace go into namespace.
+func ApplyRBAC(t testing.TB, c kubernetes.Interface, path, namespace string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	n := 0
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "ClusterRole":
+			var r rbacv1.ClusterRole
+			mustStrict(t, doc, &r)
+			_, err = c.RbacV1().ClusterRoles().Create(ctx, &r, metav1.CreateOptions{})
+		case "ClusterRoleBinding":
+			var b rbacv1.ClusterRoleBinding
+			mustStrict(t, doc, &b)
+			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, &b, metav1.CreateOptions{})
+		case "Role":
+			var r rbacv1.Role
+			mustStrict(t, doc, &r)
+			if r.Namespace == "" {
+				r.Namespace = namespace
+			}
+			_, err = c.RbacV1().Roles(r.Namespace).Create(ctx, &r, metav1.CreateOptions{})
+		case "RoleBinding":
+			var b rbacv1.RoleBinding
+			mustStrict(t, doc, &b)
+			if b.Namespace == "" {
+				b.Namespace = namespace
+			}
+			_, err = c.RbacV1().RoleBindings(b.Namespace).Create(ctx, &b, metav1.CreateOptions{})
+		default:
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %s: %v", path, meta.Kind, err)
+		}
+		n++
+	}
+	return n
+}
+
+func mustStrict(t testing.TB, doc string, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict([]byte(doc), into); err != nil {
+		t.Fatal(err)
+	}
+}
