@@ -15,7 +15,7 @@ import (
 )
 
 // overlays are the installs manifests/ ships; each must render.
-var overlays = []string{"snp", "sim"}
+var overlays = []string{"snp", "tdx", "sim"}
 
 // object is a rendered manifest, read loosely.
 type object = map[string]any
@@ -150,6 +150,27 @@ func TestManifestsRender(t *testing.T) {
 				}
 				if strings.Contains(policy, "simulated") {
 					t.Error("snp policy names a simulated root")
+				}
+			case "tdx":
+				// Likewise with the all-zero MRTD placeholders under
+				// Intel's root; filled in, it trusts Intel's root only and
+				// carries a TDX control-plane list.
+				if err == nil || !strings.Contains(err.Error(), "all-zero placeholder") {
+					t.Errorf("tdx policy as shipped: err = %v, want the placeholder refused", err)
+				}
+				filled := strings.ReplaceAll(policy, strings.Repeat("00", 48), strings.Repeat("5e", 48))
+				p, err := attest.ParsePolicy([]byte(filled))
+				if err != nil {
+					t.Fatalf("tdx policy with MRTDs filled in: %v", err)
+				}
+				if p.TDX == nil || len(p.TDX.MRTDs) != 1 || p.ControlPlane == nil || len(p.ControlPlane.MRTDs) != 1 {
+					t.Errorf("tdx policy: tdx %+v, control plane %+v; want one node MRTD and one control-plane MRTD", p.TDX, p.ControlPlane)
+				}
+				if len(p.TrustedRoots) != 1 || p.TrustedRoots[0].Kind != attest.RootIntel {
+					t.Errorf("tdx policy trusts %v, want Intel's root only", p.TrustedRoots)
+				}
+				if !mountsPath(ag, "agent", "/sys/kernel/config") || !mountsPath(cp, "controlplane", "/sys/kernel/config") {
+					t.Error("tdx overlay: agent or control plane does not mount configfs-tsm (/sys/kernel/config)")
 				}
 			case "sim":
 				if err != nil {
@@ -293,4 +314,23 @@ func toStrings(v any) []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// mountsPath reports whether the named container of workload o mounts
+// something at path.
+func mountsPath(o object, container, path string) bool {
+	cs, _ := dig(o, "spec", "template", "spec", "containers").([]any)
+	for _, c := range cs {
+		cm, _ := c.(map[string]any)
+		if cm["name"] != container {
+			continue
+		}
+		vms, _ := cm["volumeMounts"].([]any)
+		for _, vm := range vms {
+			if m, _ := vm.(map[string]any); m["mountPath"] == path {
+				return true
+			}
+		}
+	}
+	return false
 }
