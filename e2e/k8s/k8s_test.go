@@ -316,6 +316,12 @@ func TestRealCluster(t *testing.T) {
 	})
 
 	s.check("uninstall: kubectl delete -k leaves the nodes clean", func() (string, error) {
+		// Workloads go first, while the CNI plugin can still tear their
+		// sandboxes down (a sandbox whose plugin is gone keeps its network
+		// namespace mounted until the node reboots).
+		if _, err := l.kubectl("delete", "namespace", "e2e", "--wait=true", "--timeout=120s"); err != nil {
+			return "", err
+		}
 		if _, err := l.kubectl("delete", "-k", overlay, "--wait=true", "--timeout=120s"); err != nil {
 			return "", err
 		}
