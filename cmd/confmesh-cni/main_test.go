@@ -485,24 +485,11 @@ func TestParallel(t *testing.T) {
 	e.assertClean()
 }
 
-// run execs the binary directly with the given environment and stdin.
+// run execs the binary directly, in the node's namespace, with the given
+// environment and stdin.
 func (e *env) run(envv []string, stdin string) (*types.Error, string) {
 	e.t.Helper()
-	var out, stderr bytes.Buffer
-	err := e.in(func() error {
-		cmd := exec.Command(filepath.Join(binDir, cni.PluginType))
-		cmd.Env = append([]string{"CNI_PATH=" + binDir}, envv...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &stderr
-		return cmd.Run()
-	})
-	if err == nil {
-		return nil, out.String()
-	}
-	var ce types.Error
-	if jerr := json.Unmarshal(out.Bytes(), &ce); jerr != nil {
-		e.t.Fatalf("failed (%v) without an error result on stdout: %q (stderr %q)", err, out.String(), stderr.String())
-	}
-	return &ce, out.String()
+	return e.runIn(e.hostNS, envv, stdin)
 }
 
 func TestBadInput(t *testing.T) {
