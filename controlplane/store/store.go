@@ -13,6 +13,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"time"
 )
@@ -104,4 +105,33 @@ type Store interface {
 	PutSecret(name string, value []byte) error
 	// Close releases the store.
 	Close() error
+}
+
+// Change is one change to the node set as a shared store reports it.
+type Change struct {
+	// Revision is the store revision of the change. Revisions increase
+	// strictly from change to change but need not be consecutive (the
+	// Kubernetes API store's are resourceVersions).
+	Revision uint64
+	// Node is the node after the change; nil when the node was deleted.
+	Node *NodeRecord
+	// Deleted names the deleted node; empty when Node is set.
+	Deleted string
+}
+
+// Shared is implemented by a store that several control-plane replicas use
+// at once (the Kubernetes API store). Each replica builds its peer-set cache
+// and its watch log from WatchNodes alone, its own writes included, so every
+// replica sees the same changes with the same revisions in the same order
+// and an agent resumes on any replica from the revision it last saw. Bolt
+// (one process, one file) is not Shared: there the server publishes its own
+// writes directly.
+type Shared interface {
+	Store
+	// WatchNodes calls sync with every node and the revision of that list,
+	// then change for every later change in revision order, until ctx ends
+	// (it returns ctx.Err()) or the watch breaks (it returns the error; the
+	// caller calls it again and gets a fresh sync). Callbacks run on one
+	// goroutine, one at a time.
+	WatchNodes(ctx context.Context, sync func(nodes []*NodeRecord, rev uint64), change func(Change)) error
 }
