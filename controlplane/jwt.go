@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -95,8 +96,12 @@ func (s *Server) loadOrCreateJWTKey() (*jwtSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.PutSecret(secretJWTKey, der); err != nil {
-		return nil, err
+	got, err := s.store.CreateSecrets(map[string][]byte{secretJWTKey: der})
+	if err != nil {
+		return nil, fmt.Errorf("store the new JWT key: %w", err)
+	}
+	if !bytes.Equal(got[secretJWTKey], der) { // another replica made one first
+		return s.loadOrCreateJWTKey()
 	}
 	j, err := newJWTSigner(key)
 	if err != nil {

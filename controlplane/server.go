@@ -5,6 +5,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -273,11 +274,14 @@ func (s *Server) loadOrCreateCA() (*identity.CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.PutSecret(secretCAKey, keyDER); err != nil {
-		return nil, err
+	// Created at once or not at all: replicas starting together agree on
+	// one CA (the loser loads the winner's).
+	got, err := s.store.CreateSecrets(map[string][]byte{secretCAKey: keyDER, secretCACert: certDER})
+	if err != nil {
+		return nil, fmt.Errorf("store the new CA: %w", err)
 	}
-	if err := s.store.PutSecret(secretCACert, certDER); err != nil {
-		return nil, err
+	if !bytes.Equal(got[secretCAKey], keyDER) { // another replica made one first
+		return s.loadOrCreateCA()
 	}
 	s.log.Info("created SPIFFE CA", "trustDomain", s.td.String())
 	return ca, nil

@@ -480,3 +480,43 @@ func (s *Bolt) PutSecret(name string, value []byte) error {
 		return nil
 	})
 }
+
+// CreateSecrets implements Store.
+func (s *Bolt) CreateSecrets(values map[string][]byte) (map[string][]byte, error) {
+	if len(values) == 0 {
+		return nil, errors.New("store: create secrets: no secrets given")
+	}
+	for name := range values {
+		if name == "" {
+			return nil, errors.New("store: create secrets: a name is empty")
+		}
+	}
+	out := map[string][]byte{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSecrets)
+		found := 0
+		for name := range values {
+			if v, ok := get(b, []byte(name)); ok {
+				out[name] = append([]byte{}, v...)
+				found++
+			}
+		}
+		switch {
+		case found == len(values):
+			return nil
+		case found > 0:
+			return fmt.Errorf("store: create secrets: %d of %d already exist: %w", found, len(values), ErrPartialSecrets)
+		}
+		for name, v := range values {
+			if err := b.Put([]byte(name), append([]byte{}, v...)); err != nil {
+				return fmt.Errorf("store: write secret %q: %w", name, err)
+			}
+			out[name] = append([]byte{}, v...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -666,3 +666,26 @@ func TestClosedStoreErrors(t *testing.T) {
 		t.Fatalf("GetNode on closed store: %v", err)
 	}
 }
+
+func TestCreateSecretsOnceAndAllOrNothing(t *testing.T) {
+	s, err := OpenBolt(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	first := map[string][]byte{"a": []byte("1"), "b": []byte("2")}
+	got, err := s.CreateSecrets(first)
+	if err != nil || string(got["a"]) != "1" || string(got["b"]) != "2" {
+		t.Fatalf("first create: %v %q", err, got)
+	}
+	got, err = s.CreateSecrets(map[string][]byte{"a": []byte("x"), "b": []byte("y")})
+	if err != nil || string(got["a"]) != "1" || string(got["b"]) != "2" {
+		t.Fatalf("second create must return the stored values: %v %q", err, got)
+	}
+	if _, err := s.CreateSecrets(map[string][]byte{"a": []byte("x"), "c": []byte("z")}); !errors.Is(err, ErrPartialSecrets) {
+		t.Fatalf("partial: err %v, want ErrPartialSecrets", err)
+	}
+	if _, err := s.GetSecret("c"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused create wrote c: %v", err)
+	}
+}

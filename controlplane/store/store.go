@@ -21,6 +21,10 @@ import (
 // ErrNotFound is returned (wrapped; test with errors.Is) when a record is absent.
 var ErrNotFound = errors.New("not found")
 
+// ErrPartialSecrets is returned (wrapped) by CreateSecrets when only some of
+// the secrets exist: state no control plane wrote, repaired by an operator.
+var ErrPartialSecrets = errors.New("only some of the secrets exist")
+
 // NodeRecord is one admitted (or rejected) node.
 type NodeRecord struct {
 	Name         string    `json:"name"`
@@ -103,6 +107,12 @@ type Store interface {
 	GetSecret(name string) ([]byte, error)
 	// PutSecret creates or replaces the named secret.
 	PutSecret(name string, value []byte) error
+	// CreateSecrets creates every named secret at once if none of them
+	// exists, and returns what is stored afterwards: values when it created
+	// them, else the stored ones (another replica won the race). Some but
+	// not all existing is an error wrapping ErrPartialSecrets and changes
+	// nothing. Used for secrets that must be made exactly once (the CA).
+	CreateSecrets(values map[string][]byte) (map[string][]byte, error)
 	// Close releases the store.
 	Close() error
 }
