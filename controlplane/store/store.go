@@ -21,6 +21,10 @@ import (
 // ErrNotFound is returned (wrapped; test with errors.Is) when a record is absent.
 var ErrNotFound = errors.New("not found")
 
+// ErrConflict is returned (wrapped) when a write lost a race with another
+// writer (another replica): the caller reads again and decides again.
+var ErrConflict = errors.New("conflicting write")
+
 // ErrPartialSecrets is returned (wrapped) by CreateSecrets when only some of
 // the secrets exist: state no control plane wrote, repaired by an operator.
 var ErrPartialSecrets = errors.New("only some of the secrets exist")
@@ -144,4 +148,10 @@ type Shared interface {
 	// caller calls it again and gets a fresh sync). Callbacks run on one
 	// goroutine, one at a time.
 	WatchNodes(ctx context.Context, sync func(nodes []*NodeRecord, rev uint64), change func(Change)) error
+	// Lead runs fn while this replica holds the store's leader lease (fn's
+	// context ends when the lease is lost) and returns when ctx ends. Work
+	// that wants one writer at a time across replicas (the periodic
+	// re-evaluation sweep) runs inside it; correctness never depends on it
+	// (writes are checked by the store's optimistic concurrency).
+	Lead(ctx context.Context, fn func(ctx context.Context)) error
 }
