@@ -49,6 +49,21 @@ func startWatch(t *testing.T, s *Store) (*watcher, context.CancelFunc) {
 	return w, cancel
 }
 
+func (w *watcher) waitSync(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		n := w.syncs
+		w.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("timed out waiting for the list")
+}
+
 func (w *watcher) waitChanges(t *testing.T, n int) []store.Change {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -78,21 +93,8 @@ func TestRevisionsSparseAndShared(t *testing.T) {
 	}
 	wa, _ := startWatch(t, a)
 	wc, _ := startWatch(t, c)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		wa.mu.Lock()
-		wc.mu.Lock()
-		ok := wa.syncs == 1 && wc.syncs == 1
-		wa.mu.Unlock()
-		wc.mu.Unlock()
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no sync")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	wa.waitSync(t)
+	wc.waitSync(t)
 	if len(wa.nodes) != 1 || wa.nodes["n0"] == nil {
 		t.Fatalf("sync listed %v, want n0", wa.nodes)
 	}
@@ -176,6 +178,7 @@ func TestCutAndBreak(t *testing.T) {
 	}
 	a.Restore()
 	w2, _ := startWatch(t, a)
+	w2.waitSync(t)
 	if _, err := c.PutNode(node("z")); err != nil {
 		t.Fatal(err)
 	}
