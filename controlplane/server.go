@@ -114,11 +114,11 @@ type Server struct {
 	store store.Store
 	// shared is the store when replicas share it, else nil.
 	shared store.Shared
-	alloc *ipam.Allocator
-	ca    *identity.CA
-	jwt   *jwtSigner
-	td    spiffeid.TrustDomain
-	id    spiffeid.ID
+	alloc  *ipam.Allocator
+	ca     *identity.CA
+	jwt    *jwtSigner
+	td     spiffeid.TrustDomain
+	id     spiffeid.ID
 
 	tlsKey  crypto.Signer
 	tlsCert *x509.Certificate
@@ -134,8 +134,8 @@ type Server struct {
 	// cacheListed: the shared store has been listed into the cache once.
 	cacheListed bool
 	health      storeHealth
-	verifier *attest.Verifier
-	policy   *attest.Policy
+	verifier    *attest.Verifier
+	policy      *attest.Policy
 
 	nodes      *nodeCache // guarded by mu
 	challenges *challenges
