@@ -118,6 +118,10 @@ func Open(ctx context.Context, opt Options) (*Store, error) {
 		opt.Timeout = 15 * time.Second
 	}
 	cfg := rest.CopyConfig(opt.Config)
+	if cfg.QPS == 0 && cfg.RateLimiter == nil {
+		// client-go's default (5/s, bursts of 10) would throttle joins.
+		cfg.QPS, cfg.Burst = 100, 200
+	}
 	core, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubestore: %w", err)

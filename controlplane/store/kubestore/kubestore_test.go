@@ -9,10 +9,15 @@ import (
 	"testing"
 	"time"
 
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/controlplane/store/kubestore"
 	"github.com/confmesh/confmesh/controlplane/store/storetest"
+	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/confmesh/confmesh/internal/kubetest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -236,5 +241,43 @@ func TestOpenWithoutCRDs(t *testing.T) {
 	}
 	if _, err := kubestore.Open(context.Background(), kubestore.Options{Config: api.Config(api.Admin), Namespace: "Not_A_Namespace"}); err == nil {
 		t.Fatal("Open with an invalid namespace succeeded")
+	}
+}
+
+// TestReplicasOnTheAPI runs two control-plane replicas on kubestore: a node
+// joins through one, the other lists it (what `confmesh nodes` shows), an
+// operator revokes it through the other, and the machine cannot join
+// again through either.
+func TestReplicasOnTheAPI(t *testing.T) {
+	e := setup(t)
+	start := func(name string) *cptest.ControlPlane {
+		return cptest.Start(t, cptest.Options{Store: e.open(t, name)})
+	}
+	r1, r2 := start("replica-1"), start("replica-2")
+	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	joined := a.Join(t, r1)
+	ctx := context.Background()
+	var listed *cpv1.ListNodesResponse
+	if !kubetest.WaitFor(ctx, 30*time.Second, func() bool {
+		var err error
+		listed, err = r2.AdminClient(t).ListNodes(ctx, &cpv1.ListNodesRequest{})
+		return err == nil && len(listed.GetNodes()) == 1
+	}) {
+		t.Fatalf("the other replica does not list the joined node: %v", listed)
+	}
+	if n := listed.GetNodes()[0]; n.GetName() != "node-a" || n.GetPodCidr() != joined.GetPodCidr() {
+		t.Fatalf("the other replica lists %v; want node-a with %s", n, joined.GetPodCidr())
+	}
+	if _, err := r2.AdminClient(t).RevokeNode(ctx, &cpv1.RevokeNodeRequest{Name: "node-a"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*cptest.ControlPlane{r1, r2} {
+		if _, err := a.TryJoin(t, r); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("a revoked machine joins again: %v", err)
+		}
+	}
+	revs, err := e.dyn.Resource(kubestore.RevocationsGVR).List(ctx, metav1.ListOptions{})
+	if err != nil || len(revs.Items) != 1 {
+		t.Fatalf("NodeRevocations: %v, %v", revs, err)
 	}
 }
