@@ -20,6 +20,7 @@ import (
 	"github.com/confmesh/confmesh/controlplane"
 	"github.com/confmesh/confmesh/controlplane/ipam"
 	"github.com/google/go-sev-guest/abi"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 )
 
@@ -32,6 +33,14 @@ const (
 	DefaultSimName       = "controlplane"
 	DefaultLogFormat     = "json"
 	DefaultLogLevel      = "info"
+	// DefaultStore keeps the state in bbolt under the state directory.
+	DefaultStore = StoreBolt
+	// DefaultStoreNamespace holds the Kubernetes store's Secret and Lease.
+	DefaultStoreNamespace = "confmesh-system"
+
+	// StoreBolt and StoreKubernetes are the values of --store.
+	StoreBolt       = "bolt"
+	StoreKubernetes = "kubernetes"
 
 	// StateFile is the bbolt file inside the state directory.
 	StateFile = "state.db"
@@ -57,6 +66,15 @@ type Config struct {
 	Policy string `json:"policy"`
 	// StateDir holds state.db (bbolt) and the admin credential directory.
 	StateDir string `json:"stateDir"`
+	// Store is where the state lives: bolt (state.db in StateDir, one
+	// control plane) or kubernetes (the Kubernetes API, any number of
+	// replicas).
+	Store string `json:"store"`
+	// Kubeconfig reaches the API server for the kubernetes store; empty:
+	// the in-cluster service account.
+	Kubeconfig string `json:"kubeconfig"`
+	// StoreNamespace holds the kubernetes store's Secret and leader Lease.
+	StoreNamespace string `json:"storeNamespace"`
 	// Listen is the agents' TCP address, host:port.
 	Listen string `json:"listen"`
 	// AdminSocket is the unix socket of the Admin service.
@@ -104,21 +122,23 @@ type Config struct {
 // Default returns the settings used when neither file nor flag sets them.
 func Default() Config {
 	return Config{
-		StateDir:      DefaultStateDir,
-		Listen:        DefaultListen,
-		AdminSocket:   DefaultAdminSocket,
-		MetricsListen: DefaultMetricsListen,
-		ClusterCIDR:   controlplane.DefaultClusterCIDR,
-		NodePrefixLen: controlplane.DefaultNodePrefixLen,
-		MTUHint:       controlplane.DefaultMTUHint,
-		SVIDTTL:       Duration(controlplane.DefaultSVIDTTL),
-		WorkloadTTL:   Duration(controlplane.DefaultWorkloadTTL),
-		SweepInterval: Duration(controlplane.DefaultSweepInterval),
-		SourceRate:    controlplane.DefaultSourceRate,
-		SourceBurst:   controlplane.DefaultSourceBurst,
-		SimName:       DefaultSimName,
-		LogFormat:     DefaultLogFormat,
-		LogLevel:      DefaultLogLevel,
+		StateDir:       DefaultStateDir,
+		Store:          DefaultStore,
+		StoreNamespace: DefaultStoreNamespace,
+		Listen:         DefaultListen,
+		AdminSocket:    DefaultAdminSocket,
+		MetricsListen:  DefaultMetricsListen,
+		ClusterCIDR:    controlplane.DefaultClusterCIDR,
+		NodePrefixLen:  controlplane.DefaultNodePrefixLen,
+		MTUHint:        controlplane.DefaultMTUHint,
+		SVIDTTL:        Duration(controlplane.DefaultSVIDTTL),
+		WorkloadTTL:    Duration(controlplane.DefaultWorkloadTTL),
+		SweepInterval:  Duration(controlplane.DefaultSweepInterval),
+		SourceRate:     controlplane.DefaultSourceRate,
+		SourceBurst:    controlplane.DefaultSourceBurst,
+		SimName:        DefaultSimName,
+		LogFormat:      DefaultLogFormat,
+		LogLevel:       DefaultLogLevel,
 	}
 }
 
@@ -137,7 +157,7 @@ func Load(path string) (Config, error) {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.Policy, &c.StateDir, &c.AdminSocket, &c.SimDir, &c.KDSCache} {
+	for _, p := range []*string{&c.Policy, &c.StateDir, &c.AdminSocket, &c.SimDir, &c.KDSCache, &c.Kubeconfig} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -157,6 +177,18 @@ func (c *Config) Validate() error {
 	}
 	if c.StateDir == "" {
 		bad("state-dir", "stateDir", "must not be empty")
+	}
+	switch c.Store {
+	case StoreBolt:
+		if c.Kubeconfig != "" {
+			bad("kubeconfig", "kubeconfig", "configures the kubernetes store and needs --store=kubernetes")
+		}
+	case StoreKubernetes:
+		if errs := validation.IsDNS1123Label(c.StoreNamespace); len(errs) > 0 {
+			bad("store-namespace", "storeNamespace", "%q is not a namespace name: %s", c.StoreNamespace, strings.Join(errs, "; "))
+		}
+	default:
+		bad("store", "store", "%q: want %s (a bbolt file in the state directory) or %s (the Kubernetes API)", c.Store, StoreBolt, StoreKubernetes)
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "listen", "%q: want host:port: %v", c.Listen, err)

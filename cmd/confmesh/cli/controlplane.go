@@ -18,12 +18,15 @@ import (
 	"github.com/confmesh/confmesh/controlplane"
 	"github.com/confmesh/confmesh/controlplane/config"
 	"github.com/confmesh/confmesh/controlplane/store"
+	"github.com/confmesh/confmesh/controlplane/store/kubestore"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/google/go-sev-guest/verify/trust"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // shutdownTimeout bounds the graceful stop of the HTTP server (the gRPC
@@ -45,6 +48,12 @@ node and streams the verified peer set to the agents. Agents verify the
 control plane's own evidence (bound to its TLS key) before they send
 anything, so it must run in a TEE: real SEV-SNP, or with --sim-dir the
 simulated TEE (development and CI only).
+
+State: with --store=bolt (the default) a bbolt file in --state-dir, for
+one control plane; with --store=kubernetes the Kubernetes API (confmesh.io
+custom resources, a Secret and a Lease in --store-namespace; install
+manifests/base/crds.yaml and rbac.yaml first), shared by any number of
+replicas. Either way the admin credential is written to --state-dir.
 
 Settings come from flags and an optional YAML config file (--config); a flag
 given on the command line overrides the file. Config keys are the flag names
@@ -81,6 +90,9 @@ error or an unreadable config or policy file.`,
 	fl.StringVar(&configPath, "config", "", "YAML config `FILE`; flags given on the command line override it")
 	fl.StringVar(&fv.Policy, "policy", "", "attestation policy `FILE` (required)")
 	fl.StringVar(&fv.StateDir, "state-dir", fv.StateDir, "state `DIR`: state.db (bbolt) and the admin credential directory admin/")
+	fl.StringVar(&fv.Store, "store", fv.Store, "where the state lives: `bolt` (state.db in --state-dir; one control plane) or kubernetes (the Kubernetes API; any number of replicas)")
+	fl.StringVar(&fv.Kubeconfig, "kubeconfig", "", "kubeconfig `FILE` for --store=kubernetes (default: the in-cluster service account)")
+	fl.StringVar(&fv.StoreNamespace, "store-namespace", fv.StoreNamespace, "`NAMESPACE` of the kubernetes store's Secret (CA and JWT keys) and leader Lease")
 	fl.StringVar(&fv.Listen, "listen", fv.Listen, "agents' TCP `ADDR` (host:port)")
 	fl.StringVar(&fv.AdminSocket, "admin-socket", fv.AdminSocket, "Admin service unix socket `PATH` (mode 0600; a stale file is removed)")
 	fl.StringVar(&fv.MetricsListen, "metrics-listen", fv.MetricsListen, "`ADDR` for /metrics, /healthz and /readyz (plain HTTP; empty disables)")
@@ -129,6 +141,12 @@ func applyFlag(dst, src *config.Config, name string) {
 		dst.Policy = src.Policy
 	case "state-dir":
 		dst.StateDir = src.StateDir
+	case "store":
+		dst.Store = src.Store
+	case "kubeconfig":
+		dst.Kubeconfig = src.Kubeconfig
+	case "store-namespace":
+		dst.StoreNamespace = src.StoreNamespace
 	case "listen":
 		dst.Listen = src.Listen
 	case "admin-socket":
@@ -299,6 +317,33 @@ func listenAdmin(path string) (net.Listener, error) {
 	return lis, nil
 }
 
+// openStore opens the store --store names: the bbolt file in the state
+// directory, or the Kubernetes API (the CRDs must be installed).
+func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
+	if cfg.Store != config.StoreKubernetes {
+		st, err := store.OpenBolt(cfg.StatePath())
+		if err != nil {
+			return nil, failf("controlplane: %v", err)
+		}
+		return st, nil
+	}
+	var rc *rest.Config
+	var err error
+	if cfg.Kubeconfig != "" {
+		if rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err != nil {
+			return nil, failf("controlplane: --kubeconfig %s: %v", cfg.Kubeconfig, err)
+		}
+	} else if rc, err = rest.InClusterConfig(); err != nil {
+		return nil, failf("controlplane: --store=kubernetes: no --kubeconfig and not in a cluster: %v", err)
+	}
+	st, err := kubestore.Open(ctx, kubestore.Options{Config: rc, Namespace: cfg.StoreNamespace})
+	if err != nil {
+		return nil, failf("controlplane: %v", err)
+	}
+	log.Info("state in the Kubernetes API", "api", rc.Host, "namespace", cfg.StoreNamespace, "replica", st.Identity())
+	return st, nil
+}
+
 // runControlPlane runs until ctx ends (SIGINT/SIGTERM) or a server fails.
 // hup delivers SIGHUP: reload the policy.
 func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, tdxColl *tdxCollateralFlags, hup <-chan os.Signal) error {
@@ -329,11 +374,12 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, t
 			"policy", cfg.Policy, "tee", prov.TEE(), "err", err)
 	}
 
-	st, err := store.OpenBolt(cfg.StatePath())
+	st, err := openStore(ctx, &cfg, log)
 	if err != nil {
-		return failf("controlplane: %v", err)
+		return err
 	}
 	defer st.Close()
+	_, shared := st.(store.Shared)
 
 	srv, err := controlplane.New(controlplane.Config{
 		Policy: policy, Provider: prov, Store: st,
@@ -349,8 +395,12 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, t
 	// Nodes stored by a previous run are judged by the policy in force now
 	// (it may have changed, or SVIDs expired, while the control plane was
 	// down), before any agent is served; the periodic sweep takes over.
-	if err := srv.Sweep(); err != nil {
-		log.Error("start-up sweep", "err", err)
+	// With a shared store the replica holding the leader lease sweeps
+	// (srv.Run), once its cache has listed the store.
+	if !shared {
+		if err := srv.Sweep(); err != nil {
+			log.Error("start-up sweep", "err", err)
+		}
 	}
 	if err := srv.WriteAdminCredential(cfg.AdminDir()); err != nil {
 		return failf("controlplane: admin credential in %s: %v", cfg.AdminDir(), err)

@@ -541,6 +541,9 @@ func TestControlPlaneUsageErrors(t *testing.T) {
 	run(t, "controlplane", "--policy", "p.yaml", "--sim-dir", dir, "--sim-measurement", "abcd").want(t, 2, "--sim-measurement", "want 48")
 	run(t, "controlplane", "--policy", "p.yaml", "--svid-ttl", "soon").want(t, 2, "svid-ttl")
 	run(t, "controlplane", "--policy", "p.yaml", "--log-format", "xml").want(t, 2, "--log-format")
+	run(t, "controlplane", "--policy", "p.yaml", "--store", "etcd").want(t, 2, "--store (store)", `"etcd"`, "want bolt", "kubernetes")
+	run(t, "controlplane", "--policy", "p.yaml", "--kubeconfig", "k.yaml").want(t, 2, "--kubeconfig", "needs --store=kubernetes")
+	run(t, "controlplane", "--policy", "p.yaml", "--store", "kubernetes", "--store-namespace", "Bad_NS").want(t, 2, "--store-namespace", `"Bad_NS"`)
 	run(t, "controlplane", "--policy", filepath.Join(dir, "nope.yaml"), "--sim-dir", simDir).want(t, 2, "nope.yaml")
 	run(t, "controlplane", "stray", "--policy", "p.yaml").want(t, 2, "unknown command")
 	// An invalid policy is exit 1, naming the problem.
