@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -162,6 +163,35 @@ func TestKubeContract(t *testing.T) {
 		if cidr, _, _ := unstructured.NestedString(claims.Items[0].Object, "spec", "cidr"); cidr != "10.244.5.0/24" {
 			t.Fatalf("claim for %q", cidr)
 		}
+		if _, _, err := s.RevokeNode("web-1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.PutNode(n); err != nil {
+			t.Fatal(err)
+		}
+		// The printer columns, as an operator sees them.
+		kubectl := kubetest.Tool(t, "kubectl")
+		kc := filepath.Join(t.TempDir(), "kubeconfig")
+		if err := e.api.WriteKubeconfig(kc, e.api.Admin); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(kubectl, "--kubeconfig", kc, "get", "attestednodes").CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl get attestednodes: %v\n%s", err, out)
+		}
+		t.Logf("kubectl get attestednodes:\n%s", out)
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "NAME TEE MEASUREMENT POD CIDR ATTESTED EXPIRES STATE" {
+			t.Fatalf("kubectl get attestednodes header:\n%s", out)
+		}
+		if f := strings.Fields(lines[1]); len(f) != 7 || f[0] != "web-1" || f[1] != "sev-snp" || f[2] != "abababababababab" || f[3] != "10.244.5.0/24" || f[6] != "active" {
+			t.Fatalf("kubectl get attestednodes row: %q", f)
+		}
+		out, err = exec.Command(kubectl, "--kubeconfig", kc, "get", "noderevocations").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "web-1") {
+			t.Fatalf("kubectl get noderevocations: %v\n%s", err, out)
+		}
+		t.Logf("kubectl get noderevocations:\n%s", out)
 	})
 	t.Run("APIServerGoesAwayAndComesBack", func(t *testing.T) {
 		e.reset(t)
