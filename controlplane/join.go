@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
@@ -237,6 +238,12 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 				"expired", prev.ExpiresAt.UTC().Format(time.RFC3339), "previousChip", shortHex(prev.ChipID))
 		}
 	}
+	if !podCIDR.IsValid() {
+		var rf *refusal
+		if podCIDR, rf = s.clusterPodCIDR(req.GetName(), used); rf != nil {
+			return nil, rf
+		}
+	}
 	kept := podCIDR.IsValid()
 	if !kept {
 		if podCIDR, err = s.alloc.Allocate(used); err != nil {
@@ -282,6 +289,33 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 		ClusterCidr: s.alloc.Cluster().String(), MtuHint: s.cfg.MTUHint, SpiffeId: svid.URIs[0].String(),
 		ExpiresAt: timestamppb.New(svid.NotAfter), JwtBundle: s.JWTBundle(),
 	}, nil
+}
+
+// clusterPodCIDR is the pod CIDR the cluster assigned to node name
+// (Node.spec.podCIDR, when the store knows it), if it is a node prefix of
+// the cluster CIDR that no other node holds; else the zero prefix and the
+// allocator picks. A store that cannot answer refuses the join.
+func (s *Server) clusterPodCIDR(name string, used []netip.Prefix) (netip.Prefix, *refusal) {
+	src, ok := s.store.(store.ClusterPodCIDRs)
+	if !ok {
+		return netip.Prefix{}, nil
+	}
+	cidr, err := src.ClusterPodCIDR(name)
+	if err != nil {
+		rf := refuse("store_unavailable", codes.Unavailable, "pod CIDR of node %q: %v; retry or use another replica", name, err)
+		rf.cause = err
+		return netip.Prefix{}, rf
+	}
+	if cidr == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil || !s.alloc.Contains(p) || slices.Contains(used, p) {
+		s.log.Warn("the cluster's pod CIDR for this node is not a free node prefix of --cluster-cidr; allocating another",
+			"node", name, "podCIDR", cidr, "clusterCIDR", s.alloc.Cluster().String())
+		return netip.Prefix{}, nil
+	}
+	return p, nil
 }
 
 // maxCIDRRetries bounds how many pod CIDRs a join tries when other

@@ -136,6 +136,15 @@ type Store interface {
 	Close() error
 }
 
+// ClusterPodCIDRs is implemented by a store that knows the pod CIDR the
+// cluster itself assigned to a node (the Kubernetes API store reads
+// Node.spec.podCIDR), so confmesh routes the pod CIDR the kubelet uses.
+type ClusterPodCIDRs interface {
+	// ClusterPodCIDR returns the pod CIDR the cluster assigned to the node
+	// named name, or "" when it assigned none (no such Node, or no CIDR).
+	ClusterPodCIDR(name string) (string, error)
+}
+
 // Change is one change to the node set as a shared store reports it.
 type Change struct {
 	// Revision is the store revision of the change. Revisions increase

@@ -513,6 +513,24 @@ func (s *Store) Revision() (uint64, error) {
 	return rev, nil
 }
 
+// ClusterPodCIDR implements store.ClusterPodCIDRs: the spec.podCIDR of
+// the Kubernetes Node named name ("" when there is no such Node or it has
+// no pod CIDR).
+func (s *Store) ClusterPodCIDR(name string) (string, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	n, err := s.core.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("kubestore: read Node %q: %w", name, err)
+	}
+	return n.Spec.PodCIDR, nil
+}
+
+var _ store.ClusterPodCIDRs = (*Store)(nil)
+
 // ---- revocations ----
 
 func (s *Store) findRevocation(label string, value []byte, match func(*store.Revocation) bool) (*store.Revocation, bool, error) {

@@ -284,14 +284,29 @@ func TestReplicasOnTheAPI(t *testing.T) {
 		return cptest.Start(t, cptest.Options{Store: e.open(t, name)})
 	}
 	r1, r2 := start("replica-1"), start("replica-2")
+	ctx := context.Background()
+	// The cluster assigned node-a a pod CIDR (inside confmesh's cluster
+	// CIDR): the join takes it. node-b's is outside: the allocator picks.
+	for name, cidr := range map[string]string{"node-a": "10.244.77.0/24", "node-b": "192.168.7.0/24"} {
+		kn := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: cidr}}
+		if _, err := e.admin.CoreV1().Nodes().Create(ctx, kn, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	a := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
 	joined := a.Join(t, r1)
-	ctx := context.Background()
+	if joined.GetPodCidr() != "10.244.77.0/24" {
+		t.Fatalf("node-a got pod CIDR %s, not its Node.spec.podCIDR 10.244.77.0/24", joined.GetPodCidr())
+	}
+	b := cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	if got := b.Join(t, r2).GetPodCidr(); got == "192.168.7.0/24" || got == joined.GetPodCidr() {
+		t.Fatalf("node-b got pod CIDR %s", got)
+	}
 	var listed *cpv1.ListNodesResponse
 	if !kubetest.WaitFor(ctx, 30*time.Second, func() bool {
 		var err error
 		listed, err = r2.AdminClient(t).ListNodes(ctx, &cpv1.ListNodesRequest{})
-		return err == nil && len(listed.GetNodes()) == 1
+		return err == nil && len(listed.GetNodes()) == 2
 	}) {
 		t.Fatalf("the other replica does not list the joined node: %v", listed)
 	}
