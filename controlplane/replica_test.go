@@ -33,15 +33,23 @@ func startReplicas(t *testing.T, n int, tune func(i int, cfg *controlplane.Confi
 	t.Helper()
 	rs := &replicaSet{backend: memstore.New()}
 	for i := 0; i < n; i++ {
-		st := rs.backend.Open()
-		o := cptest.Options{Store: st, SourceBurst: 1000, SourceRate: 1000}
-		if tune != nil {
-			o.Tune = func(cfg *controlplane.Config) { tune(i, cfg) }
-		}
-		rs.cps = append(rs.cps, cptest.Start(t, o))
-		rs.stores = append(rs.stores, st)
+		rs.add(t, tune)
 	}
 	return rs
+}
+
+// add starts one more replica.
+func (rs *replicaSet) add(t *testing.T, tune func(i int, cfg *controlplane.Config)) *cptest.ControlPlane {
+	t.Helper()
+	i, st := len(rs.cps), rs.backend.Open()
+	o := cptest.Options{Store: st, SourceBurst: 1000, SourceRate: 1000}
+	if tune != nil {
+		o.Tune = func(cfg *controlplane.Config) { tune(i, cfg) }
+	}
+	c := cptest.Start(t, o)
+	rs.cps = append(rs.cps, c)
+	rs.stores = append(rs.stores, st)
+	return c
 }
 
 func newAgent(t *testing.T, name string) *cptest.Agent {
@@ -118,10 +126,12 @@ func upsertRevision(evs []*cpv1.WatchEvent, name string) uint64 {
 
 // TestReplicasShareThePeerSet: a node that joins on replica A appears in
 // a watch on replica B, at the same revision on both; revisions are
-// sparse; and a join answers only once the replica serves its own write.
+// sparse; and a join answers only once the replica serves its own write
+// (bounded by StoreWait).
 func TestReplicasShareThePeerSet(t *testing.T) {
-	rs := startReplicas(t, 2, nil)
-	a, b := rs.cps[0], rs.cps[1]
+	const storeWait = time.Second
+	rs := startReplicas(t, 2, func(_ int, cfg *controlplane.Config) { cfg.StoreWait = storeWait })
+	a, b, stA := rs.cps[0], rs.cps[1], rs.stores[0]
 	x, y := newAgent(t, "node-x"), newAgent(t, "node-y")
 	x.Join(t, a)
 	y.Join(t, b)
@@ -130,9 +140,16 @@ func TestReplicasShareThePeerSet(t *testing.T) {
 	wx := watch(t, x.MTLS(t, a), 0)
 	wx.waitFor(t, "node-y (joined on B) in the snapshot on A", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-y"] != nil })
 
+	// A's watch lags 200 ms: the join answers only after A has its own
+	// write, and a watch opened on A right then starts with z.
 	z := newAgent(t, "node-z")
+	stA.HoldWatch()
+	time.AfterFunc(200*time.Millisecond, stA.ReleaseWatch) // the lag under test
+	start := time.Now()
 	z.Join(t, a)
-	// The join answered: a watch opened on A right now starts with z.
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("join answered after %s, before the replica's watch brought the write back", d)
+	}
 	fresh := watch(t, y.MTLS(t, a), 0)
 	fresh.waitFor(t, "snapshot", func(evs []*cpv1.WatchEvent, _ error) bool { return len(evs) > 0 })
 	if evs, _ := fresh.snapshotEvents(); evs[0].GetSnapshot() == nil || peers(evs[:1])["node-z"] == nil {
@@ -153,18 +170,30 @@ func TestReplicasShareThePeerSet(t *testing.T) {
 	eventually(t, "both replicas at the same revision", func() bool {
 		return metricValue(t, a, "confmesh_controlplane_revision") == metricValue(t, b, "confmesh_controlplane_revision")
 	})
+
+	// A's watch does not bring the write back within StoreWait: the join
+	// is stored but answered with Unavailable (the agent retries).
+	stA.HoldWatch()
+	start = time.Now()
+	_, err := newAgent(t, "node-late").TryJoin(t, a)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "has not seen it") || time.Since(start) < storeWait {
+		t.Fatalf("join while A's watch is held: %v after %s; want Unavailable after %s", err, time.Since(start), storeWait)
+	}
+	stA.ReleaseWatch()
+	wy.waitFor(t, "the late node on B all the same", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-late"] != nil })
 }
 
 // TestWatchResumesOnAnotherReplica: an agent whose watch on A ended at
-// revision R resumes on B from R and receives exactly the deltas it
-// missed (the same a watcher that stayed on A got), no snapshot.
+// revision R resumes on B (started after R, so its log begins there and
+// the next revision is R plus more than one) and receives exactly the
+// deltas it missed (the same a watcher that stayed on A got), no snapshot.
 func TestWatchResumesOnAnotherReplica(t *testing.T) {
-	rs := startReplicas(t, 2, nil)
-	a, b := rs.cps[0], rs.cps[1]
+	rs := startReplicas(t, 1, nil)
+	a := rs.cps[0]
 	x, y, v := newAgent(t, "node-x"), newAgent(t, "node-y"), newAgent(t, "node-v")
 	x.Join(t, a)
 	y.Join(t, a)
-	v.Join(t, b)
+	v.Join(t, a)
 	wy := watch(t, y.MTLS(t, a), 0)
 	wy.waitFor(t, "snapshot with x and v", func(evs []*cpv1.WatchEvent, _ error) bool {
 		return peers(evs)["node-x"] != nil && peers(evs)["node-v"] != nil
@@ -174,6 +203,7 @@ func TestWatchResumesOnAnotherReplica(t *testing.T) {
 	wy.cancel()
 	<-wy.done
 	ref := watch(t, v.MTLS(t, a), from) // stays on A throughout
+	b := rs.add(t, nil)
 
 	// What y misses, written on both replicas.
 	z, w := newAgent(t, "node-z"), newAgent(t, "node-w")
