@@ -597,6 +597,7 @@ simDir: sim
 		var a, b config.Config
 		b = config.Default()
 		b.Policy, b.SimDir, b.SimMeasurement, b.SimDebug, b.KDSCache = "x", "x", "x", true, "x"
+		b.Store, b.Kubeconfig, b.StoreNamespace = "x", "x", "x"
 		b.DNSNames, b.IPs = []string{"x"}, []string{"x"}
 		b.NodePrefixLen, b.MTUHint = 99, 99
 		b.SVIDTTL, b.WorkloadTTL, b.SweepInterval = 99, 99, 99

@@ -29,8 +29,10 @@ import (
 // account: a node joins through one, `confmesh nodes` on the other lists
 // it, a revoke through the other keeps the machine out of both, and the
 // API lists the AttestedNode and NodeRevocation.
+//
+// Not parallel: an API server starting next to the package's parallel
+// tests on a loaded machine can miss its two-minute readiness limit.
 func TestControlPlaneBinaryKubernetesStore(t *testing.T) {
-	t.Parallel()
 	const ns = "confmesh-system"
 	sa := kubetest.User{
 		Name:   "system:serviceaccount:" + ns + ":confmesh-controlplane",
