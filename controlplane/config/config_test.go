@@ -65,6 +65,13 @@ simDir: sim
 			t.Errorf("%q: err = %v, want %q", tc.body, err, tc.want)
 		}
 	}
+	k, err := Load(write(t, dir, "kube.yaml", "policy: p\nstore: kubernetes\nkubeconfig: kc\nstoreNamespace: cm\n"))
+	if err != nil || k.Store != StoreKubernetes || k.Kubeconfig != filepath.Join(dir, "kc") || k.StoreNamespace != "cm" || k.Validate() != nil {
+		t.Fatalf("kubernetes store keys: %+v, %v", k, err)
+	}
+	if c.Store != StoreBolt || c.StoreNamespace != DefaultStoreNamespace {
+		t.Fatalf("store defaults: %q %q", c.Store, c.StoreNamespace)
+	}
 	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil {
 		t.Error("missing file loaded")
 	}
@@ -95,6 +102,9 @@ func TestValidate(t *testing.T) {
 		{"source burst", func(c *Config) { c.SourceBurst = 0 }, "--source-burst (sourceBurst)"},
 		{"ip", func(c *Config) { c.IPs = []string{"300.1.1.1"} }, "not an IP address"},
 		{"dns", func(c *Config) { c.DNSNames = []string{"a b"} }, "not a DNS name"},
+		{"store", func(c *Config) { c.Store = "etcd" }, "--store (store): \"etcd\": want bolt"},
+		{"kubeconfig with bolt", func(c *Config) { c.Kubeconfig = "k" }, "--kubeconfig (kubeconfig): configures the kubernetes store"},
+		{"store namespace", func(c *Config) { c.Store, c.StoreNamespace = StoreKubernetes, "" }, "--store-namespace (storeNamespace)"},
 		{"sim measurement without dir", func(c *Config) { c.SimMeasurement = "00" }, "needs --sim-dir"},
 		{"sim debug without dir", func(c *Config) { c.SimDebug = true }, "needs --sim-dir"},
 		{"sim name without dir", func(c *Config) { c.SimName = "x" }, "needs --sim-dir"},
