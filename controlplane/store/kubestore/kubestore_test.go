@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,5 +325,63 @@ func TestReplicasOnTheAPI(t *testing.T) {
 	revs, err := e.dyn.Resource(kubestore.RevocationsGVR).List(ctx, metav1.ListOptions{})
 	if err != nil || len(revs.Items) != 1 {
 		t.Fatalf("NodeRevocations: %v, %v", revs, err)
+	}
+}
+
+// TestWatchResumesAfterServerTimeout: the API server ends every watch
+// after its request timeout (here 1 to 2 s). WatchNodes resumes from the
+// last revision without a new sync and without losing or repeating a
+// change.
+func TestWatchResumesAfterServerTimeout(t *testing.T) {
+	api := kubetest.StartAPIServer(t, kubetest.Options{ExtraArgs: []string{"--min-request-timeout=1"}})
+	root, err := kubetest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubetest.InstallCRDs(t, api.Config(api.Admin), filepath.Join(root, "manifests", "base", "crds.yaml"))
+	s, err := kubestore.Open(context.Background(), kubestore.Options{Config: api.Config(api.Admin), Namespace: namespace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var syncs atomic.Int32
+	changes := make(chan store.Change, 64)
+	ended := make(chan error, 1)
+	go func() {
+		ended <- s.WatchNodes(ctx, func([]*store.NodeRecord, uint64) { syncs.Add(1) }, func(c store.Change) { changes <- c })
+	}()
+	if !kubetest.WaitFor(ctx, 30*time.Second, func() bool { return syncs.Load() == 1 }) {
+		t.Fatal("no sync")
+	}
+	// One write a second for 6 s: the watch is ended by the server several
+	// times in between.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for i := range 6 {
+		<-tick.C
+		n := storetest.Node(fmt.Sprintf("n%d", i), fmt.Sprintf("10.244.%d.0/24", i))
+		rev, err := s.PutNode(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case c := <-changes:
+			if c.Revision != rev || c.Node == nil || c.Node.Name != n.Name {
+				t.Fatalf("change %d: %+v, want %s at %d", i, c, n.Name, rev)
+			}
+		case err := <-ended:
+			t.Fatalf("WatchNodes ended: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("change %d not delivered", i)
+		}
+	}
+	if n := syncs.Load(); n != 1 {
+		t.Fatalf("%d syncs; a server timeout must resume the watch, not relist", n)
+	}
+	select {
+	case c := <-changes:
+		t.Fatalf("extra change %+v", c)
+	default:
 	}
 }
