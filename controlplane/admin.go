@@ -81,6 +81,9 @@ func (a *adminServer) RevokeNode(ctx context.Context, req *cpv1.RevokeNodeReques
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "no node %q", req.GetName())
 		}
+		if r := (*refusal)(nil); errors.As(err, &r) {
+			return nil, r.err
+		}
 		return nil, status.Errorf(codes.Internal, "revoke: %v", err)
 	}
 	return &cpv1.RevokeNodeResponse{}, nil
@@ -93,6 +96,9 @@ func (a *adminServer) RemoveNode(ctx context.Context, req *cpv1.RemoveNodeReques
 	if err := a.s.Remove(req.GetName()); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "no node %q", req.GetName())
+		}
+		if r := (*refusal)(nil); errors.As(err, &r) {
+			return nil, r.err
 		}
 		return nil, status.Errorf(codes.Internal, "remove: %v", err)
 	}
@@ -116,14 +122,17 @@ func (a *adminServer) GetPolicy(ctx context.Context, _ *cpv1.GetPolicyRequest) (
 // Revoke removes a node from the peer set for good: its record, pods and
 // pod CIDR are released, and its chip and WireGuard key may not join again.
 func (s *Server) Revoke(name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.lockWrite()
+	defer s.unlockWrite()
 	r, rev, err := s.store.RevokeNode(name, s.now())
 	if err == nil && !chipKnown(r.ChipID) {
 		s.log.Warn("revoked node had a masked chip ID; its WireGuard key is blocked, the machine can re-join with a new key", "node", name)
 	}
 	if err != nil {
-		return err
+		if errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return s.storeWriteError(name, err)
 	}
 	s.log.Warn("node revoked", "node", name, "chip", shortHex(r.ChipID))
 	return s.publishDelete(name, rev) // refreshes the node gauge: revoked +1
@@ -134,11 +143,14 @@ func (s *Server) Revoke(name string) error {
 // the next join, and its chip and keys may join again. Its SVID speaks for
 // nothing any more (no record), and a later holder of the name has other keys.
 func (s *Server) Remove(name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.lockWrite()
+	defer s.unlockWrite()
 	rev, err := s.store.DeleteNode(name)
 	if err != nil {
-		return err
+		if errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return s.storeWriteError(name, err)
 	}
 	s.log.Warn("node removed by the operator; its name is free", "node", name)
 	return s.publishDelete(name, rev)

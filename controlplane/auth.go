@@ -51,6 +51,9 @@ func (s *Server) callerNode(ctx context.Context) (*store.NodeRecord, error) {
 		return nil, status.Errorf(codes.PermissionDenied, "node %q is not admitted (revoked or never joined)", name)
 	}
 	if err != nil {
+		if s.shared != nil {
+			return nil, status.Errorf(codes.Unavailable, "read node from the store: %v; retry or use another replica", err)
+		}
 		return nil, status.Errorf(codes.Internal, "read node: %v", err)
 	}
 	if len(rec.SVID) == 0 {

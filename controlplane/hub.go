@@ -95,34 +95,33 @@ const (
 )
 
 // hub fans peer-set deltas out to watchers and keeps a short log of them
-// so a reconnecting agent resumes from its revision.
+// so a reconnecting agent resumes from its revision. Revisions increase
+// strictly but need not be consecutive (a shared store's are not): the log
+// is complete since revision since, that is, it holds every delta after
+// since, and serves any from in [since, rev].
 type hub struct {
-	mu   sync.Mutex
-	rev  uint64
-	log  []*hubEvent // ascending revisions
-	subs map[*subscriber]struct{}
+	mu    sync.Mutex
+	rev   uint64
+	since uint64
+	log   []*hubEvent // ascending revisions, all after since
+	subs  map[*subscriber]struct{}
 }
 
 type subscriber struct {
 	node string
 	ch   chan *hubEvent
+	// reason is why the hub closed ch, set before it closes; empty when
+	// the watcher fell behind.
+	reason string
 }
 
 func newHub(rev uint64) *hub {
-	return &hub{rev: rev, subs: map[*subscriber]struct{}{}}
+	return &hub{rev: rev, since: rev, subs: map[*subscriber]struct{}{}}
 }
 
-// publish records ev (whose Revision the caller set) and delivers it. A
-// subscriber whose buffer is full is dropped: its channel closes.
-func (h *hub) publish(msg *cpv1.WatchEvent) {
-	ev := newHubEvent(msg)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.rev = msg.Revision
-	h.log = append(h.log, ev)
-	if len(h.log) > deltaLogSize {
-		h.log = h.log[len(h.log)-deltaLogSize:]
-	}
+// send delivers ev to every subscriber; one whose buffer is full is
+// dropped (its channel closes). The caller holds h.mu.
+func (h *hub) sendLocked(ev *hubEvent) {
 	for s := range h.subs {
 		select {
 		case s.ch <- ev:
@@ -133,10 +132,58 @@ func (h *hub) publish(msg *cpv1.WatchEvent) {
 	}
 }
 
+// publish records ev (whose Revision the caller set, above every earlier
+// one) and delivers it.
+func (h *hub) publish(msg *cpv1.WatchEvent) {
+	ev := newHubEvent(msg)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rev = msg.Revision
+	h.log = append(h.log, ev)
+	if len(h.log) > deltaLogSize {
+		drop := len(h.log) - deltaLogSize
+		h.since = h.log[drop-1].ev.Revision
+		h.log = h.log[drop:]
+	}
+	h.sendLocked(ev)
+}
+
+// reset moves the hub to revision rev after the store was listed again
+// (the changes between the old revision and rev are not known one by
+// one): connected watchers get diff, the deltas that take the old peer
+// set to the new one, each carrying the old revision, and then a marker
+// at rev; the log starts afresh at rev. A watcher cut off halfway through
+// diff has not moved past the old revision, so it resumes from a revision
+// this hub answers with a snapshot and another replica with its deltas.
+func (h *hub) reset(rev uint64, diff []*cpv1.WatchEvent) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old := h.rev
+	for _, d := range diff {
+		d.Revision = old
+		h.sendLocked(newHubEvent(d))
+	}
+	h.sendLocked(newHubEvent(&cpv1.WatchEvent{Revision: rev}))
+	h.rev, h.since, h.log = rev, rev, nil
+}
+
+// closeAll ends every watcher's channel with reason.
+func (h *hub) closeAll(reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		s.reason = reason
+		close(s.ch)
+		delete(h.subs, s)
+	}
+}
+
 // subscribe registers a watcher. It returns what the watcher must receive
-// first: the deltas after from when the log still holds them all, else a
-// snapshot of the encoded peers snap returns. The caller must hold the server's state lock
-// so no change lands between the snapshot and the subscription.
+// first: nothing when from is the current revision, the deltas after from
+// when the log holds them all (from at or after since), else (from 0,
+// older than the log, or newer than this hub) a snapshot of the encoded
+// peers snap returns. The caller must hold the server's state lock so no
+// change lands between the snapshot and the subscription.
 func (h *hub) subscribe(node string, from uint64, snap func() [][]byte) ([]*hubEvent, *subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -145,7 +192,7 @@ func (h *hub) subscribe(node string, from uint64, snap func() [][]byte) ([]*hubE
 	switch {
 	case from == h.rev && from > 0:
 		return nil, s
-	case from > 0 && from < h.rev && len(h.log) > 0 && h.log[0].ev.Revision <= from+1:
+	case from > 0 && from >= h.since && from < h.rev:
 		var out []*hubEvent
 		for _, ev := range h.log {
 			if ev.ev.Revision > from {
@@ -156,6 +203,13 @@ func (h *hub) subscribe(node string, from uint64, snap func() [][]byte) ([]*hubE
 	default:
 		return []*hubEvent{newSnapshotEvent(h.rev, snap())}, s
 	}
+}
+
+// revision returns the hub's current revision.
+func (h *hub) revision() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.rev
 }
 
 func (h *hub) unsubscribe(s *subscriber) {

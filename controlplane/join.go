@@ -116,7 +116,9 @@ func (s *Server) Join(_ context.Context, req *cpv1.JoinRequest) (*cpv1.JoinRespo
 		if errors.As(err, &r) {
 			s.metrics.joins.WithLabelValues("refused", r.reason).Inc()
 			s.log.Warn("join refused", "node", req.GetName(), "reason", r.reason, "err", r.err)
-			s.recordRefusal(req.GetName(), r)
+			if r.reason != "store_unavailable" && r.reason != "conflict" { // the replica's trouble, not the node's
+				s.recordRefusal(req.GetName(), r)
+			}
 			return nil, cpv1.WithRefusalReason(r.err, r.reason)
 		}
 		s.metrics.joins.WithLabelValues("error", "internal").Inc()
@@ -147,6 +149,9 @@ func (s *Server) recordRefusal(name string, r *refusal) {
 
 func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	now := s.now()
+	if rf := s.storeRefusal(); rf != nil {
+		return nil, rf
+	}
 	if err := identity.ValidateNodeName(req.GetName()); err != nil {
 		return nil, refuse("bad_request", codes.InvalidArgument, "name: %v", err)
 	}
@@ -189,8 +194,8 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	if rf := s.consumeChallenge(want.Challenge, now); rf != nil {
 		return nil, rf
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.lockWrite()
+	defer s.unlockWrite()
 	claims, rf := s.reverifyIfPolicyChanged(res, ev, want)
 	if rf != nil {
 		return nil, rf
@@ -400,11 +405,16 @@ func (s *Server) issueNodeSVID(name string, csr *x509.CertificateRequest, c *att
 
 func (s *Server) bundleDER() [][]byte { return [][]byte{s.ca.Certificate().Raw} }
 
-// putAndPublish stores rec and tells watchers. The caller holds s.mu.
+// putAndPublish stores rec and tells watchers; with a shared store the
+// watch tells them, and it returns once the cache has the change. The
+// caller holds s.writeMu and s.mu.
 func (s *Server) putAndPublish(rec *store.NodeRecord) error {
 	rev, err := s.store.PutNode(rec)
 	if err != nil {
-		return err
+		return s.storeWriteError(rec.Name, err)
+	}
+	if s.shared != nil {
+		return s.committed(rev)
 	}
 	s.logCommit(rev, rec.Name, rec.State)
 	if err := s.nodes.put(rec); err != nil {
@@ -431,9 +441,30 @@ func (s *Server) logCommit(rev uint64, name, state string) {
 	s.log.Debug(CommitLogMessage, "revision", rev, "node", name, "state", state)
 }
 
-// publishDelete tells watchers a node left; the caller holds s.mu and
-// has already removed it from the store at rev.
+// storeWriteError describes a failed write of node name: with a shared
+// store a lost race (another replica wrote the node) or an unreachable
+// store, both refusals the caller may retry.
+func (s *Server) storeWriteError(name string, err error) error {
+	switch {
+	case s.shared == nil:
+		return err
+	case errors.Is(err, store.ErrConflict):
+		return refuse("conflict", codes.Aborted, "another control-plane replica changed node %q at the same time; retry: %v", name, err)
+	}
+	return refuse("store_unavailable", codes.Unavailable, "store write of node %q: %v; retry or use another replica", name, err)
+}
+
+// publishDelete tells watchers a node left; the caller holds s.writeMu
+// and s.mu and has already removed it from the store at rev. With a
+// shared store the watch tells them, and it returns once the cache has
+// the change.
 func (s *Server) publishDelete(name string, rev uint64) error {
+	if s.shared != nil {
+		if err := s.committed(rev); err != nil {
+			return err
+		}
+		return s.refreshNodeGauge()
+	}
 	s.logCommit(rev, name, "deleted")
 	s.nodes.remove(name)
 	s.hub.publish(&cpv1.WatchEvent{Revision: rev, Event: &cpv1.WatchEvent_Delete{Delete: name}})

@@ -21,6 +21,12 @@ type metrics struct {
 	reports           *prometheus.CounterVec
 	challengeRefusals *prometheus.CounterVec
 	rateLimited       *prometheus.CounterVec
+
+	storeSynced prometheus.Gauge
+	storeBreaks prometheus.Counter
+	storeSyncs  prometheus.Counter
+	leader      prometheus.Gauge
+	sweeps      prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -55,13 +61,32 @@ func newMetrics() *metrics {
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "confmesh_controlplane_rate_limited_total", Help: "Unauthenticated-capable calls (Challenge, Join) refused by the per-source rate limit, by method.",
 	}, []string{"method"})
+	m.storeSynced = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "confmesh_controlplane_store_synced", Help: "1 while this replica's node cache is in step with its store (always 1 for a store that is not shared).",
+	})
+	m.storeSynced.Set(1)
+	m.storeBreaks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "confmesh_controlplane_store_watch_breaks_total", Help: "Times the shared store's watch broke after being synced.",
+	})
+	m.storeSyncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "confmesh_controlplane_store_lists_total", Help: "Times the shared store was listed into the node cache (start and after every broken watch).",
+	})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "confmesh_controlplane_leader", Help: "1 while this replica holds the store's leader lease and runs the periodic sweep.",
+	})
+	m.sweeps = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "confmesh_controlplane_sweeps_total", Help: "Re-evaluation sweeps this replica ran.",
+	})
+	m.reg.MustRegister(m.storeSynced, m.storeBreaks, m.storeSyncs, m.leader, m.sweeps)
 	m.reg.MustRegister(m.reports, m.challengeRefusals, m.rateLimited)
 	m.reg.MustRegister(m.joins, m.renewals, m.verify, m.nodes, m.watchers, m.revision)
 	return m
 }
 
 // HTTPHandler serves /metrics, /healthz (the process is up) and /readyz
-// (the agent listener is serving).
+// (the agent listener is serving and, with a shared store, the replica
+// admits joins: its store watch is synced or broke less than
+// StoreSyncGrace ago).
 func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
@@ -69,6 +94,10 @@ func (s *Server) HTTPHandler() http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.metrics.ready.Load() {
 			http.Error(w, "not serving yet", http.StatusServiceUnavailable)
+			return
+		}
+		if ok, _, why := s.storeState(); !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))

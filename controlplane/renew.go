@@ -41,6 +41,9 @@ func (s *Server) Renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 
 func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.RenewResponse, string, error) {
 	now := s.now()
+	if rf := s.storeRefusal(); rf != nil {
+		return nil, "", rf
+	}
 	rec, err := s.activeCaller(ctx)
 	if err != nil {
 		return nil, "", err
@@ -79,8 +82,8 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if rf := s.consumeChallenge(want.Challenge, now); rf != nil {
 		return nil, name, rf
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.lockWrite()
+	defer s.unlockWrite()
 	claims, rf := s.reverifyIfPolicyChanged(res, ev, want)
 	if rf != nil {
 		return nil, name, rf

@@ -23,6 +23,7 @@ import (
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/identity"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -52,8 +53,17 @@ type Config struct {
 	Policy *attest.Policy
 	// Provider produces the control plane's own evidence (real SNP or sim).
 	Provider attest.Provider
-	// Store keeps nodes, the CA, allocations and revocations.
+	// Store keeps nodes, the CA, allocations and revocations. A
+	// store.Shared store makes this server one of several replicas: its
+	// cache follows the store's watch, which Run must be running for.
 	Store store.Store
+	// StoreSyncGrace, StaleWatchLimit and StoreWait bound a replica's
+	// behaviour when its shared store's watch breaks or lags
+	// (DefaultStoreSyncGrace, DefaultStaleWatchLimit, DefaultStoreWait when
+	// zero; see replica.go). Unused with a store that is not shared.
+	StoreSyncGrace  time.Duration
+	StaleWatchLimit time.Duration
+	StoreWait       time.Duration
 	// ClusterCIDR is the pod network; each node gets a NodePrefixLen slice.
 	ClusterCIDR   string
 	NodePrefixLen int
@@ -94,26 +104,38 @@ type Config struct {
 }
 
 // Server is the control plane. Mutations (join, renew, revoke, sweep) are
-// serialised by mu so uniqueness checks and allocation are atomic.
+// serialised by writeMu and mu so uniqueness checks and allocation are
+// atomic on this replica (across replicas the store's conflict checks are).
 type Server struct {
 	cpv1.UnimplementedControlPlaneServer
 	cfg   Config
 	log   *slog.Logger
 	now   func() time.Time
 	store store.Store
-	alloc *ipam.Allocator
-	ca    *identity.CA
-	jwt   *jwtSigner
-	td    spiffeid.TrustDomain
-	id    spiffeid.ID
+	// shared is the store when replicas share it, else nil.
+	shared store.Shared
+	alloc  *ipam.Allocator
+	ca     *identity.CA
+	jwt    *jwtSigner
+	td     spiffeid.TrustDomain
+	id     spiffeid.ID
 
 	tlsKey  crypto.Signer
 	tlsCert *x509.Certificate
 	tlsHash []byte
 
-	mu       sync.Mutex // serialises state changes
-	verifier *attest.Verifier
-	policy   *attest.Policy
+	// writeMu serialises writers, held across their wait for the store's
+	// watch (with a shared store), while mu guards the state and is
+	// released meanwhile so the watch can apply changes.
+	writeMu  sync.Mutex
+	mu       sync.Mutex // guards the state below
+	cond     *sync.Cond // on mu: the cache advanced
+	cacheRev uint64     // revision the cache reflects (shared store); guarded by mu
+	// cacheListed: the shared store has been listed into the cache once.
+	cacheListed bool
+	health      storeHealth
+	verifier    *attest.Verifier
+	policy      *attest.Policy
 
 	nodes      *nodeCache // guarded by mu
 	challenges *challenges
@@ -153,6 +175,18 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.StoreSyncGrace == 0 {
+		cfg.StoreSyncGrace = DefaultStoreSyncGrace
+	}
+	if cfg.StaleWatchLimit == 0 {
+		cfg.StaleWatchLimit = DefaultStaleWatchLimit
+	}
+	if cfg.StoreWait == 0 {
+		cfg.StoreWait = DefaultStoreWait
+	}
+	if cfg.StoreSyncGrace < 0 || cfg.StaleWatchLimit < 0 || cfg.StoreWait < 0 {
+		return nil, fmt.Errorf("controlplane: store sync grace %s, stale watch limit %s, store wait %s: want positive durations", cfg.StoreSyncGrace, cfg.StaleWatchLimit, cfg.StoreWait)
 	}
 	if cfg.EvidenceEpoch == 0 {
 		cfg.EvidenceEpoch = DefaultEvidenceEpoch
@@ -213,6 +247,12 @@ func New(cfg Config) (*Server, error) {
 		shutdown:   make(chan struct{}),
 		metrics:    newMetrics(),
 	}
+	s.cond = sync.NewCond(&s.mu)
+	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "confmesh_controlplane_store_unsynced_seconds", Help: "How long this replica's shared-store watch has been broken or unlisted (0 while synced).",
+	}, func() float64 { _, d, _ := s.storeState(); return d.Seconds() }))
+	s.shared, _ = cfg.Store.(store.Shared)
+	s.health.since = time.Now()
 	s.self = &selfEvidence{epoch: cfg.EvidenceEpoch, now: now, produce: s.attestSelf, counted: s.countReport}
 	if s.ca, err = s.loadOrCreateCA(); err != nil {
 		return nil, err
@@ -222,6 +262,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err := s.issueServingCert(); err != nil {
 		return nil, err
+	}
+	if s.shared != nil {
+		// The cache and the watch log are built from the store's watch
+		// (Run); until its first list the replica admits nothing.
+		s.hub = newHub(0)
+		s.nodes, _ = newNodeCache(nil)
+		s.metrics.storeSynced.Set(0)
+		return s, nil
 	}
 	rev, err := s.store.Revision()
 	if err != nil {
@@ -332,10 +380,15 @@ const (
 	stateRefused = "refused"
 )
 
-func (s *Server) refreshNodeGauge() error {
+// refreshCacheGauge sets the node gauge's states the cache holds.
+func (s *Server) refreshCacheGauge() {
 	for st, c := range s.nodes.counts() {
 		s.metrics.nodes.WithLabelValues(st).Set(float64(c))
 	}
+}
+
+func (s *Server) refreshNodeGauge() error {
+	s.refreshCacheGauge()
 	revs, err := s.store.ListRevocations()
 	if err != nil {
 		return err

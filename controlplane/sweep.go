@@ -39,11 +39,23 @@ func (s *Server) SetPolicy(p *attest.Policy) error {
 // evidence no longer passes (policy tightened, evidence too old, SVID
 // expired) leaves the peer set; a rejected node that passes again (policy
 // relaxed) returns.
-func (s *Server) Sweep() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (s *Server) Sweep() error { return s.sweep(context.Background()) }
+
+// sweep is Sweep, stopping early when ctx ends (the leader lease is lost).
+// With a shared store it runs only on a synced cache, and a record another
+// replica changed since the cache saw it is left to the next sweep.
+func (s *Server) sweep(ctx context.Context) error {
+	if s.shared != nil && !s.Synced() {
+		return fmt.Errorf("sweep skipped: %w", errNotSynced)
+	}
+	s.lockWrite()
+	defer s.unlockWrite()
+	s.metrics.sweeps.Inc()
 	var errs []error
 	for _, n := range s.nodes.list() {
+		if ctx.Err() != nil {
+			return errors.Join(append(errs, fmt.Errorf("sweep stopped: %w", ctx.Err()))...)
+		}
 		verr := s.evaluateLocked(n)
 		switch {
 		case n.State == store.StateActive && verr != nil:
@@ -54,6 +66,11 @@ func (s *Server) Sweep() error {
 			s.log.Info("node passes the policy again", "node", n.Name)
 		default:
 			continue
+		}
+		if s.shared != nil {
+			if cur, err := s.store.GetNode(n.Name); err != nil || cur.Revision != n.Revision {
+				continue // changed or gone meanwhile: judged by the next sweep
+			}
 		}
 		if err := s.putAndPublish(n); err != nil {
 			errs = append(errs, err)
@@ -90,8 +107,26 @@ func (s *Server) evaluateLocked(n *store.NodeRecord) error {
 	return nil
 }
 
-// Run re-evaluates every node each SweepInterval until ctx ends.
+// Run re-evaluates every node each SweepInterval until ctx ends. With a
+// shared store it also keeps the node cache in step with the store (a
+// replica serves nothing before Run has listed the store) and sweeps only
+// while it holds the store's leader lease, so one replica sweeps at a time.
 func (s *Server) Run(ctx context.Context) {
+	if s.shared != nil {
+		s.runShared(ctx)
+		return
+	}
+	s.sweepLoop(ctx, false)
+}
+
+// sweepLoop sweeps every SweepInterval (and at once if now and the cache
+// is synced) until ctx ends.
+func (s *Server) sweepLoop(ctx context.Context, now bool) {
+	if now && s.Synced() {
+		if err := s.sweep(ctx); err != nil {
+			s.log.Error("sweep", "err", err)
+		}
+	}
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
 	for {
@@ -99,7 +134,7 @@ func (s *Server) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.Sweep(); err != nil {
+			if err := s.sweep(ctx); err != nil {
 				s.log.Error("sweep", "err", err)
 			}
 		}

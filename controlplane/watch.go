@@ -9,11 +9,21 @@ import (
 // Watch streams the peer set to an admitted node: a snapshot (or the
 // deltas since the revision it resumes from), then every change. The
 // caller's own record is not sent; if the caller leaves the peer set its
-// stream ends with PermissionDenied.
+// stream ends with PermissionDenied. With a shared store, a revision this
+// replica has not reached yet (the agent saw it on another replica) is
+// waited for (StoreWait) before the deltas, else the agent gets a
+// snapshot; a replica that lost its store refuses new watches after
+// StaleWatchLimit and ends open ones with Unavailable.
 func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchServer) error {
+	if err := s.watchRefusal(); err != nil {
+		return err
+	}
 	// Check and subscribe under the state lock, so a revocation cannot land
 	// between the check and the subscription and leave the stream open.
 	s.mu.Lock()
+	if s.shared != nil && req.GetRevision() > s.cacheRev {
+		s.awaitLocked(req.GetRevision(), s.cfg.StoreWait)
+	}
 	rec, err := s.activeCaller(stream.Context())
 	if err != nil {
 		s.mu.Unlock()
@@ -41,6 +51,9 @@ func (s *Server) Watch(req *cpv1.WatchRequest, stream cpv1.ControlPlane_WatchSer
 			return status.Error(codes.Unavailable, "control plane shutting down; reconnect and resume from the last revision")
 		case ev, ok := <-sub.ch:
 			if !ok {
+				if sub.reason != "" {
+					return status.Error(codes.Unavailable, sub.reason)
+				}
 				return status.Error(codes.Unavailable, "watch fell behind; reconnect and resume from the last revision")
 			}
 			if err := s.sendFor(stream, me, ev); err != nil {

@@ -145,6 +145,13 @@ type Options struct {
 	// 127.0.0.1, so a test making many joins at once raises them).
 	SourceRate  float64
 	SourceBurst int
+	// Store replaces the bbolt store in Dir (it is closed on Stop). With a
+	// store.Shared store (several control planes on one memstore.Backend
+	// are replicas) Start also runs the server's Run loop and returns once
+	// the replica has listed the store.
+	Store store.Store
+	// Tune, when set, changes the server's configuration before New.
+	Tune func(*controlplane.Config)
 }
 
 // ControlPlane is one running control plane: the agent API on Addr and the
@@ -154,7 +161,7 @@ type ControlPlane struct {
 	Addr      string
 	AdminSock string
 	AdminDir  string // holds the admin credential
-	DBPath    string
+	DBPath    string // empty when Options.Store was given
 	Store     store.Store
 
 	cancel context.CancelFunc
@@ -177,15 +184,24 @@ func Start(t testing.TB, o Options) *ControlPlane {
 		o.Addr = "127.0.0.1:0"
 	}
 	db := filepath.Join(o.Dir, "state.db")
-	st, err := store.OpenBolt(db)
-	if err != nil {
-		t.Fatal(err)
+	st := o.Store
+	if st == nil {
+		var err error
+		if st, err = store.OpenBolt(db); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		db = ""
 	}
-	srv, err := controlplane.New(controlplane.Config{
+	cfg := controlplane.Config{
 		Policy: o.Policy, Provider: o.Provider, Store: st, Logger: QuietLog, Now: o.Now,
 		ClusterCIDR: "10.244.0.0/16", NodePrefixLen: 24, WorkloadTTL: o.WorkloadTTL, SweepInterval: time.Hour,
 		SourceRate: o.SourceRate, SourceBurst: o.SourceBurst,
-	})
+	}
+	if o.Tune != nil {
+		o.Tune(&cfg)
+	}
+	srv, err := controlplane.New(cfg)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -210,8 +226,21 @@ func Start(t testing.TB, o Options) *ControlPlane {
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = srv.Serve(ctx, lis) }()
 	go func() { defer wg.Done(); _ = srv.ServeAdmin(ctx, alis) }()
+	if _, shared := st.(store.Shared); shared {
+		wg.Add(1)
+		go func() { defer wg.Done(); srv.Run(ctx) }()
+	}
 	go func() { wg.Wait(); close(c.done) }()
 	t.Cleanup(c.Stop)
+	if _, shared := st.(store.Shared); shared {
+		deadline := time.Now().Add(10 * time.Second)
+		for !srv.Synced() {
+			if time.Now().After(deadline) {
+				t.Fatal("control plane replica did not list its store within 10s")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	return c
 }
 

@@ -218,7 +218,11 @@ func (s *Bolt) ListNodes() ([]*NodeRecord, error) {
 }
 
 // PutNode implements Store.
-func (s *Bolt) PutNode(n *NodeRecord) (uint64, error) {
+func (s *Bolt) PutNode(n *NodeRecord) (uint64, error) { return s.putNode(n, nil) }
+
+// putNode writes n; with prev set only if the stored revision is *prev (0:
+// the node must not exist).
+func (s *Bolt) putNode(n *NodeRecord, prev *uint64) (uint64, error) {
 	if n == nil {
 		return 0, errors.New("store: put node: record is nil")
 	}
@@ -227,6 +231,19 @@ func (s *Bolt) PutNode(n *NodeRecord) (uint64, error) {
 	}
 	var rev uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if prev != nil {
+			var have uint64
+			old, err := getNode(tx, n.Name)
+			switch {
+			case err == nil:
+				have = old.Revision
+			case !errors.Is(err, ErrNotFound):
+				return err
+			}
+			if have != *prev {
+				return fmt.Errorf("store: put node %q: stored revision is %d, not %d: %w", n.Name, have, *prev, ErrConflict)
+			}
+		}
 		var err error
 		if rev, err = bumpRevision(tx); err != nil {
 			return err
@@ -240,6 +257,12 @@ func (s *Bolt) PutNode(n *NodeRecord) (uint64, error) {
 	}
 	n.Revision = rev
 	return rev, nil
+}
+
+// PutNodeIf implements Store. One process writes a bolt file, so pod CIDR
+// uniqueness is left to the server's allocator (it holds its lock).
+func (s *Bolt) PutNodeIf(n *NodeRecord, prevRevision uint64) (uint64, error) {
+	return s.putNode(n, &prevRevision)
 }
 
 // DeleteNode implements Store.

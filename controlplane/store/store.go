@@ -15,6 +15,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -24,6 +25,11 @@ var ErrNotFound = errors.New("not found")
 // ErrConflict is returned (wrapped) when a write lost a race with another
 // writer (another replica): the caller reads again and decides again.
 var ErrConflict = errors.New("conflicting write")
+
+// ErrPodCIDRTaken is returned (wrapped) by PutNodeIf of a store that keeps
+// pod CIDRs unique across writers when another node holds the record's pod
+// CIDR. It wraps ErrConflict; the caller allocates another CIDR.
+var ErrPodCIDRTaken = fmt.Errorf("pod CIDR held by another node: %w", ErrConflict)
 
 // ErrPartialSecrets is returned (wrapped) by CreateSecrets when only some of
 // the secrets exist: state no control plane wrote, repaired by an operator.
@@ -82,6 +88,15 @@ type Store interface {
 	// and stores n with Revision set to it; on success n.Revision is set too
 	// and the new revision is returned. An empty Name is an error.
 	PutNode(n *NodeRecord) (uint64, error)
+	// PutNodeIf is PutNode with a compare-and-swap condition: it writes only
+	// if the stored node's Revision is prevRevision, or, with prevRevision
+	// 0, if the node does not exist. Otherwise (another writer, another
+	// replica, changed or deleted the node since the caller read it) it
+	// returns an error wrapping ErrConflict and changes nothing; the caller
+	// reads the node again and decides again. A store that keeps pod CIDRs
+	// unique across writers (the Kubernetes API store) also returns
+	// ErrConflict when another node holds n.PodCIDR.
+	PutNodeIf(n *NodeRecord, prevRevision uint64) (uint64, error)
 	// DeleteNode deletes the node and its pods and bumps the revision. If the
 	// node is absent it returns an error wrapping ErrNotFound and does not bump.
 	DeleteNode(name string) (uint64, error)

@@ -29,6 +29,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -117,8 +120,10 @@ type APIServer struct {
 	// SAKey is the service-account signing key (for a controller manager).
 	SAKey string
 
-	netns string
-	procs []*exec.Cmd
+	netns   string
+	procs   []*exec.Cmd
+	apiBin  string
+	apiArgs []string
 }
 
 // Options configures StartAPIServer.
@@ -206,10 +211,41 @@ func start(dir, etcdBin, apiBin string, opt Options) (*APIServer, error) {
 		"--kubelet-preferred-address-types=InternalIP,Hostname",
 		"--enable-priority-and-fairness=false",
 	}
-	if err := s.spawn("kube-apiserver", apiBin, append(args, opt.ExtraArgs...)...); err != nil {
+	s.apiBin, s.apiArgs = apiBin, append(args, opt.ExtraArgs...)
+	if err := s.spawn("kube-apiserver", apiBin, s.apiArgs...); err != nil {
 		return s, err
 	}
 	return s, s.waitReady(2 * time.Minute)
+}
+
+// StopAPI stops kube-apiserver (by PID) and leaves etcd running: clients
+// see the API server go away; RestartAPI brings it back on the same
+// address with the same data.
+func (s *APIServer) StopAPI() {
+	for i, p := range s.procs {
+		if logName(p) == "kube-apiserver" {
+			stopProc(p)
+			s.procs = append(s.procs[:i], s.procs[i+1:]...)
+			return
+		}
+	}
+}
+
+// RestartAPI starts kube-apiserver again after StopAPI (same port,
+// certificates and etcd) and waits until it is ready.
+func (s *APIServer) RestartAPI() error {
+	for _, p := range s.procs {
+		if logName(p) == "kube-apiserver" {
+			return errors.New("kubetest: kube-apiserver is running")
+		}
+	}
+	if err := os.Rename(filepath.Join(s.Dir, "kube-apiserver.log"), filepath.Join(s.Dir, fmt.Sprintf("kube-apiserver.%d.log", time.Now().UnixNano()))); err != nil {
+		return err
+	}
+	if err := s.spawn("kube-apiserver", s.apiBin, s.apiArgs...); err != nil {
+		return err
+	}
+	return s.waitReady(2 * time.Minute)
 }
 
 // spawn starts a process whose output goes to <dir>/<name>.log; it dies
@@ -281,18 +317,22 @@ func lastLines(s string, n int) string {
 // Stop kills the API server and etcd by PID and waits for them.
 func (s *APIServer) Stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		_ = p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = p.Process.Kill()
-			<-done
-		}
+		stopProc(s.procs[i])
 	}
 	s.procs = nil
+}
+
+// stopProc terminates p (SIGKILL after ten seconds) and waits for it.
+func stopProc(p *exec.Cmd) {
+	_ = p.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.Process.Kill()
+		<-done
+	}
 }
 
 // Config is a client configuration for u.
@@ -473,6 +513,57 @@ func ApplyRBAC(t testing.TB, c kubernetes.Interface, path, namespace string) int
 		n++
 	}
 	return n
+}
+
+// InstallCRDs creates the CustomResourceDefinitions of a manifest file
+// (other kinds are skipped) and waits until the API server serves them
+// (Established). It returns how many it created.
+func InstallCRDs(t testing.TB, cfg *rest.Config, path string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	ctx := context.Background()
+	var names []string
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		if obj == nil || u.GetKind() != "CustomResourceDefinition" {
+			continue
+		}
+		if _, err := crds.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("%s: CRD %s: %v", path, u.GetName(), err)
+		}
+		names = append(names, u.GetName())
+	}
+	for _, name := range names {
+		ok := WaitFor(ctx, time.Minute, func() bool {
+			crd, err := crds.Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+			for _, c := range conds {
+				if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
+					return true
+				}
+			}
+			return false
+		})
+		if !ok {
+			t.Fatalf("CRD %s not established within a minute", name)
+		}
+	}
+	return len(names)
 }
 
 func mustStrict(t testing.TB, doc string, into any) {
