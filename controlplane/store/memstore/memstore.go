@@ -266,6 +266,37 @@ func (s *Store) PutNode(n *store.NodeRecord) (uint64, error) {
 	return s.b.putNodeLocked(n), nil
 }
 
+// PutNodeIf implements store.Store. Like the Kubernetes API store it keeps
+// pod CIDRs unique across replicas: another node's CIDR is refused with
+// store.ErrPodCIDRTaken.
+func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, error) {
+	if n == nil {
+		return 0, errors.New("memstore: put node: record is nil")
+	}
+	if n.Name == "" {
+		return 0, errors.New("memstore: put node: Name is empty")
+	}
+	if err := s.lock(); err != nil {
+		return 0, err
+	}
+	defer s.b.mu.Unlock()
+	var have uint64
+	if old, ok := s.b.nodes[n.Name]; ok {
+		have = old.Revision
+	}
+	if have != prevRevision {
+		return 0, fmt.Errorf("memstore: put node %q: stored revision is %d, not %d: %w", n.Name, have, prevRevision, store.ErrConflict)
+	}
+	if n.PodCIDR != "" {
+		for _, o := range s.b.nodes {
+			if o.Name != n.Name && o.PodCIDR == n.PodCIDR {
+				return 0, fmt.Errorf("memstore: put node %q: pod CIDR %s belongs to node %q: %w", n.Name, n.PodCIDR, o.Name, store.ErrPodCIDRTaken)
+			}
+		}
+	}
+	return s.b.putNodeLocked(n), nil
+}
+
 func (b *Backend) putNodeLocked(n *store.NodeRecord) uint64 {
 	rev := b.bumpLocked()
 	rec := cloneNode(n)

@@ -95,6 +95,10 @@ func RunShared(t *testing.T, open Replicas, opt Options) {
 		// Writes through both replicas; each returns its revision.
 		var want []store.Change
 		w := func(r uint64, n *store.NodeRecord, del string) {
+			if n != nil {
+				c := *n // n changes later
+				n = &c
+			}
 			want = append(want, store.Change{Revision: r, Node: n, Deleted: del})
 		}
 		n1 := Node("n1", "10.244.2.0/24")
