@@ -2,12 +2,16 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/agent/cpclient"
+	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/cptest"
+	"github.com/confmesh/confmesh/controlplane/store/memstore"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 )
 
@@ -97,5 +101,115 @@ func TestAgentFailsOverToAnotherReplica(t *testing.T) {
 	}
 	if got != 1 {
 		t.Errorf("confmesh_agent_controlplane_failovers_total = %v, want 1", got)
+	}
+}
+
+// joinWithoutDevice joins through the agent's replicas and adopts the
+// SVID as join does, without the strict rules and WireGuard device that
+// need root.
+func joinWithoutDevice(t *testing.T, a *Agent) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var resp *cpv1.JoinResponse
+	conn, err := a.call(ctx, func(ctx context.Context, c *cpclient.Conn) error {
+		var err error
+		resp, err = c.Join(ctx, a.nodeSpec())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	conn.Close()
+	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	a.podCIDR = netip.MustParsePrefix(resp.GetPodCidr())
+	a.joined = true
+	a.setStateLocked(StateActive, "")
+	a.mu.Unlock()
+}
+
+// TestWatchResumesOnAnotherReplica: two control-plane replicas on one
+// shared store (memstore: sparse revisions, asynchronous watches). The
+// agent watches through replica 1; replica 1 stops; the agent's watch
+// moves to replica 2, resuming from the last revision it saw, and a node
+// that joins through replica 2 afterwards reaches it. The peers it had
+// stay (the failover alone changes no record), and it ends at the
+// store's revision.
+func TestWatchResumesOnAnotherReplica(t *testing.T) {
+	backend := memstore.New()
+	cp1 := cptest.Start(t, cptest.Options{Store: backend.Open()})
+	cp2 := cptest.Start(t, cptest.Options{Store: backend.Open()})
+	a, err := New(Config{NodeName: "node-a", ControlPlanes: []string{cp1.Addr, cp2.Addr}, Policy: cptest.Policy(t, cptest.GoodMeasurement),
+		Provider: cptest.SimNode(t, sim.NodeConfig{}), StateDir: t.TempDir(), Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	joinWithoutDevice(t, a)
+	cptest.NewAgent(t, "node-b", cptest.SimNode(t, sim.NodeConfig{}), nil).Join(t, cp1)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.watchLoop(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	has := func(want ...string) func() error {
+		return func() error {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for _, n := range want {
+				if _, ok := a.records[n]; !ok {
+					return fmt.Errorf("no record of %s (revision %d, %d records)", n, a.revision, len(a.records))
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, 10*time.Second, has("node-b"))
+	if a.replicas.Current() != cp1.Addr {
+		t.Fatalf("watching through %q, want %s", a.replicas.Current(), cp1.Addr)
+	}
+	a.mu.Lock()
+	before := a.revision
+	a.mu.Unlock()
+
+	cp1.Stop()
+	cptest.NewAgent(t, "node-c", cptest.SimNode(t, sim.NodeConfig{}), nil).Join(t, cp2)
+	waitFor(t, 15*time.Second, has("node-b", "node-c"))
+	rev, err := cp2.Store.Revision()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.revision != rev {
+			return fmt.Errorf("agent at revision %d, store at %d", a.revision, rev)
+		}
+		return nil
+	})
+	if a.revision <= before {
+		t.Errorf("revision %d after the failover, %d before", a.revision, before)
+	}
+	if st := a.Status(); st.ControlPlane != cp2.Addr || st.ControlPlaneFailovers != 1 {
+		t.Errorf("status: replica %q failovers %d, want %s, 1", st.ControlPlane, st.ControlPlaneFailovers, cp2.Addr)
+	}
+}
+
+// waitFor polls f until it returns nil or limit passes.
+func waitFor(t *testing.T, limit time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", limit, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
