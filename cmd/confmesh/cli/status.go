@@ -79,7 +79,7 @@ type statusJSON struct {
 	// how often it moved from one to another.
 	ControlPlane          string     `json:"controlPlane,omitempty"`
 	ControlPlanes         []string   `json:"controlPlanes,omitempty"`
-	ControlPlaneFailovers uint64     `json:"controlPlaneFailovers"`
+	ControlPlaneFailovers uint64     `json:"controlPlaneFailovers,omitempty"`
 	Peers                 []peerJSON `json:"peers"`
 	Strict                strictJSON `json:"strict"`
 }
@@ -225,7 +225,7 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 		if cp == "" {
 			cp = "none answered yet"
 		}
-		fmt.Fprintf(out, "control plane: %s (replicas %s; %d failovers)\n", cp, strings.Join(s.ControlPlanes, ","), s.ControlPlaneFailovers)
+		fmt.Fprintf(out, "ctrl plane:  %s (of %s; %d failovers)\n", cp, strings.Join(s.ControlPlanes, ","), s.ControlPlaneFailovers)
 	}
 	fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
 	fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)
