@@ -26,9 +26,12 @@ import (
 type refusal struct {
 	reason string
 	err    error
+	cause  error // the store error behind a refusal, if any (errors.Is sees it)
 }
 
 func (r *refusal) Error() string { return r.err.Error() }
+
+func (r *refusal) Unwrap() error { return r.cause }
 
 func refuse(reason string, code codes.Code, format string, args ...any) *refusal {
 	return &refusal{reason: reason, err: status.Errorf(code, format, args...)}
@@ -234,7 +237,8 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 				"expired", prev.ExpiresAt.UTC().Format(time.RFC3339), "previousChip", shortHex(prev.ChipID))
 		}
 	}
-	if !podCIDR.IsValid() {
+	kept := podCIDR.IsValid()
+	if !kept {
 		if podCIDR, err = s.alloc.Allocate(used); err != nil {
 			return nil, refuse("cidr_exhausted", codes.ResourceExhausted, "%v", err)
 		}
@@ -251,7 +255,26 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 	if rec.Evidence, err = attest.MarshalEvidence(ev); err != nil {
 		return nil, err
 	}
-	if err := s.putAndPublish(rec); err != nil {
+	// The write is conditional on the record this decision read (prev, or
+	// none): a node another replica wrote meanwhile is a conflict, not
+	// overwritten. A freshly allocated CIDR another replica gave to
+	// another node at the same time is replaced by the next free one.
+	var prevRev uint64
+	if prev != nil {
+		prevRev = prev.Revision
+	}
+	for range maxCIDRRetries {
+		err = s.putAndPublish(rec, prevRev)
+		if kept || !errors.Is(err, store.ErrPodCIDRTaken) {
+			break
+		}
+		used = append(used, podCIDR)
+		if podCIDR, err = s.alloc.Allocate(used); err != nil {
+			return nil, refuse("cidr_exhausted", codes.ResourceExhausted, "%v", err)
+		}
+		rec.PodCIDR = podCIDR.String()
+	}
+	if err != nil {
 		return nil, err
 	}
 	return &cpv1.JoinResponse{
@@ -260,6 +283,10 @@ func (s *Server) join(req *cpv1.JoinRequest) (*cpv1.JoinResponse, error) {
 		ExpiresAt: timestamppb.New(svid.NotAfter), JwtBundle: s.JWTBundle(),
 	}, nil
 }
+
+// maxCIDRRetries bounds how many pod CIDRs a join tries when other
+// replicas take them at the same time.
+const maxCIDRRetries = 8
 
 // maxCSRSize bounds a CSR; a P-256 or P-384 request is well under 1 KiB.
 const maxCSRSize = 8 << 10
@@ -407,9 +434,11 @@ func (s *Server) bundleDER() [][]byte { return [][]byte{s.ca.Certificate().Raw} 
 
 // putAndPublish stores rec and tells watchers; with a shared store the
 // watch tells them, and it returns once the cache has the change. The
-// caller holds s.writeMu and s.mu.
-func (s *Server) putAndPublish(rec *store.NodeRecord) error {
-	rev, err := s.store.PutNode(rec)
+// caller holds s.writeMu and s.mu. The write happens only if the stored
+// record is still at prevRevision (0: absent); otherwise it fails with an
+// error wrapping store.ErrConflict (a refusal with a shared store).
+func (s *Server) putAndPublish(rec *store.NodeRecord, prevRevision uint64) error {
+	rev, err := s.store.PutNodeIf(rec, prevRevision)
 	if err != nil {
 		return s.storeWriteError(rec.Name, err)
 	}
@@ -449,9 +478,13 @@ func (s *Server) storeWriteError(name string, err error) error {
 	case s.shared == nil:
 		return err
 	case errors.Is(err, store.ErrConflict):
-		return refuse("conflict", codes.Aborted, "another control-plane replica changed node %q at the same time; retry: %v", name, err)
+		rf := refuse("conflict", codes.Aborted, "another control-plane replica changed node %q at the same time; retry: %v", name, err)
+		rf.cause = err
+		return rf
 	}
-	return refuse("store_unavailable", codes.Unavailable, "store write of node %q: %v; retry or use another replica", name, err)
+	rf := refuse("store_unavailable", codes.Unavailable, "store write of node %q: %v; retry or use another replica", name, err)
+	rf.cause = err
+	return rf
 }
 
 // publishDelete tells watchers a node left; the caller holds s.writeMu

@@ -93,6 +93,7 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if err != nil {
 		return nil, name, refuse("revoked", codes.PermissionDenied, "node %q is no longer admitted", name)
 	}
+	prevRev := rec.Revision // the write below is conditional on this read
 	if !sameMachine(rec, claims.ChipID, csr.PublicKey) {
 		return nil, name, refuse("chip_changed", codes.PermissionDenied, "renewal evidence comes from another chip than node %q joined with", name)
 	}
@@ -118,7 +119,7 @@ func (s *Server) renew(ctx context.Context, req *cpv1.RenewRequest) (*cpv1.Renew
 	if rec.Evidence, err = attest.MarshalEvidence(ev); err != nil {
 		return nil, name, err
 	}
-	if err := s.putAndPublish(rec); err != nil {
+	if err := s.putAndPublish(rec, prevRev); err != nil {
 		return nil, name, err
 	}
 	return &cpv1.RenewResponse{Svid: [][]byte{svid.Raw}, TrustBundle: s.bundleDER(), ExpiresAt: timestamppb.New(svid.NotAfter), JwtBundle: s.JWTBundle()}, name, nil

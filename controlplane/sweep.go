@@ -67,12 +67,12 @@ func (s *Server) sweep(ctx context.Context) error {
 		default:
 			continue
 		}
-		if s.shared != nil {
-			if cur, err := s.store.GetNode(n.Name); err != nil || cur.Revision != n.Revision {
-				continue // changed or gone meanwhile: judged by the next sweep
+		// Conditional on the revision judged: a record another replica
+		// changed (a renewal) or deleted since is judged by the next sweep.
+		if err := s.putAndPublish(n, n.Revision); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				continue
 			}
-		}
-		if err := s.putAndPublish(n); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -117,6 +117,7 @@ type Store struct {
 	cut    bool
 	closed bool
 	lease  context.CancelFunc // cancels fn's context while this store leads
+	held   chan struct{}      // non-nil while HoldWatch holds deliveries; closed on release
 }
 
 var _ store.Shared = (*Store)(nil)
@@ -170,6 +171,26 @@ func (s *Store) BreakWatch() {
 			w.breakWith(errWatchBroken)
 			delete(s.b.watches, w)
 		}
+	}
+}
+
+// HoldWatch stops delivering changes to this store's watches (they queue,
+// up to the watch buffer) until ReleaseWatch: a replica whose watch lags.
+func (s *Store) HoldWatch() {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.held == nil {
+		s.held = make(chan struct{})
+	}
+}
+
+// ReleaseWatch resumes deliveries HoldWatch held.
+func (s *Store) ReleaseWatch() {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.held != nil {
+		close(s.held)
+		s.held = nil
 	}
 }
 
@@ -576,6 +597,18 @@ func (s *Store) WatchNodes(ctx context.Context, sync func(nodes []*store.NodeRec
 		case <-w.broken:
 			return w.err
 		case c := <-w.ch:
+			s.b.mu.Lock()
+			held := s.held
+			s.b.mu.Unlock()
+			if held != nil { // HoldWatch: deliver c only after ReleaseWatch
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-w.broken:
+					return w.err
+				case <-held:
+				}
+			}
 			change(c)
 		}
 	}
