@@ -406,7 +406,8 @@ func (a *Agent) call(ctx context.Context, op func(context.Context, *cpclient.Con
 	return a.replicas.Dial(ctx, cfg, op)
 }
 
-// dialTimeout bounds one whole call across the replicas.
+// dialTimeout bounds one join or renewal call on one replica (after its
+// dial, which Replicas.Timeout bounds).
 const dialTimeout = 15 * time.Second
 
 func (a *Agent) nodeSpec() cpclient.Node {

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,8 +44,12 @@ func haAPIServer(t *testing.T) func(c *netlab.Cluster) ([]string, error) {
 			Token:  fmt.Sprintf("controlplane-%d", time.Now().UnixNano()),
 		}
 		start := time.Now()
+		apiDir := filepath.Join(c.Dir, "apiserver")
+		if err := os.MkdirAll(apiDir, 0o700); err != nil {
+			return nil, err
+		}
 		api := kubetest.StartAPIServer(t, kubetest.Options{Users: []kubetest.User{cpUser}, BindAddress: netlab.SharedServiceIP.String(),
-			Port: 6443, NetNS: ns, Dir: filepath.Join(c.Dir, "apiserver")})
+			Port: 6443, NetNS: ns, Dir: apiDir})
 		admin := api.Client(t, api.Admin)
 		if _, err := admin.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: haNamespace}}, metav1.CreateOptions{}); err != nil {
 			return nil, err
