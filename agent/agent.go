@@ -53,11 +53,21 @@ const (
 
 // Config configures an Agent.
 type Config struct {
-	NodeName     string
-	ControlPlane string // host:port
-	Policy       *attest.Policy
-	Provider     attest.Provider
-	StateDir     string
+	NodeName string
+	// ControlPlanes lists the control plane's replicas (HOST:PORT each).
+	// Every call tries them in turn, starting from the one that worked
+	// last; each replica's own evidence is verified before it is used.
+	ControlPlanes []string
+	// ControlPlane is the single-address form: one HOST:PORT, or several
+	// comma-separated (as the --control-plane flag takes them). Set it or
+	// ControlPlanes, not both.
+	ControlPlane string
+	// ReplicaTimeout bounds one replica's dial when there are several
+	// (default cpclient.DefaultReplicaTimeout).
+	ReplicaTimeout time.Duration
+	Policy         *attest.Policy
+	Provider       attest.Provider
+	StateDir       string
 	// Endpoint is this node's underlay address:port that peers send to.
 	Endpoint    netip.AddrPort
 	Device      string
@@ -106,6 +116,7 @@ type Agent struct {
 	verifier *attest.Verifier
 	svidKey  crypto.Signer
 	dev      *wg.Device
+	replicas *cpclient.Replicas // the control plane's replicas, and the one in use
 
 	mu          sync.Mutex // guards everything below
 	wgKey       wgtypes.Key
@@ -152,8 +163,12 @@ type peerStatus struct {
 
 // New validates the configuration and loads the node's keys.
 func New(cfg Config) (*Agent, error) {
-	if cfg.NodeName == "" || cfg.ControlPlane == "" || cfg.Policy == nil || cfg.Provider == nil || cfg.StateDir == "" {
-		return nil, errors.New("agent: NodeName, ControlPlane, Policy, Provider and StateDir are required")
+	if cfg.NodeName == "" || (cfg.ControlPlane == "" && len(cfg.ControlPlanes) == 0) || cfg.Policy == nil || cfg.Provider == nil || cfg.StateDir == "" {
+		return nil, errors.New("agent: NodeName, ControlPlanes (or ControlPlane), Policy, Provider and StateDir are required")
+	}
+	replicas, err := controlPlaneReplicas(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	if err := identity.ValidateNodeName(cfg.NodeName); err != nil {
 		return nil, fmt.Errorf("node name: %w", err)
@@ -215,8 +230,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	m := newMetrics()
+	m.registerReplicas(replicas)
 	a := &Agent{
-		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey,
+		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey, replicas: replicas,
 		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - Overhead(cfg.Endpoint),
 		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods, ipam: ipam,
 	}
@@ -224,6 +240,9 @@ func New(cfg Config) (*Agent, error) {
 		m.registerStrict(a.Strict)
 	}
 	a.setStateLocked(StateJoining, "starting")
+	replicas.OnFailover = func(from, to string) {
+		a.log.Warn("control plane failover: using another replica", "from", from, "to", to)
+	}
 	// What the last join said, so the first strict rules keep local pods
 	// reachable while this agent re-joins.
 	if st, err := loadNetState(cfg.StateDir); err != nil {
@@ -342,9 +361,40 @@ func (a *Agent) ensureDevice(ctx context.Context) error {
 	return nil
 }
 
+// controlPlaneReplicas is the validated replica list of cfg.
+func controlPlaneReplicas(cfg Config) (*cpclient.Replicas, error) {
+	addrs := cfg.ControlPlanes
+	if cfg.ControlPlane != "" {
+		if len(cfg.ControlPlanes) > 0 {
+			return nil, errors.New("set ControlPlane or ControlPlanes, not both")
+		}
+		var err error
+		if addrs, err = cpclient.ParseAddrs(cfg.ControlPlane); err != nil {
+			return nil, err
+		}
+	}
+	r, err := cpclient.NewReplicas(addrs)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ReplicaTimeout > 0 {
+		r.Timeout = cfg.ReplicaTimeout
+	}
+	return r, nil
+}
+
+// dial connects to the first control-plane replica, starting from the one
+// that worked last, whose evidence verifies.
 func (a *Agent) dial(ctx context.Context) (*cpclient.Conn, error) {
+	return a.call(ctx, nil)
+}
+
+// call runs op on a verified connection to a control-plane replica,
+// trying the next replica while one is unavailable (cpclient.Replicas.Dial).
+// The returned connection is open; the caller closes it.
+func (a *Agent) call(ctx context.Context, op func(context.Context, *cpclient.Conn) error) (*cpclient.Conn, error) {
 	a.mu.Lock()
-	cfg := cpclient.Config{Addr: a.cfg.ControlPlane, Verifier: a.verifier, TrustDomain: a.td, Bundle: a.bundle, Now: a.now}
+	cfg := cpclient.Config{Verifier: a.verifier, TrustDomain: a.td, Bundle: a.bundle, Now: a.now}
 	if a.joined {
 		cfg.ClientCertificate = func() (*tls.Certificate, error) {
 			a.mu.Lock()
@@ -353,10 +403,12 @@ func (a *Agent) dial(ctx context.Context) (*cpclient.Conn, error) {
 		}
 	}
 	a.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	return cpclient.Dial(ctx, cfg)
+	return a.replicas.Dial(ctx, cfg, op)
 }
+
+// dialTimeout bounds one join or renewal call on one replica (after its
+// dial, which Replicas.Timeout bounds).
+const dialTimeout = 15 * time.Second
 
 func (a *Agent) nodeSpec() cpclient.Node {
 	a.mu.Lock()
@@ -394,17 +446,18 @@ func (a *Agent) joinWithRetry(ctx context.Context) error {
 }
 
 func (a *Agent) join(ctx context.Context) error {
-	conn, err := a.dial(ctx)
+	var resp *cpv1.JoinResponse
+	conn, err := a.call(ctx, func(ctx context.Context, conn *cpclient.Conn) error {
+		jctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
+		var err error
+		resp, err = conn.Join(jctx, a.nodeSpec())
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	jctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	resp, err := conn.Join(jctx, a.nodeSpec())
-	if err != nil {
-		return err
-	}
 	if err := a.adopt(resp.GetSvid(), resp.GetTrustBundle()); err != nil {
 		return err
 	}
@@ -506,11 +559,17 @@ func (a *Agent) noteOwnEvidence(conn *cpclient.Conn) {
 // authenticates) the peers go and the node joins again; a refused join
 // stops the agent and ends the loop.
 func (a *Agent) watchLoop(ctx context.Context) {
-	backoff := 500 * time.Millisecond
+	const minBackoff = 500 * time.Millisecond
+	backoff := minBackoff
 	for ctx.Err() == nil && !a.stopped() {
 		err := a.watchOnce(ctx)
 		if ctx.Err() != nil || errors.Is(err, errStopped) {
 			return
+		}
+		if errors.Is(err, errWatchBroke) {
+			// It was up: a replica that dies now is replaced at once
+			// (the next dial starts with it and moves on).
+			backoff = minBackoff
 		}
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.Unauthenticated {
 			a.log.Error("control plane says this node is not in the peer set; dropping every peer and joining again", "err", err)
@@ -531,30 +590,75 @@ func (a *Agent) watchLoop(ctx context.Context) {
 	}
 }
 
+// watchSettle is how long a new watch stream must stay open without an
+// error before its replica counts as working: a replica resumed at the
+// current revision sends nothing until the next change.
+const watchSettle = time.Second
+
+// errWatchBroke wraps the error that ended a watch stream which was up.
+var errWatchBroke = errors.New("watch stream broke")
+
+type recvResult struct {
+	ev  *cpv1.WatchEvent
+	err error
+}
+
+// watchOnce opens a watch on a replica, resuming from the last revision
+// seen (revisions are the shared store's: any replica resumes them), and
+// follows it until it breaks. The peer set, and so every tunnel, is only
+// ever changed by the events received, never by the switch of replica.
 func (a *Agent) watchOnce(ctx context.Context) error {
-	conn, err := a.dial(ctx)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stream cpv1.ControlPlane_WatchClient
+	var first <-chan recvResult
+	conn, err := a.call(wctx, func(ctx context.Context, conn *cpclient.Conn) error {
+		a.mu.Lock()
+		from := a.revision
+		a.mu.Unlock()
+		s, err := conn.Client.Watch(ctx, &cpv1.WatchRequest{Revision: from})
+		if err != nil {
+			return err
+		}
+		ch := make(chan recvResult, 1)
+		go func() {
+			ev, err := s.Recv()
+			ch <- recvResult{ev, err}
+		}()
+		t := time.NewTimer(watchSettle)
+		defer t.Stop()
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				return r.err
+			}
+			ch <- r // handled below, with the rest
+		case <-t.C:
+		}
+		stream, first = s, ch
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	a.mu.Lock()
-	from := a.revision
-	a.mu.Unlock()
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := conn.Client.Watch(wctx, &cpv1.WatchRequest{Revision: from})
-	if err != nil {
-		return err
-	}
 	for {
-		ev, err := stream.Recv()
-		if err != nil {
-			return err
+		var r recvResult
+		if first != nil {
+			r, first = <-first, nil
+		} else {
+			r.ev, r.err = stream.Recv()
+		}
+		if r.err != nil {
+			if status.Code(r.err) == codes.PermissionDenied || status.Code(r.err) == codes.Unauthenticated {
+				return r.err
+			}
+			return fmt.Errorf("%w: %w", errWatchBroke, r.err)
 		}
 		if a.stopped() {
 			return errStopped
 		}
-		a.applyEvent(ev)
+		a.applyEvent(r.ev)
 		a.reconcile()
 	}
 }
@@ -687,11 +791,6 @@ func (a *Agent) renewDue() bool {
 // period is over. The new key goes live on the device only after the
 // control plane accepted it; peers switch when its upsert reaches them.
 func (a *Agent) renew(ctx context.Context) error {
-	conn, err := a.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	var newKey *wgtypes.Key
 	a.mu.Lock()
 	if a.cfg.KeyRotation > 0 && a.now().Sub(a.keyCreated) >= a.cfg.KeyRotation {
@@ -708,12 +807,18 @@ func (a *Agent) renew(ctx context.Context) error {
 		p := newKey.PublicKey()
 		newPub = p[:]
 	}
-	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	resp, err := conn.Renew(rctx, a.nodeSpec(), newPub)
+	var resp *cpv1.RenewResponse
+	conn, err := a.call(ctx, func(ctx context.Context, conn *cpclient.Conn) error {
+		rctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
+		var err error
+		resp, err = conn.Renew(rctx, a.nodeSpec(), newPub)
+		return err
+	})
 	if err != nil {
 		return err
 	}
+	defer conn.Close()
 	a.noteOwnEvidence(conn)
 	if newKey != nil {
 		if err := saveWireGuardKey(a.cfg.StateDir, *newKey); err != nil {

@@ -120,6 +120,7 @@ func (a *Agent) Status() *agentv1.StatusResponse {
 		StrictMode: a.cfg.StrictMode && a.strict && si.State == StrictInstalled, Device: a.cfg.Device, Ready: ready, ReadyReason: reason,
 		TrustsSimulatedRoot: a.verifier.TrustsSimulated(), Revision: a.revision, WireguardPublicKey: pub[:],
 		State: a.state, StateReason: a.stateReason,
+		ControlPlane: a.replicas.Current(), ControlPlanes: a.replicas.Addrs(), ControlPlaneFailovers: a.replicas.Failovers(),
 	}
 	if !a.stateSince.IsZero() {
 		resp.StateSince = timestamppb.New(a.stateSince)

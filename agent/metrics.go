@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/confmesh/confmesh/agent/cpclient"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -59,6 +60,15 @@ func newMetrics() *metrics {
 	})
 	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals, m.state, m.cpRefusals)
 	return m
+}
+
+// registerReplicas exports how often the agent moved to another
+// control-plane replica.
+func (m *metrics) registerReplicas(r *cpclient.Replicas) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "confmesh_agent_controlplane_failovers_total",
+		Help: "Times the agent moved to another control-plane replica than the one that worked last.",
+	}, func() float64 { return float64(r.Failovers()) }))
 }
 
 // registerStrict exports strict mode as the kernel has it: whether the

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/confmesh/confmesh/agent/cpclient"
 	"github.com/confmesh/confmesh/agent/podmeta"
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
@@ -179,19 +180,18 @@ func (a *Agent) registerWithControlPlane(ctx context.Context, rec *PodRecord) er
 	if !joined {
 		return errors.New("not joined yet")
 	}
-	conn, err := a.dial(ctx)
+	conn, err := a.call(ctx, func(ctx context.Context, conn *cpclient.Conn) error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := conn.Client.RegisterPod(cctx, &cpv1.RegisterPodRequest{Pod: &cpv1.PodIdentity{
+			Namespace: rec.Namespace, Name: rec.Name, Uid: rec.UID, ServiceAccount: rec.ServiceAccount,
+		}})
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err = conn.Client.RegisterPod(cctx, &cpv1.RegisterPodRequest{Pod: &cpv1.PodIdentity{
-		Namespace: rec.Namespace, Name: rec.Name, Uid: rec.UID, ServiceAccount: rec.ServiceAccount,
-	}})
-	if err != nil {
-		return err
-	}
+	conn.Close()
 	rec.Registered = true
 	return a.pods.put(rec)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 
+	"github.com/confmesh/confmesh/agent/cpclient"
 	"github.com/confmesh/confmesh/agent/workload"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -71,15 +72,16 @@ func (b workloadBackend) SignX509(ctx context.Context, p workload.Pod, csr []byt
 		return nil, errNodeStopped
 	}
 	b.ensureRegistered(ctx, p)
-	conn, err := b.a.dial(ctx)
+	var resp *cpv1.SignWorkloadResponse
+	conn, err := b.a.call(ctx, func(ctx context.Context, conn *cpclient.Conn) error {
+		var err error
+		resp, err = conn.Client.SignWorkload(ctx, &cpv1.SignWorkloadRequest{Csr: csr, Pod: podIdentity(p)})
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	resp, err := conn.Client.SignWorkload(ctx, &cpv1.SignWorkloadRequest{Csr: csr, Pod: podIdentity(p)})
-	if err != nil {
-		return nil, err
-	}
+	conn.Close()
 	return resp.GetSvid(), nil
 }
 
@@ -88,15 +90,16 @@ func (b workloadBackend) SignJWT(ctx context.Context, p workload.Pod, audience [
 		return "", errNodeStopped
 	}
 	b.ensureRegistered(ctx, p)
-	conn, err := b.a.dial(ctx)
+	var resp *cpv1.SignJWTResponse
+	conn, err := b.a.call(ctx, func(ctx context.Context, conn *cpclient.Conn) error {
+		var err error
+		resp, err = conn.Client.SignJWT(ctx, &cpv1.SignJWTRequest{Pod: podIdentity(p), Audience: audience})
+		return err
+	})
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
-	resp, err := conn.Client.SignJWT(ctx, &cpv1.SignJWTRequest{Pod: podIdentity(p), Audience: audience})
-	if err != nil {
-		return "", err
-	}
+	conn.Close()
 	if len(resp.GetJwtBundle()) > 0 {
 		b.a.adoptJWTBundle(resp.GetJwtBundle())
 	}

@@ -81,7 +81,8 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	t.Cleanup(c.teardown) // registered after TempDir: runs before its removal
 	start := time.Now()
 	if err := c.Start(Options{AgentPolicy: opts.AgentPolicy, ControlPlanePolicy: opts.ControlPlanePolicy, SVIDTTL: opts.SVIDTTL,
-		NodeTEEs: opts.NodeTEEs, SimTDX: opts.SimTDX}); err != nil {
+		NodeTEEs: opts.NodeTEEs, SimTDX: opts.SimTDX,
+		ControlPlaneReplicas: opts.ControlPlaneReplicas, ControlPlaneSetup: opts.ControlPlaneSetup}); err != nil {
 		t.Fatalf("e2e: %v", err)
 	}
 	nodes := make([]*Node, opts.Nodes)

@@ -32,7 +32,13 @@ type Status struct {
 	// "active", "revoked" or "refused"; StateReason says why.
 	State       string `json:"state"`
 	StateReason string `json:"stateReason"`
-	Peers       []Peer `json:"peers"`
+	// ControlPlane is the control-plane replica the agent used last,
+	// ControlPlanes every replica it was given, ControlPlaneFailovers how
+	// often it moved from one to another.
+	ControlPlane          string   `json:"controlPlane"`
+	ControlPlanes         []string `json:"controlPlanes"`
+	ControlPlaneFailovers uint64   `json:"controlPlaneFailovers"`
+	Peers                 []Peer   `json:"peers"`
 	// Strict is what the agent found in the kernel.
 	Strict StrictStatus `json:"strict"`
 }

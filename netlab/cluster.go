@@ -55,6 +55,16 @@ type Options struct {
 	// SimTDX makes a simulated TDX CA and trusts it in every lab policy
 	// (implied when NodeTEEs names sim-tdx).
 	SimTDX bool
+	// ControlPlaneReplicas is how many control-plane replicas run (0: one).
+	// Replica k (from 0) has its own namespace, address (ReplicaIP),
+	// state directory and simulated TEE; every agent is given all their
+	// addresses. Several replicas need a shared store: ControlPlaneSetup.
+	ControlPlaneReplicas int
+	// ControlPlaneSetup, if set, runs once the underlay exists and before
+	// any replica starts (to start what they share, e.g. an API server in
+	// a namespace of its own: AttachNS); the arguments it returns are
+	// added to every replica's command line.
+	ControlPlaneSetup func(c *Cluster) ([]string, error)
 }
 
 // Simulated TEEs a lab node can run on.
@@ -67,11 +77,12 @@ const (
 // by a bridge in the underlay namespace.
 type Cluster struct {
 	Config
-	SimDir    string // the simulated CA (sim-snp)
-	SimTDXDir string // the simulated TDX CA, when the cluster has one
-	Underlay  string // network namespace holding the bridge
-	Bridge    string // the bridge's name in Underlay
-	CP        *ControlPlane
+	SimDir    string          // the simulated CA (sim-snp)
+	SimTDXDir string          // the simulated TDX CA, when the cluster has one
+	Underlay  string          // network namespace holding the bridge
+	Bridge    string          // the bridge's name in Underlay
+	CP        *ControlPlane   // the first (or only) control-plane replica
+	CPs       []*ControlPlane // every control-plane replica, CP first
 
 	agentPolicy string
 	tdxRoot     string

@@ -105,7 +105,7 @@ func (n *Node) StartAgent() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.starts++
-	args := []string{"agent", "--name", n.Name, "--control-plane", n.c.CP.Addr, "--policy", n.Policy,
+	args := []string{"agent", "--name", n.Name, "--control-plane", n.c.ControlPlaneList(), "--policy", n.Policy,
 		"--state-dir", n.StateDir, "--endpoint", n.Endpoint().String(), "--device", n.Device,
 		"--socket", n.Socket, "--workload-socket", n.WorkloadSocket, "--pod-metadata", n.PodMetadata,
 		"--metrics-listen", "",

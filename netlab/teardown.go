@@ -37,10 +37,15 @@ func (c *Cluster) Teardown() []error {
 			fail("%v", err)
 		}
 	}
-	cpProc := c.CP.Process()
+	cpProcs := map[*Process]bool{}
+	for _, cp := range c.ControlPlanes() {
+		if p := cp.Process(); p != nil {
+			cpProcs[p] = true
+		}
+	}
 	var wg sync.WaitGroup
 	for _, p := range c.Processes() {
-		if p == cpProc {
+		if cpProcs[p] {
 			continue
 		}
 		wg.Add(1)
@@ -52,11 +57,16 @@ func (c *Cluster) Teardown() []error {
 		}()
 	}
 	wg.Wait()
-	if cpProc != nil {
-		if err := cpProc.Stop(); err != nil {
-			fail("%v", err)
-		}
+	for p := range cpProcs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.Stop(); err != nil {
+				fail("%v", err)
+			}
+		}()
 	}
+	wg.Wait()
 	for _, n := range c.Nodes() {
 		out, err := Exec("ip", "netns", "exec", n.NS, c.Bin, "agent", "cleanup", "--device", n.Device, "--state-dir", n.StateDir)
 		if err != nil {

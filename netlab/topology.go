@@ -24,6 +24,22 @@ var (
 	nodeIPMin = 10 // node i is 198.18.0.(10+i)
 )
 
+// MaxReplicas is how many control-plane replicas fit below the nodes'
+// addresses (and leave 198.18.0.9 for a service they share).
+const MaxReplicas = 8
+
+// ReplicaIP is control-plane replica k's (from 0) underlay address,
+// 198.18.0.(1+k): replica 0 is ControlPlaneIP.
+func ReplicaIP(k int) netip.Addr {
+	b := ControlPlaneIP.As4()
+	b[3] = byte(int(b[3]) + k)
+	return netip.AddrFrom4(b)
+}
+
+// SharedServiceIP is the underlay address a test may give a service the
+// control-plane replicas share (an API server): AttachNS.
+var SharedServiceIP = netip.MustParseAddr("198.18.0.9")
+
 // NodeIP is node i's underlay address, 198.18.0.(10+i).
 func NodeIP(i int) netip.Addr {
 	b := ControlPlaneIP.As4()
@@ -49,6 +65,14 @@ func (c *Cluster) setupUnderlay() error {
 		}
 	}
 	return nil
+}
+
+// AttachNS creates network namespace name (the cluster's: torn down with
+// it) with a veth eth0 holding addr on the underlay; port names the veth's
+// bridge end (at most 15 bytes). For a service of the test's own, e.g. an
+// API server the control-plane replicas share (SharedServiceIP).
+func (c *Cluster) AttachNS(name, port string, addr netip.Addr) error {
+	return c.attach(name, port, addr)
 }
 
 // attach creates netns name with a veth eth0 (address addr) whose peer,

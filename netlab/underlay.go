@@ -17,15 +17,18 @@ func (c *Cluster) StartCapture(max time.Duration) (*Capture, error) {
 
 // UnderlayViolations lists the frames (summarized) that are not what the
 // underlay may carry: ARP, WireGuard (UDP 51820 <-> 51820) between node
-// addresses, TCP between a node and the control plane's port 7443, and the
+// addresses, TCP between a node and a control-plane replica's port 7443, and the
 // kernel's IGMP membership reports to link-local multicast (224.0.0.0/24,
 // the bridge's address sends them). Anything else, including IPv6 (off in
 // every namespace) and any packet to or from another address, is a
 // violation.
 func (c *Cluster) UnderlayViolations(frames []Frame) []string {
-	nodes := map[netip.Addr]bool{}
+	nodes, cps := map[netip.Addr]bool{}, map[netip.Addr]bool{}
 	for _, n := range c.Nodes() {
 		nodes[n.IP] = true
+	}
+	for _, cp := range c.ControlPlanes() {
+		cps[cp.IP] = true
 	}
 	var bad []Frame
 	for _, f := range frames {
@@ -39,9 +42,9 @@ func (c *Cluster) UnderlayViolations(frames []Frame) []string {
 			ok = linkLocalMulticast.Contains(p.Dst)
 		case nodes[p.Src] && nodes[p.Dst]:
 			ok = p.Proto == ProtoUDP && p.SrcPort == WireGuardPort && p.DstPort == WireGuardPort
-		case nodes[p.Src] && p.Dst == c.CP.IP:
+		case nodes[p.Src] && cps[p.Dst]:
 			ok = p.Proto == ProtoTCP && p.DstPort == ControlPlanePort
-		case p.Src == c.CP.IP && nodes[p.Dst]:
+		case cps[p.Src] && nodes[p.Dst]:
 			ok = p.Proto == ProtoTCP && p.SrcPort == ControlPlanePort
 		}
 		if !ok {

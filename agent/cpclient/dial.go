@@ -197,6 +197,9 @@ func (c *Conn) Challenge(ctx context.Context) ([]byte, error) {
 // Close closes the connection.
 func (c *Conn) Close() error { return c.cc.Close() }
 
+// Addr is the address (HOST:PORT) this connection dialed.
+func (c *Conn) Addr() string { return c.cfg.Addr }
+
 // ServerKeyHash is SHA-256 of the attested TLS key.
 func (c *Conn) ServerKeyHash() []byte { return attest.KeyHash(c.pin.get()) }
 

@@ -40,6 +40,12 @@ func (f *fakeControlPlane) Challenge(context.Context, *cpv1.ChallengeRequest) (*
 // SHA-256 of the key's SPKI.
 func serveFake(t *testing.T, f *fakeControlPlane) (string, []byte) {
 	t.Helper()
+	return serveFakeServer(t, f)
+}
+
+// serveFakeServer serves any control-plane implementation like serveFake.
+func serveFakeServer(t *testing.T, f cpv1.ControlPlaneServer) (string, []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

@@ -765,10 +765,17 @@ type StatusResponse struct {
 	// evidence it last attested with, verified under its own policy: the
 	// product line (e.g. Milan, Turin) and its raw REPORTED_TCB (decode it
 	// with the product's layout). Empty and 0 before the first join.
-	Product       string `protobuf:"bytes,50,opt,name=product,proto3" json:"product,omitempty"`
-	ReportedTcb   uint64 `protobuf:"varint,51,opt,name=reported_tcb,json=reportedTcb,proto3" json:"reported_tcb,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Product     string `protobuf:"bytes,50,opt,name=product,proto3" json:"product,omitempty"`
+	ReportedTcb uint64 `protobuf:"varint,51,opt,name=reported_tcb,json=reportedTcb,proto3" json:"reported_tcb,omitempty"`
+	// control_plane is the control-plane replica (HOST:PORT) the agent used
+	// last (empty before any answered); control_planes lists every replica
+	// it was given, in order; control_plane_failovers counts its moves from
+	// one replica to another.
+	ControlPlane          string   `protobuf:"bytes,60,opt,name=control_plane,json=controlPlane,proto3" json:"control_plane,omitempty"`
+	ControlPlanes         []string `protobuf:"bytes,61,rep,name=control_planes,json=controlPlanes,proto3" json:"control_planes,omitempty"`
+	ControlPlaneFailovers uint64   `protobuf:"varint,62,opt,name=control_plane_failovers,json=controlPlaneFailovers,proto3" json:"control_plane_failovers,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -951,6 +958,27 @@ func (x *StatusResponse) GetProduct() string {
 func (x *StatusResponse) GetReportedTcb() uint64 {
 	if x != nil {
 		return x.ReportedTcb
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetControlPlane() string {
+	if x != nil {
+		return x.ControlPlane
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetControlPlanes() []string {
+	if x != nil {
+		return x.ControlPlanes
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetControlPlaneFailovers() uint64 {
+	if x != nil {
+		return x.ControlPlaneFailovers
 	}
 	return 0
 }
@@ -1481,7 +1509,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\brx_bytes\x18\b \x01(\x03R\arxBytes\x12\x19\n" +
 	"\btx_bytes\x18\t \x01(\x03R\atxBytes\x12\x18\n" +
 	"\aproduct\x18\x14 \x01(\tR\aproduct\x12!\n" +
-	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xa3\x06\n" +
+	"\freported_tcb\x18\x15 \x01(\x04R\vreportedTcb\"\xa7\a\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1a\n" +
 	"\battested\x18\x02 \x01(\bR\battested\x12\x10\n" +
@@ -1508,7 +1536,10 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\vstate_since\x18* \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"stateSince\x12\x18\n" +
 	"\aproduct\x182 \x01(\tR\aproduct\x12!\n" +
-	"\freported_tcb\x183 \x01(\x04R\vreportedTcb\"\xcb\x02\n" +
+	"\freported_tcb\x183 \x01(\x04R\vreportedTcb\x12#\n" +
+	"\rcontrol_plane\x18< \x01(\tR\fcontrolPlane\x12%\n" +
+	"\x0econtrol_planes\x18= \x03(\tR\rcontrolPlanes\x126\n" +
+	"\x17control_plane_failovers\x18> \x01(\x04R\x15controlPlaneFailovers\"\xcb\x02\n" +
 	"\fStrictStatus\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent"
+	"github.com/confmesh/confmesh/agent/cpclient"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/datapath"
 	"github.com/confmesh/confmesh/internal/netfilter"
@@ -65,7 +66,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.name, "name", "", "node `NAME` (RFC 1123); required")
-	fl.StringVar(&f.controlPlane, "control-plane", "", "control plane agent endpoint `HOST:PORT`; required")
+	fl.StringVar(&f.controlPlane, "control-plane", "", "control plane agent endpoint `HOST:PORT`, or several replicas' comma-separated (HOST:PORT,HOST:PORT): every call starts at the replica that worked last and moves on while one is unavailable, verifying each replica's own evidence; required")
 	fl.StringVar(&f.policy, "policy", "", "attestation policy `FILE` this agent applies to the control plane and every peer; required")
 	fl.StringVar(&f.stateDir, "state-dir", defaultAgentStateDir, "`DIR` for keys (0600) and pod records")
 	fl.StringVar(&f.endpoint, "endpoint", "", "this node's underlay `IP:PORT` peers send WireGuard to; required")
@@ -109,6 +110,10 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 	if err != nil {
 		return failf("agent: %v", err)
 	}
+	cps, err := cpclient.ParseAddrs(f.controlPlane)
+	if err != nil {
+		return usageErrorf("--control-plane %q: %v", f.controlPlane, err)
+	}
 	ep, err := netip.ParseAddrPort(f.endpoint)
 	if err != nil {
 		return usageErrorf("--endpoint %q: want IP:PORT: %v", f.endpoint, err)
@@ -145,7 +150,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		return failf("agent: locate own binary for the datapath: %v", err)
 	}
 	a, err := agent.New(agent.Config{
-		NodeName: f.name, ControlPlane: f.controlPlane, Policy: pol, Provider: prov, StateDir: f.stateDir, TDXCollateral: tdxColl,
+		NodeName: f.name, ControlPlanes: cps, Policy: pol, Provider: prov, StateDir: f.stateDir, TDXCollateral: tdxColl,
 		Endpoint: ep, Device: f.device, ListenPort: f.listenPort, UnderlayMTU: f.underlayMTU, ClusterCIDR: cluster,
 		StrictMode: f.strict, KeyRotation: f.keyRotation, ForceUserspace: f.forceUserspace, Logger: log, WorkloadSocket: f.workloadSocket,
 		PodMetadata: pods.source,

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -73,8 +74,14 @@ type statusJSON struct {
 	State       string      `json:"state"`
 	StateReason string      `json:"stateReason,omitempty"`
 	StateSince  string      `json:"stateSince,omitempty"`
-	Peers       []peerJSON  `json:"peers"`
-	Strict      strictJSON  `json:"strict"`
+	// ControlPlane is the control-plane replica the agent used last,
+	// ControlPlanes every replica it was given, ControlPlaneFailovers
+	// how often it moved from one to another.
+	ControlPlane          string     `json:"controlPlane,omitempty"`
+	ControlPlanes         []string   `json:"controlPlanes,omitempty"`
+	ControlPlaneFailovers uint64     `json:"controlPlaneFailovers,omitempty"`
+	Peers                 []peerJSON `json:"peers"`
+	Strict                strictJSON `json:"strict"`
 }
 
 // strictJSON is strict mode as the agent finds it in the kernel.
@@ -137,6 +144,7 @@ func toStatusJSON(st *agentv1.StatusResponse) statusJSON {
 		Datapath: st.Datapath, Device: st.Device, StrictMode: st.StrictMode, PodCIDR: st.PodCidr,
 		WireGuardKey: hex.EncodeToString(st.WireguardPublicKey), TrustsSimulatedRoot: st.TrustsSimulatedRoot, Revision: st.Revision,
 		State: st.State, StateReason: st.StateReason, StateSince: ts(st.StateSince, st.StateSince != nil),
+		ControlPlane: st.ControlPlane, ControlPlanes: st.ControlPlanes, ControlPlaneFailovers: st.ControlPlaneFailovers,
 		Peers: []peerJSON{}}
 	out.Product = st.Product
 	if st.Product != "" {
@@ -212,6 +220,13 @@ func writeStatus(out io.Writer, format string, st *agentv1.StatusResponse) error
 		fmt.Fprintf(out, "tcb:         %s\n", compactTCB(s.Product, s.ReportedTCB))
 	}
 	fmt.Fprintf(out, "identity:    %s (expires %s)\n", s.SPIFFEID, s.SVIDExpiry)
+	if len(s.ControlPlanes) > 0 {
+		cp := s.ControlPlane
+		if cp == "" {
+			cp = "none answered yet"
+		}
+		fmt.Fprintf(out, "ctrl plane:  %s (of %s; %d failovers)\n", cp, strings.Join(s.ControlPlanes, ","), s.ControlPlaneFailovers)
+	}
 	fmt.Fprintf(out, "ready:       %v %s\n", s.Ready, s.ReadyReason)
 	fmt.Fprintf(out, "datapath:    %s on %s\n", s.Datapath, s.Device)
 	fmt.Fprintf(out, "strict mode: %v\n", s.StrictMode)

@@ -48,6 +48,7 @@ func TestStatusAndPeers(t *testing.T) {
 		Strict: &agentv1.StrictStatus{Enabled: true, State: "installed", Reinstalls: 2, LastReinstall: timestamppb.New(handshake),
 			RouteRepairs: 3, Pods: 4, DropsOut: 5, DropsIn: 6, DropsSpoof: 7},
 		State: "active", StateSince: timestamppb.New(handshake),
+		ControlPlane: "198.18.0.2:7443", ControlPlanes: []string{"198.18.0.1:7443", "198.18.0.2:7443"}, ControlPlaneFailovers: 1,
 		Product: "Milan", ReportedTcb: 0x0a14000000000302, // Milan bytes: bootloader 2, TEE 3, SNP 20, microcode 10
 		Peers: []*agentv1.PeerStatus{
 			{Name: "node-b", Endpoint: "198.18.0.2:51820", State: "verified", PodCidrs: []string{"10.244.2.0/24"},
@@ -104,6 +105,7 @@ func TestStatusAndPeers(t *testing.T) {
 			"attested:    true (sim-snp, measurement abababababababab…)\n" +
 			"tcb:         Milan bl=2 tee=3 snp=20 ucode=10\n" +
 			"identity:    spiffe://cluster.test/confmesh/node/node-a (expires 2026-03-14T16:09:26Z)\n" +
+			"ctrl plane:  198.18.0.2:7443 (of 198.18.0.1:7443,198.18.0.2:7443; 1 failovers)\n" +
 			"ready:       false no peers yet\n" +
 			"datapath:    kernel on cm0\n" +
 			"strict mode: true\n" +
@@ -139,6 +141,12 @@ func TestStatusAndPeers(t *testing.T) {
   },
   "state": "active",
   "stateSince": "2026-03-14T15:09:26Z",
+  "controlPlane": "198.18.0.2:7443",
+  "controlPlanes": [
+    "198.18.0.1:7443",
+    "198.18.0.2:7443"
+  ],
+  "controlPlaneFailovers": 1,
   "peers": ` + string(bytes.ReplaceAll([]byte(peersJSON[:len(peersJSON)-1]), []byte("\n"), []byte("\n  "))) + `,
   "strict": {
     "enabled": true,
