@@ -678,11 +678,11 @@ func podIsReady(p *corev1.Pod) bool {
 	return false
 }
 
-// activePeers are the names of the agent's active peers, sorted.
+// activePeers are the names of the peers the agent verified and configured, sorted.
 func activePeers(st *statusJSON) []string {
 	var out []string
 	for _, p := range st.Peers {
-		if p.State == "active" {
+		if p.State == "verified" {
 			out = append(out, p.Name)
 		}
 	}
