@@ -336,6 +336,9 @@ func TestRealCluster(t *testing.T) {
 				return "", err
 			}
 			before[n.name] = activePeers(st)
+			if len(before[n.name]) == 0 {
+				return "", fmt.Errorf("%s has no verified peer before the deletion", n.name)
+			}
 		}
 		stream, err := netlab.StartTCPStream(cpod, spod, 400, 100*time.Millisecond, 30*time.Second)
 		if err != nil {
