@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +132,38 @@ func TestRealCluster(t *testing.T) {
 	}) {
 		return
 	}
+
+	s.check("control plane: 2 replicas Ready; kubectl get attestednodes lists nodes 1 and 2 active", func() (string, error) {
+		var last string
+		ok := kubetest.WaitFor(ctx, 2*time.Minute, func() bool {
+			pods, err := controlPlanePods(ctx, l)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			ready := 0
+			for _, p := range pods {
+				if podIsReady(p) {
+					ready++
+				}
+			}
+			last = fmt.Sprintf("%d of %d replicas ready", ready, len(pods))
+			return ready == 2
+		})
+		if !ok {
+			return "", fmt.Errorf("control plane: %s after 2 min", last)
+		}
+		out, err := l.kubectl("get", "attestednodes", "--no-headers", "-o", "custom-columns=NAME:.metadata.name,STATE:.status.state")
+		if err != nil {
+			return "", err
+		}
+		for _, n := range good {
+			if !strings.Contains(out, n.name+" ") || !regexp.MustCompile(regexp.QuoteMeta(n.name)+`\s+active`).MatchString(out) {
+				return "", fmt.Errorf("kubectl get attestednodes does not list %s active:\n%s", n.name, out)
+			}
+		}
+		return strings.Join(strings.Fields(out), " "), nil
+	})
 
 	s.check("rogue: node with a debug TEE never Ready, no peer has it", func() (string, error) {
 		n3 := l.nodes[debugNode-1]
@@ -288,6 +322,79 @@ func TestRealCluster(t *testing.T) {
 			return "", fmt.Errorf("%d agent pods after the rollout, want %d", len(after), len(good))
 		}
 		return fmt.Sprintf("both agents replaced; %d records sent, %d received, in order", stream.Sent(), stream.Received()), nil
+	})
+
+	s.check("HA: deleting a control-plane pod changes nothing for the nodes", func() (string, error) {
+		pods, err := controlPlanePods(ctx, l)
+		if err != nil || len(pods) != 2 {
+			return "", fmt.Errorf("control-plane pods: %d, %v", len(pods), err)
+		}
+		before := map[string][]string{}
+		for _, n := range good {
+			st, err := agentStatus(l, n)
+			if err != nil {
+				return "", err
+			}
+			before[n.name] = activePeers(st)
+			if len(before[n.name]) == 0 {
+				return "", fmt.Errorf("%s has no verified peer before the deletion", n.name)
+			}
+		}
+		stream, err := netlab.StartTCPStream(cpod, spod, 400, 100*time.Millisecond, 30*time.Second)
+		if err != nil {
+			return "", err
+		}
+		victim := pods[0]
+		zero := int64(0)
+		if err := l.admin.CoreV1().Pods("confmesh-system").Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			return "", err
+		}
+		// With one replica gone, the control plane still signs: a new
+		// workload SVID (fetched over the Workload API, signed by a replica).
+		out, err := l.kubectl("-n", "e2e", "exec", server.Name, "--", "/usr/local/bin/confmesh", "demo", "svid")
+		if err != nil {
+			return "", fmt.Errorf("workload SVID while %s is gone: %v", victim.Spec.NodeName, err)
+		}
+		if id := firstSPIFFEID(out); id != "spiffe://confmesh.local/ns/e2e/sa/server" {
+			return "", fmt.Errorf("workload SVID while a replica is gone: %q", id)
+		}
+		var last string
+		replaced := kubetest.WaitFor(ctx, 2*time.Minute, func() bool {
+			now, err := controlPlanePods(ctx, l)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			ready := 0
+			for _, p := range now {
+				if p.UID == victim.UID {
+					last = "the deleted pod is still listed"
+					return false
+				}
+				if podIsReady(p) {
+					ready++
+				}
+			}
+			last = fmt.Sprintf("%d replicas ready", ready)
+			return ready == 2
+		})
+		if !replaced {
+			return "", fmt.Errorf("no replacement replica: %s", last)
+		}
+		if err := stream.Finish(); err != nil {
+			return "", fmt.Errorf("pod traffic across the replica's deletion: %w", err)
+		}
+		for _, n := range good {
+			st, err := agentStatus(l, n)
+			if err != nil {
+				return "", err
+			}
+			if st.State != "active" || strings.Join(activePeers(st), ",") != strings.Join(before[n.name], ",") {
+				return "", fmt.Errorf("%s: state %s, active peers %v, before %v", n.name, st.State, activePeers(st), before[n.name])
+			}
+		}
+		return fmt.Sprintf("deleted %s on %s; SVID signed meanwhile; %d records sent, %d received in order; peers unchanged",
+			victim.Name, victim.Spec.NodeName, stream.Sent(), stream.Received()), nil
 	})
 
 	s.check("pod deletion removes its identity and CNI state", func() (string, error) {
@@ -548,4 +655,40 @@ func firstSPIFFEID(s string) string {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// controlPlanePods are the control plane's live (not terminating) pods.
+func controlPlanePods(ctx context.Context, l *lab) ([]*corev1.Pod, error) {
+	pods, err := l.admin.CoreV1().Pods("confmesh-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=confmesh-controlplane"})
+	if err != nil {
+		return nil, err
+	}
+	var out []*corev1.Pod
+	for i := range pods.Items {
+		if pods.Items[i].DeletionTimestamp == nil {
+			out = append(out, &pods.Items[i])
+		}
+	}
+	return out, nil
+}
+
+func podIsReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// activePeers are the names of the peers the agent verified and configured, sorted.
+func activePeers(st *statusJSON) []string {
+	var out []string
+	for _, p := range st.Peers {
+		if p.State == "verified" {
+			out = append(out, p.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

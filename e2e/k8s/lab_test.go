@@ -380,7 +380,7 @@ func (l *lab) startNode(i int, simCA string) *node {
 	}
 	labels := ""
 	switch i {
-	case 1:
+	case 1, 2: // the control plane's two replicas
 		labels = controlCPU + "=true"
 	case debugNode:
 		labels = "confmesh.io/sim-tee=debug"
