@@ -43,30 +43,26 @@ func (c *Cluster) Teardown() []error {
 			cpProcs[p] = true
 		}
 	}
-	var wg sync.WaitGroup
-	for _, p := range c.Processes() {
-		if cpProcs[p] {
-			continue
+	// Everything else stops before the control planes, each group in
+	// parallel.
+	stopAll := func(keep func(*Process) bool) {
+		var wg sync.WaitGroup
+		for _, p := range c.Processes() {
+			if !keep(p) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := p.Stop(); err != nil {
+					fail("%v", err)
+				}
+			}()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.Stop(); err != nil {
-				fail("%v", err)
-			}
-		}()
+		wg.Wait()
 	}
-	wg.Wait()
-	for p := range cpProcs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.Stop(); err != nil {
-				fail("%v", err)
-			}
-		}()
-	}
-	wg.Wait()
+	stopAll(func(p *Process) bool { return !cpProcs[p] })
+	stopAll(func(p *Process) bool { return cpProcs[p] })
 	for _, n := range c.Nodes() {
 		out, err := Exec("ip", "netns", "exec", n.NS, c.Bin, "agent", "cleanup", "--device", n.Device, "--state-dir", n.StateDir)
 		if err != nil {

@@ -272,13 +272,21 @@ func (b *Backend) listLocked() []*store.NodeRecord {
 	return out
 }
 
-// PutNode implements store.Store.
-func (s *Store) PutNode(n *store.NodeRecord) (uint64, error) {
+// checkNodeRecord refuses a record no store could keep.
+func checkNodeRecord(n *store.NodeRecord) error {
 	if n == nil {
-		return 0, errors.New("memstore: put node: record is nil")
+		return errors.New("memstore: put node: record is nil")
 	}
 	if n.Name == "" {
-		return 0, errors.New("memstore: put node: Name is empty")
+		return errors.New("memstore: put node: Name is empty")
+	}
+	return nil
+}
+
+// PutNode implements store.Store.
+func (s *Store) PutNode(n *store.NodeRecord) (uint64, error) {
+	if err := checkNodeRecord(n); err != nil {
+		return 0, err
 	}
 	if err := s.lock(); err != nil {
 		return 0, err
@@ -291,11 +299,8 @@ func (s *Store) PutNode(n *store.NodeRecord) (uint64, error) {
 // pod CIDRs unique across replicas: another node's CIDR is refused with
 // store.ErrPodCIDRTaken.
 func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, error) {
-	if n == nil {
-		return 0, errors.New("memstore: put node: record is nil")
-	}
-	if n.Name == "" {
-		return 0, errors.New("memstore: put node: Name is empty")
+	if err := checkNodeRecord(n); err != nil {
+		return 0, err
 	}
 	if err := s.lock(); err != nil {
 		return 0, err
