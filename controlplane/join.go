@@ -319,8 +319,10 @@ func (s *Server) clusterPodCIDR(name string, used []netip.Prefix) (netip.Prefix,
 }
 
 // maxCIDRRetries bounds how many pod CIDRs a join tries when other
-// replicas take them at the same time.
-const maxCIDRRetries = 8
+// replicas take them at the same time, or when a store still holds claims
+// of recently moved or deleted nodes (kubestore keeps them for its claim
+// grace) that the allocator, which sees only node records, picks first.
+const maxCIDRRetries = 32
 
 // maxCSRSize bounds a CSR; a P-256 or P-384 request is well under 1 KiB.
 const maxCSRSize = 8 << 10

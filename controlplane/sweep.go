@@ -76,6 +76,19 @@ func (s *Server) sweep(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if cs, ok := s.store.(store.ClaimSweeper); ok {
+		held := map[string]string{}
+		for _, n := range s.nodes.list() {
+			held[n.Name] = n.PodCIDR
+		}
+		released, err := cs.ReleaseStaleClaims(held)
+		if released > 0 {
+			s.log.Info("released stale pod CIDR claims", "count", released)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("release stale pod CIDR claims: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -145,6 +145,20 @@ type ClusterPodCIDRs interface {
 	ClusterPodCIDR(name string) (string, error)
 }
 
+// ClaimSweeper is implemented by a store that keeps pod CIDR claims apart
+// from node records (the Kubernetes API store, where no transaction spans
+// both). A claim whose node write never came, or whose node moved to
+// another CIDR or was deleted, is released by the leader's sweep once it
+// is older than the store's grace (younger ones may belong to a node write
+// still in flight on another replica).
+type ClaimSweeper interface {
+	// ReleaseStaleClaims deletes claims older than the grace on CIDRs their
+	// node does not hold and returns how many it deleted. held is the pod
+	// CIDR the caller's view has for each node name; a claim that view
+	// does not account for is checked against the store before it goes.
+	ReleaseStaleClaims(held map[string]string) (int, error)
+}
+
 // Change is one change to the node set as a shared store reports it.
 type Change struct {
 	// Revision is the store revision of the change. Revisions increase

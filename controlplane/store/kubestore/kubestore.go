@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -68,7 +69,18 @@ type Options struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Timeout bounds each API request (default 15 s).
 	Timeout time.Duration
+	// ClaimGrace is how long a pod CIDR claim that its node's record does
+	// not hold is left alone, because another replica's node write that
+	// relies on it may still be in flight (default 2 min: a claim and its
+	// node write happen within one Timeout, and the API server ends any
+	// request within its own request timeout, 1 min by default). An older
+	// one is released on the node name's next write or deletion, and by
+	// the leader's sweep (ReleaseStaleClaims).
+	ClaimGrace time.Duration
 }
+
+// DefaultClaimGrace is Options.ClaimGrace when zero.
+const DefaultClaimGrace = 2 * time.Minute
 
 // Store is a store.Shared on the Kubernetes API. Safe for concurrent use.
 type Store struct {
@@ -116,6 +128,12 @@ func Open(ctx context.Context, opt Options) (*Store, error) {
 	}
 	if opt.Timeout == 0 {
 		opt.Timeout = 15 * time.Second
+	}
+	if opt.ClaimGrace == 0 {
+		opt.ClaimGrace = DefaultClaimGrace
+	}
+	if opt.Timeout < 0 || opt.ClaimGrace < 0 {
+		return nil, fmt.Errorf("kubestore: request timeout %s, claim grace %s: want positive durations", opt.Timeout, opt.ClaimGrace)
 	}
 	cfg := rest.CopyConfig(opt.Config)
 	if cfg.QPS == 0 && cfg.RateLimiter == nil {
@@ -302,18 +320,21 @@ func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, err
 }
 
 // claimCIDR makes cidr node's: it creates the PodCIDRClaim, or finds it
-// already node's. A claim is never taken from another node name: a
-// replica cannot tell a stale claim from one whose node write is in
-// flight. Claims go when their node's name changes CIDR or is deleted
-// (releaseClaims); one left by a crash between claim and node write stays
-// until that node name is written or deleted again (or an operator
-// deletes it): it costs one CIDR, never a duplicate.
+// already node's and, when its claimed-at time is past half the grace,
+// sets it to now, so that no replica's clean-up takes it while this write
+// is in flight. A claim is never taken from another node name: a replica
+// cannot tell a stale claim from one whose node write is in flight.
+// Claims go when their node's name changes CIDR or is deleted
+// (releaseClaims, once older than the grace); one left by a crash between
+// claim and node write stays until that node name is written or deleted
+// again (or an operator deletes it): it costs one CIDR, never a duplicate.
 func (s *Store) claimCIDR(ctx context.Context, cidr, node string) error {
 	name, p, err := claimName(cidr)
 	if err != nil {
 		return fmt.Errorf("kubestore: put node %q: %w", node, err)
 	}
-	c, err := claimObject(name, p, node)
+	now := time.Now()
+	c, err := claimObject(name, p, node, now)
 	if err != nil {
 		return err
 	}
@@ -338,12 +359,28 @@ func (s *Store) claimCIDR(ctx context.Context, cidr, node string) error {
 	if spec.Node != node {
 		return fmt.Errorf("kubestore: pod CIDR %s belongs to node %q: %w", p, spec.Node, store.ErrPodCIDRTaken)
 	}
+	if now.Sub(claimedAt(have)) < s.opt.ClaimGrace/2 {
+		return nil
+	}
+	// Refresh it, conditional on the version read: a clean-up that listed
+	// it before fails its delete, one that deleted it first fails this.
+	setClaimedAt(have, now)
+	_, err = s.claims.Update(ctx, have, metav1.UpdateOptions{})
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+		return fmt.Errorf("kubestore: claim pod CIDR %s: changed meanwhile, try again: %w", p, store.ErrConflict)
+	case err != nil:
+		return fmt.Errorf("kubestore: refresh claim of pod CIDR %s: %w", p, err)
+	}
 	return nil
 }
 
 // releaseClaims deletes node's claims on CIDRs its record (read now) does
-// not hold, each only if unchanged since listed. Best effort: a claim left
-// behind costs a CIDR, not correctness.
+// not hold and that were claimed longer than the grace ago, each only if
+// unchanged since listed. A younger one may be another replica's, claimed
+// for a write of this node name still in flight: deleting it would leave
+// that CIDR held by a node without a claim, free for another node. Best
+// effort: a claim left behind costs a CIDR, not correctness.
 func (s *Store) releaseClaims(ctx context.Context, node string) {
 	l, err := s.claims.List(ctx, metav1.ListOptions{LabelSelector: labelNode + "=" + labelHash([]byte(node))})
 	if err != nil || len(l.Items) == 0 {
@@ -365,15 +402,81 @@ func (s *Store) releaseClaims(ctx context.Context, node string) {
 	case !errors.Is(err, store.ErrNotFound):
 		return
 	}
+	now := time.Now()
 	for i := range l.Items {
 		c := &l.Items[i]
 		var spec claimSpec
 		if fromField(c, "spec", &spec) != nil || spec.Node != node || c.GetName() == keep {
 			continue
 		}
+		if now.Sub(claimedAt(c)) < s.opt.ClaimGrace {
+			continue
+		}
 		rv := c.GetResourceVersion()
 		_ = s.claims.Delete(ctx, c.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
 	}
+}
+
+var _ store.ClaimSweeper = (*Store)(nil)
+
+// ReleaseStaleClaims implements store.ClaimSweeper: it lists the claims
+// and deletes each one older than the grace whose CIDR held (the caller's
+// view) does not give its node, after reading that node from the API (it
+// may have moved there since the view was taken), conditional on the
+// claim being unchanged since listed.
+func (s *Store) ReleaseStaleClaims(held map[string]string) (int, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	l, err := s.claims.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("kubestore: list pod CIDR claims: %w", err)
+	}
+	now := time.Now()
+	released := 0
+	var errs []error
+	for i := range l.Items {
+		c := &l.Items[i]
+		var spec claimSpec
+		if fromField(c, "spec", &spec) != nil || now.Sub(claimedAt(c)) < s.opt.ClaimGrace {
+			continue
+		}
+		if cidr, ok := held[spec.Node]; ok && sameCIDR(cidr, spec.CIDR) {
+			continue
+		}
+		cur, err := s.getNode(ctx, spec.Node)
+		switch {
+		case err == nil:
+			var ns nodeSpec
+			if err := fromField(cur, "spec", &ns); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if sameCIDR(ns.PodCIDR, spec.CIDR) {
+				continue
+			}
+		case !errors.Is(err, store.ErrNotFound):
+			errs = append(errs, err)
+			continue
+		}
+		rv := c.GetResourceVersion()
+		err = s.claims.Delete(ctx, c.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
+		switch {
+		case err == nil:
+			released++
+		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+			// Claimed again or released meanwhile: not stale.
+		default:
+			errs = append(errs, fmt.Errorf("kubestore: release claim %s: %w", c.GetName(), err))
+		}
+	}
+	return released, errors.Join(errs...)
+}
+
+// sameCIDR reports whether two pod CIDR strings name the same prefix.
+func sameCIDR(a, b string) bool {
+	pa, erra := netip.ParsePrefix(a)
+	pb, errb := netip.ParsePrefix(b)
+	return erra == nil && errb == nil && pa.Masked() == pb.Masked()
 }
 
 // DeleteNode implements store.Store.

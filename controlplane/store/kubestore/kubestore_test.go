@@ -12,6 +12,7 @@ import (
 	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane"
 	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/controlplane/store/kubestore"
@@ -79,9 +80,16 @@ func setup(t *testing.T) *env {
 // rights rbac.yaml grants and nothing more.
 func (e *env) open(t *testing.T, name string) *kubestore.Store {
 	t.Helper()
+	return e.openGrace(t, name, 0)
+}
+
+// openGrace is open with Options.ClaimGrace set (0: the default).
+func (e *env) openGrace(t *testing.T, name string, grace time.Duration) *kubestore.Store {
+	t.Helper()
 	s, err := kubestore.Open(context.Background(), kubestore.Options{
 		Config: e.api.Config(cpUser), Namespace: namespace, Identity: name,
 		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
+		ClaimGrace: grace,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -114,14 +122,18 @@ func (e *env) reset(t *testing.T) {
 func TestKubeContract(t *testing.T) {
 	e := setup(t)
 	opt := storetest.Options{UniquePodCIDR: true}
+	// The contract's CIDR release is immediate: a claim grace of 1 ns makes
+	// every claim the record does not hold old enough to go at once
+	// (testClaimRaces covers the default grace).
 	storetest.Run(t, func(t *testing.T) store.Store {
 		e.reset(t)
-		return e.open(t, "replica-a")
+		return e.openGrace(t, "replica-a", time.Nanosecond)
 	}, opt)
 	storetest.RunShared(t, func(t *testing.T) (store.Shared, store.Shared) {
 		e.reset(t)
-		return e.open(t, "replica-a"), e.open(t, "replica-b")
+		return e.openGrace(t, "replica-a", time.Nanosecond), e.openGrace(t, "replica-b", time.Nanosecond)
 	}, opt)
+	testClaimRaces(t, e)
 	t.Run("OnlyTheControlPlaneReadsTheSecret", func(t *testing.T) {
 		e.reset(t)
 		s := e.open(t, "replica-a")
@@ -282,7 +294,7 @@ func TestOpenWithoutCRDs(t *testing.T) {
 func TestReplicasOnTheAPI(t *testing.T) {
 	e := setup(t)
 	start := func(name string) *cptest.ControlPlane {
-		return cptest.Start(t, cptest.Options{Store: e.open(t, name)})
+		return cptest.Start(t, cptest.Options{Store: e.open(t, name), Tune: func(c *controlplane.Config) { c.SweepInterval = 200 * time.Millisecond }})
 	}
 	r1, r2 := start("replica-1"), start("replica-2")
 	ctx := context.Background()
@@ -325,6 +337,18 @@ func TestReplicasOnTheAPI(t *testing.T) {
 	revs, err := e.dyn.Resource(kubestore.RevocationsGVR).List(ctx, metav1.ListOptions{})
 	if err != nil || len(revs.Items) != 1 {
 		t.Fatalf("NodeRevocations: %v, %v", revs, err)
+	}
+	// node-a's pod CIDR claim outlives its record for the claim grace;
+	// once older, the leader's sweep releases it.
+	if got := e.claimsOf(t, "node-a"); len(got) != 1 || got[0] != joined.GetPodCidr() {
+		t.Fatalf("right after the revocation node-a holds claims %v, want [%s] until the grace passes", got, joined.GetPodCidr())
+	}
+	e.backdate(t, "node-a")
+	if !kubetest.WaitFor(ctx, 30*time.Second, func() bool { return len(e.claimsOf(t, "node-a")) == 0 }) {
+		t.Fatalf("the sweep did not release the revoked node's old claim: %v", e.claimsOf(t, "node-a"))
+	}
+	if got := e.claimsOf(t, "node-b"); len(got) != 1 {
+		t.Fatalf("node-b's claims after the sweep: %v", got)
 	}
 }
 

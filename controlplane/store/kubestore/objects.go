@@ -42,6 +42,11 @@ const (
 	labelKey  = "confmesh.io/wireguard-key-sha256"
 )
 
+// annotationClaimedAt on a PodCIDRClaim is when a replica last claimed the
+// CIDR for its node (RFC 3339, the replica's clock): a claim younger than
+// Options.ClaimGrace may belong to a node write still in flight.
+const annotationClaimedAt = "confmesh.io/claimed-at"
+
 // labelHash is a label value naming b: 40 hex digits of its SHA-256.
 func labelHash(b []byte) string {
 	h := sha256.Sum256(b)
@@ -276,13 +281,34 @@ func claimName(cidr string) (string, netip.Prefix, error) {
 	return fmt.Sprintf("v%d-%s-%d", map[int]int{4: 4, 16: 6}[len(a)], hex.EncodeToString(a), p.Bits()), p, nil
 }
 
-func claimObject(name string, p netip.Prefix, node string) (*unstructured.Unstructured, error) {
+func claimObject(name string, p netip.Prefix, node string, now time.Time) (*unstructured.Unstructured, error) {
 	u := newObject("PodCIDRClaim", name)
 	u.SetLabels(map[string]string{labelNode: labelHash([]byte(node))})
+	setClaimedAt(u, now)
 	spec, err := toMap(claimSpec{CIDR: p.String(), Node: node})
 	if err != nil {
 		return nil, err
 	}
 	u.Object["spec"] = spec
 	return u, nil
+}
+
+// setClaimedAt records on a claim when it was (last) claimed.
+func setClaimedAt(u *unstructured.Unstructured, at time.Time) {
+	ann := u.GetAnnotations()
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	ann[annotationClaimedAt] = at.UTC().Format(time.RFC3339Nano)
+	u.SetAnnotations(ann)
+}
+
+// claimedAt is when a claim was last claimed: its annotation, else (a
+// claim written before the annotation existed, or edited by hand) its
+// creation time.
+func claimedAt(u *unstructured.Unstructured) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, u.GetAnnotations()[annotationClaimedAt]); err == nil {
+		return t
+	}
+	return u.GetCreationTimestamp().Time
 }
