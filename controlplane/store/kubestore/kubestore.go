@@ -4,13 +4,12 @@
 // Layout (custom resources of group confmesh.io/v1alpha1, cluster scoped,
 // defined in manifests/base/crds.yaml):
 //
-//   - AttestedNode, named after the node: the record; the node's identity
-//     (endpoint, WireGuard key, pod CIDR, chip ID) in spec, the outcome of
-//     attestation (TEE, measurement, SVID, evidence, times, state) in status.
-//     Both are written in one request: a record change is one write, one
-//     resourceVersion and one watch event. (The CRD therefore has no status
-//     subresource: with one, a change would be two writes and other
-//     replicas would see the half-written record in between.)
+//   - AttestedNode, named after the node: the record (endpoint, WireGuard
+//     key, pod CIDR, chip ID, TEE, measurement, SVID, evidence, times,
+//     state) is its status, written only through the status subresource, so
+//     a record change is one write, one resourceVersion and one watch event;
+//     the spec is empty. A first write creates the object, then writes its
+//     status; an object without a status is no node.
 //   - NodeRevocation: a revoked chip ID and WireGuard key.
 //   - PodRegistration, named after the pod's UID, owned by its AttestedNode.
 //   - PodCIDRClaim, named after a pod CIDR: the node it belongs to. Creating
@@ -190,7 +189,11 @@ func (s *Store) GetNode(name string) (*store.NodeRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nodeRecord(u)
+	n, err := nodeRecord(u)
+	if errors.Is(err, errIncomplete) {
+		return nil, fmt.Errorf("kubestore: node %q: %w", name, store.ErrNotFound)
+	}
+	return n, err
 }
 
 func (s *Store) getNode(ctx context.Context, name string) (*unstructured.Unstructured, error) {
@@ -228,6 +231,9 @@ func (s *Store) listNodes(ctx context.Context) ([]*store.NodeRecord, uint64, err
 	}
 	out := make([]*store.NodeRecord, 0, len(l.Items))
 	for i := range l.Items {
+		if incomplete(&l.Items[i]) {
+			continue
+		}
 		n, err := nodeRecord(&l.Items[i])
 		if err != nil {
 			return nil, 0, fmt.Errorf("kubestore: %w", err)
@@ -274,11 +280,15 @@ func checkNode(n *store.NodeRecord) error {
 	return nil
 }
 
-// PutNodeIf implements store.Store. prevRevision 0 creates the
-// AttestedNode (AlreadyExists is a conflict); otherwise it updates it with
-// metadata.resourceVersion = prevRevision, which the API server refuses
-// (409) when the object changed since. A pod CIDR is first claimed (see
-// claimCIDR), so another node's CIDR is refused with ErrPodCIDRTaken.
+// PutNodeIf implements store.Store. The record is the AttestedNode's
+// status, written through the status subresource with metadata.
+// resourceVersion = prevRevision, which the API server refuses (409) when
+// the object changed since. prevRevision 0 first creates the object (an
+// empty one, since the main resource ignores status) or takes over one
+// whose record was never written, then writes the record conditional on
+// that version: AlreadyExists with a record, or another writer in between,
+// is a conflict. A pod CIDR is first claimed (see claimCIDR), so another
+// node's CIDR is refused with ErrPodCIDRTaken.
 func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, error) {
 	if err := checkNode(n); err != nil {
 		return 0, err
@@ -294,18 +304,18 @@ func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, err
 	if err != nil {
 		return 0, fmt.Errorf("kubestore: encode node %q: %w", n.Name, err)
 	}
-	var out *unstructured.Unstructured
 	if prevRevision == 0 {
-		out, err = s.nodes.Create(ctx, u, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			return 0, fmt.Errorf("kubestore: create node %q: it exists: %w", n.Name, store.ErrConflict)
+		rv, err := s.createEmptyNode(ctx, n.Name)
+		if err != nil {
+			return 0, err
 		}
+		u.SetResourceVersion(rv)
 	} else {
 		u.SetResourceVersion(fmt.Sprint(prevRevision))
-		out, err = s.nodes.Update(ctx, u, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return 0, fmt.Errorf("kubestore: update node %q from revision %d: %w", n.Name, prevRevision, store.ErrConflict)
-		}
+	}
+	out, err := s.nodes.UpdateStatus(ctx, u, metav1.UpdateOptions{})
+	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		return 0, fmt.Errorf("kubestore: write node %q from revision %d: %w", n.Name, prevRevision, store.ErrConflict)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("kubestore: write node %q: %w", n.Name, err)
@@ -317,6 +327,33 @@ func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, err
 	n.Revision = rev
 	s.releaseClaims(ctx, n.Name)
 	return rev, nil
+}
+
+// createEmptyNode creates the AttestedNode name without a record and
+// returns its resourceVersion; an existing one without a record (a first
+// write that stopped after the create) is taken over. One with a record is
+// a conflict.
+func (s *Store) createEmptyNode(ctx context.Context, name string) (string, error) {
+	u := newObject("AttestedNode", name)
+	u.Object["spec"] = map[string]any{}
+	out, err := s.nodes.Create(ctx, u, metav1.CreateOptions{})
+	if err == nil {
+		return out.GetResourceVersion(), nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("kubestore: create node %q: %w", name, err)
+	}
+	have, err := s.getNode(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", fmt.Errorf("kubestore: create node %q: deleted meanwhile: %w", name, store.ErrConflict)
+	}
+	if err != nil {
+		return "", err
+	}
+	if !incomplete(have) {
+		return "", fmt.Errorf("kubestore: create node %q: it exists: %w", name, store.ErrConflict)
+	}
+	return have.GetResourceVersion(), nil
 }
 
 // claimCIDR makes cidr node's: it creates the PodCIDRClaim, or finds it
@@ -390,12 +427,8 @@ func (s *Store) releaseClaims(ctx context.Context, node string) {
 	cur, err := s.getNode(ctx, node)
 	switch {
 	case err == nil:
-		var spec nodeSpec
-		if fromField(cur, "spec", &spec) != nil {
-			return
-		}
-		if spec.PodCIDR != "" {
-			if keep, _, err = claimName(spec.PodCIDR); err != nil {
+		if cidr := podCIDROf(cur); cidr != "" {
+			if keep, _, err = claimName(cidr); err != nil {
 				return
 			}
 		}
@@ -446,12 +479,7 @@ func (s *Store) ReleaseStaleClaims(held map[string]string) (int, error) {
 		cur, err := s.getNode(ctx, spec.Node)
 		switch {
 		case err == nil:
-			var ns nodeSpec
-			if err := fromField(cur, "spec", &ns); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if sameCIDR(ns.PodCIDR, spec.CIDR) {
+			if sameCIDR(podCIDROf(cur), spec.CIDR) {
 				continue
 			}
 		case !errors.Is(err, store.ErrNotFound):
@@ -470,6 +498,12 @@ func (s *Store) ReleaseStaleClaims(held map[string]string) (int, error) {
 		}
 	}
 	return released, errors.Join(errs...)
+}
+
+// podCIDROf is the pod CIDR an AttestedNode's record holds ("" for none).
+func podCIDROf(u *unstructured.Unstructured) string {
+	cidr, _, _ := unstructured.NestedString(u.Object, "status", "podCIDR")
+	return cidr
 }
 
 // sameCIDR reports whether two pod CIDR strings name the same prefix.
@@ -571,6 +605,9 @@ func (s *Store) RevokeNode(name string, at time.Time) (*store.Revocation, uint64
 			return nil, 0, fmt.Errorf("kubestore: revoke: %w", err)
 		}
 		n, err := nodeRecord(u)
+		if errors.Is(err, errIncomplete) {
+			return nil, 0, fmt.Errorf("kubestore: revoke: node %q: %w", name, store.ErrNotFound)
+		}
 		if err != nil {
 			return nil, 0, fmt.Errorf("kubestore: revoke: %w", err)
 		}

@@ -161,7 +161,7 @@ func TestKubeContract(t *testing.T) {
 			t.Fatal(err)
 		}
 		for path, want := range map[string]string{
-			"spec.podCIDR": "10.244.5.0/24", "status.tee": "sev-snp", "status.state": "active",
+			"status.podCIDR": "10.244.5.0/24", "status.tee": "sev-snp", "status.state": "active",
 			"status.measurementPrefix": "abababababababab", "status.expiresAt": "2026-03-01T13:00:00.123456789Z",
 		} {
 			got, _, _ := unstructured.NestedString(u.Object, strings.Split(path, ".")...)
@@ -205,6 +205,58 @@ func TestKubeContract(t *testing.T) {
 			t.Fatalf("kubectl get noderevocations: %v\n%s", err, out)
 		}
 		t.Logf("kubectl get noderevocations:\n%s", out)
+	})
+	t.Run("RecordIsTheStatusSubresource", func(t *testing.T) {
+		e.reset(t)
+		s := e.open(t, "replica-a")
+		ctx := context.Background()
+		nodes := e.dyn.Resource(kubestore.NodesGVR)
+		// A first write that stopped after its create: an AttestedNode
+		// without a record. It is no node, and the next first write of
+		// the name takes it over.
+		empty := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": kubestore.Group + "/" + kubestore.Version, "kind": "AttestedNode",
+			"metadata": map[string]any{"name": "half"}, "spec": map[string]any{},
+			"status": map[string]any{"state": "active", "endpoint": "198.18.0.66:51820", "wireguardKey": "AAAA"},
+		}}
+		if _, err := nodes.Create(ctx, empty, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := nodes.Get(ctx, "half", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, has := got.Object["status"]; has {
+			t.Fatalf("the main resource accepted a status on create: %v (no status subresource?)", got.Object["status"])
+		}
+		if _, err := s.GetNode("half"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("GetNode of an object without a record: %v, want ErrNotFound", err)
+		}
+		if l, err := s.ListNodes(); err != nil || len(l) != 0 {
+			t.Fatalf("ListNodes with an object without a record: %v, %v", l, err)
+		}
+		rev, err := s.PutNodeIf(storetest.Node("half", "10.244.6.0/24"), 0)
+		if err != nil {
+			t.Fatalf("a first write over an object without a record: %v", err)
+		}
+		// Writing the main resource cannot change the record.
+		got, err = nodes.Get(ctx, "half", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unstructured.SetNestedField(got.Object, "rejected", "status", "state"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nodes.Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		n, err := s.GetNode("half")
+		if err != nil || n.State != store.StateActive || n.PodCIDR != "10.244.6.0/24" || n.Revision != rev {
+			t.Fatalf("after a write to the main resource: %+v, %v; want the record of revision %d unchanged", n, err, rev)
+		}
+		if _, err := s.PutNodeIf(storetest.Node("half", "10.244.6.0/24"), 0); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("a first write over a node with a record: %v, want ErrConflict", err)
+		}
 	})
 	t.Run("APIServerGoesAwayAndComesBack", func(t *testing.T) {
 		e.reset(t)

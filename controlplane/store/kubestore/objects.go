@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -53,18 +54,19 @@ func labelHash(b []byte) string {
 	return hex.EncodeToString(h[:20])
 }
 
-// nodeSpec and nodeStatus are the AttestedNode fields. []byte fields are
-// base64 in JSON, as the CRD's schema says (format: byte).
-type nodeSpec struct {
-	Endpoint     string `json:"endpoint"`
-	WireGuardKey []byte `json:"wireguardKey"`
+// nodeStatus is an AttestedNode's record. It is all status, written only
+// through the status subresource: the control plane observes and decides
+// everything in it, nobody declares any of it, and one record change is
+// then one write (one resourceVersion, one watch event), never a spec write
+// and a status write with a half-changed record in between. []byte fields
+// are base64 in JSON, as the CRD's schema says (format: byte).
+type nodeStatus struct {
+	Endpoint     string `json:"endpoint,omitempty"`
+	WireGuardKey []byte `json:"wireguardKey,omitempty"`
 	PodCIDR      string `json:"podCIDR,omitempty"`
 	ChipID       []byte `json:"chipID,omitempty"`
-}
-
-type nodeStatus struct {
-	TEE         string `json:"tee,omitempty"`
-	Measurement []byte `json:"measurement,omitempty"`
+	TEE          string `json:"tee,omitempty"`
+	Measurement  []byte `json:"measurement,omitempty"`
 	// MeasurementPrefix is the first 8 bytes of Measurement in hex, for
 	// kubectl's printer column (JSONPath cannot hex-encode).
 	MeasurementPrefix string   `json:"measurementPrefix,omitempty"`
@@ -75,6 +77,11 @@ type nodeStatus struct {
 	State             string   `json:"state"`
 	Reason            string   `json:"reason,omitempty"`
 }
+
+// errIncomplete marks an AttestedNode that was created and whose record
+// (status) was not written yet, or never was (a crash between the two
+// requests of a first write): it is no node.
+var errIncomplete = errors.New("created, record not written")
 
 type revocationSpec struct {
 	Node         string `json:"node"`
@@ -156,14 +163,11 @@ func revisionOf(rv string) (uint64, error) {
 	return n, nil
 }
 
-// nodeObject is the AttestedNode for n.
+// nodeObject is the AttestedNode for n: an empty spec and n as status.
 func nodeObject(n *store.NodeRecord) (*unstructured.Unstructured, error) {
 	u := newObject("AttestedNode", n.Name)
-	spec, err := toMap(nodeSpec{Endpoint: n.Endpoint, WireGuardKey: n.WireGuardKey, PodCIDR: n.PodCIDR, ChipID: n.ChipID})
-	if err != nil {
-		return nil, err
-	}
 	st := nodeStatus{
+		Endpoint: n.Endpoint, WireGuardKey: n.WireGuardKey, PodCIDR: n.PodCIDR, ChipID: n.ChipID,
 		TEE: n.TEE, Measurement: n.Measurement, SVID: n.SVID, Evidence: n.Evidence,
 		AttestedAt: timeString(n.AttestedAt), ExpiresAt: timeString(n.ExpiresAt), State: n.State, Reason: n.Reason,
 	}
@@ -174,18 +178,23 @@ func nodeObject(n *store.NodeRecord) (*unstructured.Unstructured, error) {
 	if err != nil {
 		return nil, err
 	}
-	u.Object["spec"], u.Object["status"] = spec, status
+	u.Object["spec"], u.Object["status"] = map[string]any{}, status
 	return u, nil
 }
 
+// incomplete reports whether u is an AttestedNode without a record.
+func incomplete(u *unstructured.Unstructured) bool {
+	state, _, _ := unstructured.NestedString(u.Object, "status", "state")
+	return state == ""
+}
+
 // nodeRecord is the record an AttestedNode holds; Revision is its
-// resourceVersion.
+// resourceVersion. An object without one is errIncomplete.
 func nodeRecord(u *unstructured.Unstructured) (*store.NodeRecord, error) {
-	var spec nodeSpec
-	var st nodeStatus
-	if err := fromField(u, "spec", &spec); err != nil {
-		return nil, err
+	if incomplete(u) {
+		return nil, fmt.Errorf("AttestedNode %q: %w", u.GetName(), errIncomplete)
 	}
+	var st nodeStatus
 	if err := fromField(u, "status", &st); err != nil {
 		return nil, err
 	}
@@ -194,7 +203,7 @@ func nodeRecord(u *unstructured.Unstructured) (*store.NodeRecord, error) {
 		return nil, fmt.Errorf("AttestedNode %q: %w", u.GetName(), err)
 	}
 	n := &store.NodeRecord{
-		Name: u.GetName(), Endpoint: spec.Endpoint, WireGuardKey: spec.WireGuardKey, PodCIDR: spec.PodCIDR, ChipID: spec.ChipID,
+		Name: u.GetName(), Endpoint: st.Endpoint, WireGuardKey: st.WireGuardKey, PodCIDR: st.PodCIDR, ChipID: st.ChipID,
 		TEE: st.TEE, Measurement: st.Measurement, SVID: st.SVID, Evidence: st.Evidence, State: st.State, Reason: st.Reason,
 		Revision: rev,
 	}

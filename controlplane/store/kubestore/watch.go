@@ -79,15 +79,18 @@ func (s *Store) relay(ctx context.Context, w watch.Interface, rev uint64, change
 			}
 			return rev, fmt.Errorf("kubestore: watch nodes: revision %d after %d: out of order", r, rev)
 		}
-		switch ev.Type {
-		case watch.Bookmark:
-		case watch.Added, watch.Modified:
+		switch {
+		case ev.Type == watch.Bookmark:
+		case incomplete(u):
+			// A created object whose record is not written yet (or whose
+			// deletion ends a first write that never finished): no node.
+		case ev.Type == watch.Added || ev.Type == watch.Modified:
 			n, err := nodeRecord(u)
 			if err != nil {
 				return rev, fmt.Errorf("kubestore: watch nodes: %w", err)
 			}
 			change(store.Change{Revision: r, Node: n})
-		case watch.Deleted:
+		case ev.Type == watch.Deleted:
 			change(store.Change{Revision: r, Deleted: u.GetName()})
 		default:
 			return rev, fmt.Errorf("kubestore: watch nodes: unexpected event type %q", ev.Type)
