@@ -74,9 +74,12 @@ func (s *summary) print() {
 // runc) in network namespaces, and checks what an operator relies on.
 func TestRealCluster(t *testing.T) {
 	start := time.Now()
-	l := newLab(t)
 	s := &summary{t: t}
-	defer s.print()
+	// Registered before the lab's teardown, so it runs after it: the table
+	// is the last thing printed, after any logs a failure dumps, where a
+	// truncated CI log still shows which scenario failed.
+	t.Cleanup(s.print)
+	l := newLab(t)
 	ctx := context.Background()
 
 	l.setupUnderlay()
