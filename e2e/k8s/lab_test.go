@@ -590,10 +590,28 @@ func (l *lab) dumpLogs() {
 	entries, _ := filepath.Glob(filepath.Join(l.dir, "*.log"))
 	for _, e := range entries {
 		data, _ := os.ReadFile(e)
-		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-		if len(lines) > 25 {
-			lines = lines[len(lines)-25:]
-		}
-		l.t.Logf("=== %s (last lines)\n%s", filepath.Base(e), strings.Join(lines, "\n"))
+		l.t.Logf("=== %s (last lines)\n%s", filepath.Base(e), lastLines(string(data), 25))
 	}
+	// What the cluster says of confmesh's pods, and their own last lines.
+	if out, err := l.kubectl("get", "pods", "-A", "-o", "wide"); err == nil {
+		l.t.Logf("=== kubectl get pods -A -o wide\n%s", out)
+	}
+	if out, err := l.kubectl("get", "events", "-n", "confmesh-system", "--sort-by=.lastTimestamp"); err == nil {
+		l.t.Logf("=== kubectl get events -n confmesh-system\n%s", lastLines(out, 30))
+	}
+	names, err := l.kubectl("get", "pods", "-n", "confmesh-system", "-o", "name")
+	if err != nil {
+		return
+	}
+	for _, pod := range strings.Fields(names) {
+		if out, err := l.kubectl("logs", "-n", "confmesh-system", pod, "--all-containers", "--tail=20"); err == nil {
+			l.t.Logf("=== kubectl logs %s (last lines)\n%s", pod, out)
+		}
+	}
+}
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
