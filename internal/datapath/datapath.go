@@ -60,8 +60,9 @@ type Config struct {
 	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 means
 	// GOMEMLIMIT when set, else DefaultMemoryLimit; negative means none.
 	MemoryLimit int64
-	// MaxInflight bounds the packets read from the TUN device and not yet
-	// sent: 0 means DefaultMaxInflight, negative no bound.
+	// MaxInflight bounds, in each direction, the packets read (from the TUN
+	// device, or from the UDP socket) and not yet written out on the other
+	// side: 0 means DefaultMaxInflight, negative no bound.
 	MaxInflight int
 	// IdleRelease is how often the datapath checks for idleness to return
 	// free memory to the kernel: 0 means DefaultIdleRelease, negative never.

@@ -110,8 +110,8 @@ func (f *inflight) read(k int, blocked time.Duration) {
 }
 
 // left removes k packets written out. Keepalives and handshake messages
-// are sent without having been read from the TUN, so the count stops at
-// zero.
+// are sent without having been read from the TUN device, so the count
+// stops at zero.
 func (f *inflight) left(k int) {
 	f.mu.Lock()
 	f.n = max(0, f.n-k)
