@@ -60,6 +60,10 @@ type Config struct {
 	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 means
 	// GOMEMLIMIT when set, else DefaultMemoryLimit; negative means none.
 	MemoryLimit int64
+	// MaxInflight bounds, in each direction, the packets read (from the TUN
+	// device, or from the UDP socket) and not yet written out on the other
+	// side: 0 means DefaultMaxInflight, negative no bound.
+	MaxInflight int
 	// IdleRelease is how often the datapath checks for idleness to return
 	// free memory to the kernel: 0 means DefaultIdleRelease, negative never.
 	IdleRelease time.Duration
@@ -88,6 +92,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.IdleRelease == 0 {
 		c.IdleRelease = DefaultIdleRelease
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = DefaultMaxInflight
 	}
 	return c, nil
 }
@@ -142,7 +149,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("create TUN device %s: the kernel named it %s", cfg.Iface, name)
 	}
 	// From here on dev.Close closes the TUN as well, which deletes the link.
-	dev := device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(ctx, log))
+	btun, bind := bound(tdev, conn.NewDefaultBind(), cfg.MaxInflight)
+	dev := device.NewDevice(btun, bind, wgLogger(ctx, log))
 	defer dev.Close()
 
 	f, err := ipc.UAPIOpen(cfg.Iface)
@@ -180,7 +188,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 
-	log.Info("datapath running", "mtu", cfg.MTU, "socket", sock)
+	log.Info("datapath running", "mtu", cfg.MTU, "socket", sock, "max_inflight", cfg.MaxInflight)
 	select {
 	case <-ctx.Done():
 		log.Info("datapath stopping", "cause", context.Cause(ctx))
