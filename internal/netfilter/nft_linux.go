@@ -58,7 +58,10 @@ func sameBaseChain(got, want *nftables.Chain) bool {
 // wantedSets returns the three pod sets of table t.
 func wantedSets(t *nftables.Table) []*nftables.Set {
 	return []*nftables.Set{
-		{Table: t, Name: SetPodInterfaces, KeyType: nftables.TypeIFName},
+		// Native byte order, as nft(8) itself marks an ifname set: without
+		// the mark nft prints the names back to front (NUL padding first,
+		// so as ""), and a saved ruleset does not load.
+		{Table: t, Name: SetPodInterfaces, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian},
 		{Table: t, Name: SetPodAddrs4, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr), Concatenation: true},
 		{Table: t, Name: SetPodAddrs6, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIP6Addr), Concatenation: true},
 	}

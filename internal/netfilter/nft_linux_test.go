@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"sync"
@@ -1024,5 +1025,51 @@ func TestReinstallNeverOpensWindow(t *testing.T) {
 	t.Logf("sent %d datagrams during 100 re-installs; out counter %d", sent.Load(), out)
 	if out < sent.Load() {
 		t.Errorf("out counter %d < %d datagrams sent", out, sent.Load())
+	}
+}
+
+// TestListedTableLoadsAgain: what `nft list` shows of the table is what
+// an operator saves and loads back (`nft list ruleset > f; nft -f f`): the
+// pod interface names must print as themselves, and the listing must load.
+func TestListedTableLoadsAgain(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Fatalf("nft(8) is needed (the Makefile installs nftables): %v", err)
+	}
+	n := testutil.NewNetNS(t)
+	r := dualRules
+	r.Table = "cm-listed"
+	r.Pods = []Pod{
+		{Interface: "cm1111aaaa", Addr: netip.MustParseAddr("10.98.1.5")},
+		{Interface: "cm2222bbbb", Addr: netip.MustParseAddr("fd98:0:0:1::6")},
+	}
+	install(t, n, r)
+	nft := func(stdin string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("nsenter", append([]string{"--net=" + n.Path(), "nft"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft %s: %v\n%s\ninput:\n%s", strings.Join(args, " "), err, out, stdin)
+		}
+		return string(out)
+	}
+	listed := nft("", "list", "table", "inet", r.Table)
+	_, ifs, _ := strings.Cut(listed, "set "+SetPodInterfaces+" {")
+	ifs, _, _ = strings.Cut(ifs, "}")
+	for _, want := range []string{`"cm1111aaaa"`, `"cm2222bbbb"`} {
+		if !strings.Contains(ifs, want) {
+			t.Errorf("nft list does not show %s in set %s:%s", want, SetPodInterfaces, ifs)
+		}
+	}
+	for _, want := range []string{`"cm1111aaaa" . 10.98.1.5`, `"cm2222bbbb" . fd98:0:0:1::6`} {
+		if !strings.Contains(listed, want) {
+			t.Errorf("nft list does not show %s:\n%s", want, listed)
+		}
+	}
+	remove(t, n, r.Table)
+	nft(listed, "-f", "-")
+	if again := nft("", "list", "table", "inet", r.Table); again != listed {
+		t.Fatalf("the table loaded from its listing lists differently:\n%s\nwant:\n%s", again, listed)
 	}
 }
