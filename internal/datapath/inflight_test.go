@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -60,18 +59,6 @@ func bufs(n int) [][]byte {
 	return b
 }
 
-// waitUntil polls cond (yielding in between) for at most 5 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		runtime.Gosched()
-	}
-}
-
 func (f *inflight) isWaiting() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -96,7 +83,7 @@ func TestBoundedTUNReadWaitsForSends(t *testing.T) {
 		_, err := btun.Read(bufs(8), make([]int, 8), 0)
 		done <- err
 	}()
-	waitUntil(t, "the second read waits at the bound", bt.tx.isWaiting)
+	waitFor(t, "the second read waits at the bound", bt.tx.isWaiting)
 
 	// One packet out: 7 in flight, above the resume mark (6): still waiting.
 	if err := bbind.Send(bufs(1), nil); err != nil {
@@ -151,7 +138,7 @@ func TestBoundedBindReceiveWaitsForTUNWrites(t *testing.T) {
 		_, err := recv()
 		done <- err
 	}()
-	waitUntil(t, "the second receive waits at the bound", rx.isWaiting)
+	waitFor(t, "the second receive waits at the bound", rx.isWaiting)
 	select {
 	case <-fb.receives:
 		t.Fatal("the socket was read while at the bound")
