@@ -62,7 +62,7 @@ func (e *env) backdate(t *testing.T, node string) {
 }
 
 // testClaimRaces: two replicas write the same node name with different
-// pod CIDRs. A replica's clean-up after its write must never delete a claim
+// pod CIDRs. A replica's claim sweep must never delete a claim
 // another replica has made and not yet followed with its node write: that
 // CIDR would end up held by a node without a claim, free for a third node.
 func testClaimRaces(t *testing.T, e *env) {
@@ -79,10 +79,11 @@ func testClaimRaces(t *testing.T, e *env) {
 		if err := b.ClaimPodCIDR("race-1", y); err != nil {
 			t.Fatal(err)
 		}
-		// Meanwhile A renews race-1 on x, and cleans up after its write.
+		// Meanwhile A renews race-1 on x, and sweeps.
 		if _, err := a.PutNodeIf(storetest.Node("race-1", x), rev); err != nil {
 			t.Fatal(err)
 		}
+		storetest.SweepClaims(t, a)
 		if got := e.claimsOf(t, "race-1"); !slices.Equal(got, []string{x, y}) {
 			t.Fatalf("after A's write race-1 holds claims %v, want %v: A took the claim B's write is about to rely on", got, []string{x, y})
 		}
@@ -112,6 +113,7 @@ func testClaimRaces(t *testing.T, e *env) {
 		if _, err := a.DeleteNode("race-1"); err != nil {
 			t.Fatal(err)
 		}
+		storetest.SweepClaims(t, a)
 		if got := e.claimsOf(t, "race-1"); !slices.Contains(got, y) {
 			t.Fatalf("after A's delete race-1 holds claims %v: A took B's claim on %s", got, y)
 		}
@@ -122,7 +124,7 @@ func testClaimRaces(t *testing.T, e *env) {
 			t.Fatalf("another node on race-1's CIDR %s: err = %v, want ErrPodCIDRTaken", y, err)
 		}
 	})
-	t.Run("OldClaimReleasedOnNextWrite", func(t *testing.T) {
+	t.Run("OldClaimReleasedBySweep", func(t *testing.T) {
 		e.reset(t)
 		a := e.open(t, "replica-a")
 		rev, err := a.PutNodeIf(storetest.Node("race-1", x), 0)
@@ -137,12 +139,15 @@ func testClaimRaces(t *testing.T, e *env) {
 		if got := e.claimsOf(t, "race-1"); !slices.Equal(got, []string{x, y}) {
 			t.Fatalf("right after the move race-1 holds claims %v, want %v", got, []string{x, y})
 		}
+		if n := storetest.SweepClaims(t, a); n != 0 {
+			t.Fatalf("the sweep released %d young claims", n)
+		}
 		e.backdate(t, "race-1")
-		if _, err := a.PutNodeIf(storetest.Node("race-1", y), rev); err != nil {
-			t.Fatal(err)
+		if n := storetest.SweepClaims(t, a); n != 1 {
+			t.Fatalf("the sweep released %d claims, want 1 (x)", n)
 		}
 		if got := e.claimsOf(t, "race-1"); !slices.Equal(got, []string{y}) {
-			t.Fatalf("after the claim aged and the node was written again race-1 holds claims %v, want [%s]", got, y)
+			t.Fatalf("after the claim aged and the sweep ran race-1 holds claims %v, want [%s]", got, y)
 		}
 		if _, err := a.PutNodeIf(storetest.Node("race-2", x), 0); err != nil {
 			t.Fatalf("the released CIDR %s for another node: %v", x, err)
@@ -214,13 +219,14 @@ func testClaimRaces(t *testing.T, e *env) {
 		}
 		e.backdate(t, "race-1")
 		// B moves race-1 back to x, re-using the old claim; its write is
-		// in flight while A writes race-1 on y and cleans up.
+		// in flight while A writes race-1 on y and sweeps.
 		if err := b.ClaimPodCIDR("race-1", x); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := a.PutNodeIf(storetest.Node("race-1", y), rev); err != nil {
 			t.Fatal(err)
 		}
+		storetest.SweepClaims(t, a)
 		if got := e.claimsOf(t, "race-1"); !slices.Contains(got, x) {
 			t.Fatalf("race-1 holds claims %v: the claim B re-used on %s was taken as stale", got, x)
 		}

@@ -73,8 +73,7 @@ type Options struct {
 	// relies on it may still be in flight (default 2 min: a claim and its
 	// node write happen within one Timeout, and the API server ends any
 	// request within its own request timeout, 1 min by default). An older
-	// one is released on the node name's next write or deletion, and by
-	// the leader's sweep (ReleaseStaleClaims).
+	// one is released by the leader's sweep (ReleaseStaleClaims).
 	ClaimGrace time.Duration
 }
 
@@ -325,7 +324,6 @@ func (s *Store) PutNodeIf(n *store.NodeRecord, prevRevision uint64) (uint64, err
 		return 0, fmt.Errorf("kubestore: node %q: %w", n.Name, err)
 	}
 	n.Revision = rev
-	s.releaseClaims(ctx, n.Name)
 	return rev, nil
 }
 
@@ -358,13 +356,12 @@ func (s *Store) createEmptyNode(ctx context.Context, name string) (string, error
 
 // claimCIDR makes cidr node's: it creates the PodCIDRClaim, or finds it
 // already node's and, when its claimed-at time is past half the grace,
-// sets it to now, so that no replica's clean-up takes it while this write
-// is in flight. A claim is never taken from another node name: a replica
-// cannot tell a stale claim from one whose node write is in flight.
-// Claims go when their node's name changes CIDR or is deleted
-// (releaseClaims, once older than the grace); one left by a crash between
-// claim and node write stays until that node name is written or deleted
-// again (or an operator deletes it): it costs one CIDR, never a duplicate.
+// sets it to now, so that no sweep takes it while this write is in flight.
+// A claim is never taken from another node name: a replica cannot tell a
+// stale claim from one whose node write is in flight. Claims of CIDRs
+// their node does not hold (it moved, was deleted, or its write never
+// came) are released by ReleaseStaleClaims once older than the grace: a
+// left-over costs one CIDR for a while, never a duplicate.
 func (s *Store) claimCIDR(ctx context.Context, cidr, node string) error {
 	name, p, err := claimName(cidr)
 	if err != nil {
@@ -410,44 +407,6 @@ func (s *Store) claimCIDR(ctx context.Context, cidr, node string) error {
 		return fmt.Errorf("kubestore: refresh claim of pod CIDR %s: %w", p, err)
 	}
 	return nil
-}
-
-// releaseClaims deletes node's claims on CIDRs its record (read now) does
-// not hold and that were claimed longer than the grace ago, each only if
-// unchanged since listed. A younger one may be another replica's, claimed
-// for a write of this node name still in flight: deleting it would leave
-// that CIDR held by a node without a claim, free for another node. Best
-// effort: a claim left behind costs a CIDR, not correctness.
-func (s *Store) releaseClaims(ctx context.Context, node string) {
-	l, err := s.claims.List(ctx, metav1.ListOptions{LabelSelector: labelNode + "=" + labelHash([]byte(node))})
-	if err != nil || len(l.Items) == 0 {
-		return
-	}
-	keep := ""
-	cur, err := s.getNode(ctx, node)
-	switch {
-	case err == nil:
-		if cidr := podCIDROf(cur); cidr != "" {
-			if keep, _, err = claimName(cidr); err != nil {
-				return
-			}
-		}
-	case !errors.Is(err, store.ErrNotFound):
-		return
-	}
-	now := time.Now()
-	for i := range l.Items {
-		c := &l.Items[i]
-		var spec claimSpec
-		if fromField(c, "spec", &spec) != nil || spec.Node != node || c.GetName() == keep {
-			continue
-		}
-		if now.Sub(claimedAt(c)) < s.opt.ClaimGrace {
-			continue
-		}
-		rv := c.GetResourceVersion()
-		_ = s.claims.Delete(ctx, c.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
-	}
 }
 
 var _ store.ClaimSweeper = (*Store)(nil)
@@ -550,7 +509,6 @@ func (s *Store) deleteNode(ctx context.Context, u *unstructured.Unstructured) (u
 		return 0, fmt.Errorf("kubestore: delete node %q: %w", name, err)
 	}
 	s.deletePodsOf(ctx, name, string(uid))
-	s.releaseClaims(ctx, name)
 	if werr == nil {
 		for ev := range w.ResultChan() {
 			if ev.Type != "DELETED" {

@@ -30,6 +30,30 @@ type Options struct {
 	UniquePodCIDR bool
 }
 
+// SweepClaims runs the store's pod CIDR claim sweep, if it has one, with
+// the store's own node list as the view, as the leader's sweep does, and
+// returns how many claims it released.
+func SweepClaims(t *testing.T, s store.Store) int {
+	t.Helper()
+	cs, ok := s.(store.ClaimSweeper)
+	if !ok {
+		return 0
+	}
+	nodes, err := s.ListNodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]string{}
+	for _, n := range nodes {
+		held[n.Name] = n.PodCIDR
+	}
+	released, err := cs.ReleaseStaleClaims(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return released
+}
+
 // Node is a complete record for tests, distinct per name.
 func Node(name, cidr string) *store.NodeRecord {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
@@ -433,9 +457,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store, opt Options) {
 			if _, err := s.GetNode("b"); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("refused node stored: %v", err)
 			}
-			// a moves to another CIDR: its old one is free.
+			// a moves to another CIDR: its old one is free (once the
+			// claim sweep ran, for a store that has one).
 			a := Node("a", "10.244.9.0/24")
 			put(t, s, a)
+			SweepClaims(t, s)
 			if _, err := s.PutNodeIf(b, 0); err != nil {
 				t.Fatalf("PutNodeIf with a released CIDR: %v", err)
 			}
@@ -443,6 +469,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store, opt Options) {
 			if _, err := s.DeleteNode("a"); err != nil {
 				t.Fatal(err)
 			}
+			SweepClaims(t, s)
 			if _, err := s.PutNodeIf(Node("c", "10.244.9.0/24"), 0); err != nil {
 				t.Fatalf("PutNodeIf with a deleted node's CIDR: %v", err)
 			}
