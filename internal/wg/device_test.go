@@ -74,10 +74,7 @@ func TestEnsure(t *testing.T) {
 		if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(pid) {
 			t.Errorf("PID file: %q, %v; want %d", b, err, pid)
 		}
-		// Detached: its own session, so signals to our process group miss it.
-		if sid, err := unix.Getsid(pid); err != nil || sid != pid {
-			t.Errorf("datapath session id = %d, %v; want its own (%d)", sid, err, pid)
-		}
+		checkDetached(t, pid)
 	}
 
 	l := linkIn(t, n, "cmwge0")

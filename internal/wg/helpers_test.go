@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,6 +77,47 @@ func ensureIn(t *testing.T, n ns.NetNS, cfg Config) *Device {
 		}
 	})
 	return d
+}
+
+// checkDetached checks how a datapath this process started runs: in a
+// process group of its own (a terminal's Ctrl-C for ours misses it), in our
+// session (one autogroup with its workloads, see start), and deaf to
+// SIGHUP, which it survives.
+func checkDetached(t *testing.T, pid int) {
+	t.Helper()
+	if pgid, err := unix.Getpgid(pid); err != nil || pgid != pid {
+		t.Errorf("datapath process group = %d, %v; want its own (%d)", pgid, err, pid)
+	}
+	ours, err := unix.Getsid(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sid, err := unix.Getsid(pid); err != nil || sid != ours {
+		t.Errorf("datapath session = %d, %v; want ours (%d), not a session of its own", sid, err, ours)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ignored uint64
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			if ignored, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64); err != nil {
+				t.Fatalf("SigIgn %q: %v", v, err)
+			}
+		}
+	}
+	if ignored&(1<<(unix.SIGHUP-1)) == 0 {
+		t.Errorf("datapath does not ignore SIGHUP (SigIgn %#x)", ignored)
+	}
+	// An ignored signal is discarded when sent, so the process must still
+	// be there right after.
+	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if u := (&userspaceBackend{}); u.processGone(pid) {
+		t.Error("datapath ended on SIGHUP")
+	}
 }
 
 // stopDatapath SIGKILLs pid if it still is a datapath for name, waits until

@@ -15,8 +15,8 @@
 // Agent restarts are free: Ensure adopts a device that already exists (a
 // kernel link of type wireguard, or a live UAPI socket with its TUN link)
 // instead of recreating it, so tunnels keep forwarding while the agent is
-// away. The datapath process is started detached (its own session) so it
-// outlives the agent; in a Kubernetes pod, where a restarting container takes
+// away. The datapath process is started detached (its own process group,
+// ignoring SIGHUP) so it outlives the agent; in a Kubernetes pod, where a restarting container takes
 // its children with it, run it as a sidecar container instead and leave
 // Config.DatapathCommand empty: Ensure then waits for the sidecar's socket.
 package wg

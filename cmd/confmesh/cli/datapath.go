@@ -54,6 +54,10 @@ must be unique.`,
 				}
 				defer stopProfile()
 			}
+			// The agent starts the datapath in a process group of its own
+			// inside the agent's session (internal/wg): a hangup of that
+			// session must not end the tunnels.
+			signal.Ignore(syscall.SIGHUP)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			err := datapath.Run(ctx, cfg)
