@@ -16,6 +16,7 @@ import (
 
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/netlab"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -266,6 +267,9 @@ func setup(ctx context.Context, c *netlab.Cluster, cfg Config, dir string) (map[
 		return nil, pr, fmt.Errorf("stock wireguard-go: %w", err)
 	}
 	pr.stock = pids
+	if err := sameSession(append(slices.Clone(pr.datapaths), pr.stock...)); err != nil {
+		return nil, pr, err
+	}
 	paths := map[string]Path{}
 	if cfg.Diagnose {
 		da, db, dpids, err := stockWireGuard(c, dir, "d", diagUnderA, diagUnderB, diagInA, diagInB, cfg.Bin, "datapath", "--iface")
@@ -438,4 +442,26 @@ func idleRSS(ctx context.Context, pids []int, after []Memory, wait time.Duration
 			return rss, round3(time.Since(start).Seconds())
 		}
 	}
+}
+
+// sameSession checks that the tunnel processes compared share one session.
+// Where processes run in the root cgroup, the kernel's autogroup scheduler
+// gives every session a CPU share of its own; a tunnel in a session apart
+// from the loads it carries is scheduled differently from one inside, which
+// alone moved the ratio by 0.1 to 0.2 on this bench's machine
+// (docs/benchmarks.md, tuning log).
+func sameSession(pids []int) error {
+	first := -1
+	for _, pid := range pids {
+		sid, err := unix.Getsid(pid)
+		if err != nil {
+			return fmt.Errorf("session of tunnel process %d: %w", pid, err)
+		}
+		if first == -1 {
+			first = sid
+		} else if sid != first {
+			return fmt.Errorf("tunnel processes %v run in different sessions (%d, %d): the kernel would schedule them differently and the comparison would not be fair", pids, first, sid)
+		}
+	}
+	return nil
 }
