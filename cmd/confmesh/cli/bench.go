@@ -24,7 +24,7 @@ func newBenchCmd() *cobra.Command {
 }
 
 func newBenchVerifyCmd() *cobra.Command {
-	var output string
+	var output, results string
 	var duration time.Duration
 	var rounds, cold int
 	cmd := &cobra.Command{
@@ -83,15 +83,19 @@ measured.`,
 			}
 			ratio, coldRatio := r.PerSecond/base.PerSecond, c.PerSecond/base.PerSecond
 			coldMs := c.Elapsed.Seconds() * 1000 / float64(c.Verifications)
+			figures := map[string]float64{
+				"verifications_per_second":              math.Round(r.PerSecond*10) / 10,
+				"signature_only_per_second":             math.Round(base.PerSecond*10) / 10,
+				"ratio_to_signature_only_baseline":      math.Round(ratio*1000) / 1000,
+				"cold_verifications_per_second":         math.Round(c.PerSecond*10) / 10,
+				"cold_ms_per_verification":              math.Round(coldMs*1000) / 1000,
+				"cold_ratio_to_signature_only_baseline": math.Round(coldRatio*1000) / 1000,
+			}
+			if err := storeResults(results, "verify", figures); err != nil {
+				return err
+			}
 			if output == formatJSON {
-				return writeJSON(cmd.OutOrStdout(), map[string]float64{
-					"verifications_per_second":              math.Round(r.PerSecond*10) / 10,
-					"signature_only_per_second":             math.Round(base.PerSecond*10) / 10,
-					"ratio_to_signature_only_baseline":      math.Round(ratio*1000) / 1000,
-					"cold_verifications_per_second":         math.Round(c.PerSecond*10) / 10,
-					"cold_ms_per_verification":              math.Round(coldMs*1000) / 1000,
-					"cold_ratio_to_signature_only_baseline": math.Round(coldRatio*1000) / 1000,
-				})
+				return writeJSON(cmd.OutOrStdout(), figures)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "warm: %.0f verifications/s (%d in %s, one goroutine, chain verdict cached)\n",
 				r.PerSecond, r.Verifications, r.Elapsed.Round(time.Millisecond))
@@ -106,5 +110,6 @@ measured.`,
 	cmd.Flags().DurationVar(&duration, "duration", 2*time.Second, "how long to measure each of the warm path and the baseline")
 	cmd.Flags().IntVar(&rounds, "rounds", 10, "alternating warm/baseline windows")
 	cmd.Flags().IntVar(&cold, "cold", 50, "new nodes verified once each for the cold path")
+	resultsFlag(cmd, &results, "verify")
 	return cmd
 }

@@ -16,7 +16,7 @@ import (
 )
 
 func newBenchCNICmd() *cobra.Command {
-	var output, plugin, reference string
+	var output, plugin, reference, results string
 	var concurrency, pods, serialPods int
 	cmd := &cobra.Command{
 		Use:   "cni [--concurrency 20] [--pods N] [--serial-pods N] [--plugin PATH] [--reference build|none|DIR] [-o json]",
@@ -94,6 +94,9 @@ next to this binary, then on PATH, unless --plugin names it.`,
 				out["del_cpu_ratio"] = math.Round(out["del_cpu_ms"]/out["reference_del_cpu_ms"]*100) / 100
 			}
 			out["concurrency"] = float64(concurrency)
+			if err := storeResults(results, "cni", out); err != nil {
+				return err
+			}
 			if output == formatJSON {
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
@@ -120,6 +123,7 @@ next to this binary, then on PATH, unless --plugin names it.`,
 	cmd.Flags().IntVar(&serialPods, "serial-pods", 0, "attachments to add and delete one at a time (0: 100)")
 	cmd.Flags().StringVar(&plugin, "plugin", "", "confmesh-cni binary `PATH` (default: next to this binary, then PATH)")
 	cmd.Flags().StringVar(&reference, "reference", "build", "reference plugins: build, none, or a `DIR` holding ptp and host-local")
+	resultsFlag(cmd, &results, "cni")
 	return cmd
 }
 

@@ -33,12 +33,14 @@ func TestBenchCNISmoke(t *testing.T) {
 	if err := cnitest.BuildReference(root, ref); err != nil {
 		t.Fatal(err)
 	}
-	r := run(t, "bench", "cni", "--plugin", plugin, "--reference", ref, "--serial-pods", "3", "--pods", "4", "-c", "2", "-o", "json")
+	results := resultSet(t)
+	r := run(t, "bench", "cni", "--plugin", plugin, "--reference", ref, "--serial-pods", "3", "--pods", "4", "-c", "2", "-o", "json", "--results", results)
 	r.want(t, 0)
 	var got map[string]float64
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatalf("%v\n%s", err, r.stdout)
 	}
+	checkResultSet(t, results, "cni", got)
 	for _, p := range []string{"", "reference_"} {
 		for _, k := range []string{"add_cpu_ms", "del_cpu_ms", "add_c1_p50_ms", "add_c1_p99_ms", "del_c1_p99_ms", "add_p50_ms", "add_p99_ms", "del_p99_ms"} {
 			if v := got[p+k]; v <= 0 || v > 60000 {

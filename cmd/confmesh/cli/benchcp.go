@@ -12,7 +12,7 @@ import (
 )
 
 func newBenchControlPlaneCmd() *cobra.Command {
-	var output string
+	var output, results string
 	var nodes, concurrency, fanoutJoins, renewals int
 	cmd := &cobra.Command{
 		Use:   "controlplane [--nodes N] [--fanout-joins M] [--renewals R] [-o json]",
@@ -66,6 +66,9 @@ figure as coarse).`,
 				return failf("bench: %v", err)
 			}
 			roundFloats(&r)
+			if err := storeResults(results, "controlplane", r); err != nil {
+				return err
+			}
 			if output == formatJSON {
 				return writeJSON(cmd.OutOrStdout(), r)
 			}
@@ -90,6 +93,7 @@ memory:  RSS %.1f MiB with every watch open (peak %.1f MiB); %d deliveries measu
 	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "agents joining or renewing at once (default 2 x CPUs)")
 	cmd.Flags().IntVar(&fanoutJoins, "fanout-joins", 0, "further nodes joining while all watch (default min(50, --nodes))")
 	cmd.Flags().IntVar(&renewals, "renewals", 0, "watching nodes renewing (default --fanout-joins)")
+	resultsFlag(cmd, &results, "controlplane")
 	return cmd
 }
 

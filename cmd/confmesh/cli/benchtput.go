@@ -64,7 +64,7 @@ Needs root. docs/benchmarks.md explains the method and the figures.`,
 	fl.IntVar(&f.rounds, "rounds", 4, "rounds (each runs every path once)")
 	fl.StringVar(&f.plot, "plot", "", "also draw the figures into this PNG `FILE`")
 	fl.StringVar(&f.markdown, "markdown", "", "also write a markdown table to `FILE`")
-	fl.StringVar(&f.results, "results", "", "also store the JSON result under the key \"throughput\" of the JSON object in `FILE` (created if missing; other keys kept)")
+	resultsFlag(cmd, &f.results, "throughput")
 	fl.StringVar(&f.machine, "machine", "", "a description of the machine for the markdown file (default: host, CPUs, memory, kernel)")
 	fl.StringVar(&f.wgBin, "wireguard-go", "", "stock wireguard-go binary `PATH` (default: next to this binary, then PATH)")
 	fl.StringVar(&f.plugin, "plugin", "", "confmesh-cni binary `PATH` (default: next to this binary, then PATH)")
@@ -148,15 +148,31 @@ func runBenchThroughput(cmd *cobra.Command, f benchThroughputFlags) error {
 			return failf("%v", err)
 		}
 	}
-	if f.results != "" {
-		if err := mergeResults(f.results, "throughput", res.Flat()); err != nil {
-			return failf("results %s: %v", f.results, err)
-		}
+	if err := storeResults(f.results, "throughput", res.Flat()); err != nil {
+		return err
 	}
 	if f.output == formatJSON {
 		return writeJSON(cmd.OutOrStdout(), res.Flat())
 	}
 	res.WriteText(cmd.OutOrStdout())
+	return nil
+}
+
+// resultsFlag adds --results, which stores a bench's JSON figures under key
+// in a result set shared by the benches (make bench: bench/results/).
+func resultsFlag(cmd *cobra.Command, path *string, key string) {
+	cmd.Flags().StringVar(path, "results", "", fmt.Sprintf("also store the JSON figures under the key %q of the JSON object in `FILE` (created if missing; other keys kept)", key))
+}
+
+// storeResults stores v under key in the result set at path; nothing when
+// path is empty.
+func storeResults(path, key string, v any) error {
+	if path == "" {
+		return nil
+	}
+	if err := mergeResults(path, key, v); err != nil {
+		return failf("--results %s: %v", path, err)
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -339,17 +340,24 @@ func TestPolicyCheck(t *testing.T) {
 
 func TestBenchVerify(t *testing.T) {
 	t.Parallel()
-	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms", "--cold", "5")
+	results := resultSet(t)
+	r := run(t, "bench", "verify", "-o", "json", "--duration", "300ms", "--cold", "5", "--results", results)
 	r.want(t, 0)
 	var got map[string]float64
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatalf("%v\n%s", err, r.stdout)
 	}
+	checkResultSet(t, results, "verify", got)
 	if n, ok := got["verifications_per_second"]; !ok || n <= 0 || got["signature_only_per_second"] <= 0 || got["ratio_to_signature_only_baseline"] <= 0 {
 		t.Fatalf("bench output %s", r.stdout)
 	}
 	if got["cold_verifications_per_second"] <= 0 || got["cold_ms_per_verification"] <= 0 || got["cold_ratio_to_signature_only_baseline"] <= 0 {
 		t.Fatalf("no cold-path figures: %s", r.stdout)
+	}
+	notJSON := writeFile(t, t.TempDir(), "results.json", []byte("[1, 2]\n"))
+	run(t, "bench", "verify", "--duration", "50ms", "--rounds", "1", "--cold", "1", "--results", notJSON).want(t, 1, "not a JSON object")
+	if b, _ := os.ReadFile(notJSON); string(b) != "[1, 2]\n" {
+		t.Errorf("a refused result set was changed: %s", b)
 	}
 	run(t, "bench", "verify", "-o", "xml").want(t, 2, "unknown output format")
 	run(t, "bench", "verify", "--duration", "0s").want(t, 2, "--duration")
@@ -361,12 +369,14 @@ func TestBenchVerify(t *testing.T) {
 // the CLI) and checks that every figure is there and sane.
 func TestBenchControlPlaneSmoke(t *testing.T) {
 	t.Parallel()
-	r := run(t, "bench", "controlplane", "--nodes", "6", "--fanout-joins", "3", "--renewals", "2", "--concurrency", "2", "-o", "json")
+	results := resultSet(t)
+	r := run(t, "bench", "controlplane", "--nodes", "6", "--fanout-joins", "3", "--renewals", "2", "--concurrency", "2", "-o", "json", "--results", results)
 	r.want(t, 0)
 	var got map[string]float64
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatalf("%v\n%s", err, r.stdout)
 	}
+	checkResultSet(t, results, "controlplane", got)
 	for _, k := range []string{"joins_per_second", "server_rss_mib", "server_peak_rss_mib"} {
 		if got[k] <= 0 {
 			t.Errorf("%s = %v, want > 0", k, got[k])
@@ -559,4 +569,30 @@ func TestSimTDXReportAndVerify(t *testing.T) {
 	run(t, "attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "--measurement", m, "--debug", "-o", debugOut).want(t, 0)
 	run(t, "attest", "verify", "--report", filepath.Join(debugOut, "quote.dat"), "--policy", pol).want(t, 1, "rejected: debug")
 	run(t, "attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "--smt", "-o", debugOut).want(t, 2, "--smt")
+}
+
+// resultSet is a result file that already holds another bench's figures.
+func resultSet(t *testing.T) string {
+	t.Helper()
+	return writeFile(t, t.TempDir(), "results.json", []byte(`{"other": {"x": 1}}`+"\n"))
+}
+
+// checkResultSet checks that --results stored the figures a bench printed
+// under key and kept what the file held before.
+func checkResultSet(t *testing.T, path, key string, printed map[string]float64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set map[string]map[string]float64
+	if err := json.Unmarshal(b, &set); err != nil {
+		t.Fatalf("result set: %v\n%s", err, b)
+	}
+	if set["other"]["x"] != 1 {
+		t.Errorf("result set lost the other bench's figures: %s", b)
+	}
+	if !maps.Equal(set[key], printed) {
+		t.Errorf("stored %q figures %v, printed %v", key, set[key], printed)
+	}
 }
