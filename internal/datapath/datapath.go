@@ -64,6 +64,9 @@ type Config struct {
 	// device, or from the UDP socket) and not yet written out on the other
 	// side: 0 means DefaultMaxInflight, negative no bound.
 	MaxInflight int
+	// Procs is the Go runtime's GOMAXPROCS: 0 means GOMAXPROCS when set,
+	// else DefaultProcs; negative means Go's own default.
+	Procs int
 	// IdleRelease is how often the datapath checks for idleness to return
 	// free memory to the kernel: 0 means DefaultIdleRelease, negative never.
 	IdleRelease time.Duration
@@ -172,6 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	applyMemoryLimit(cfg, log)
+	applyProcs(cfg, log)
 	if cfg.IdleRelease > 0 {
 		go releaseWhenIdle(ctx, cfg.IdleRelease, log)
 	}

@@ -122,6 +122,9 @@ func start(t *testing.T, n ns.NetNS, cfg Config) *running {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}
+	if cfg.Procs == 0 {
+		cfg.Procs = -1 // Run in this process: keep the test binary's GOMAXPROCS
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, finished: make(chan struct{})}
 	go func() {

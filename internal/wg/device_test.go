@@ -9,12 +9,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/datapath"
 	"github.com/confmesh/confmesh/internal/testutil"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -75,6 +78,17 @@ func TestEnsure(t *testing.T) {
 			t.Errorf("PID file: %q, %v; want %d", b, err, pid)
 		}
 		checkDetached(t, pid)
+		// The datapath's default GOMAXPROCS: half of Go's, unless the
+		// environment (which it inherits) sets one.
+		want := datapath.DefaultProcs(runtime.GOMAXPROCS(0))
+		if os.Getenv("GOMAXPROCS") != "" {
+			want = runtime.GOMAXPROCS(0)
+		}
+		logged := regexp.MustCompile(fmt.Sprintf(`msg=GOMAXPROCS .*procs=%d `, want))
+		waitFor(t, "the datapath to log "+logged.String(), 5*time.Second, func() bool {
+			b, _ := os.ReadFile(cfg.DatapathLog)
+			return logged.Match(b)
+		})
 	}
 
 	l := linkIn(t, n, "cmwge0")

@@ -75,6 +75,7 @@ must be unique.`,
 	cmd.Flags().StringVar(&cfg.PIDFile, "pid-file", "", "write the process ID here while running")
 	cmd.Flags().StringVar(&memLimit, "memory-limit", "", fmt.Sprintf("Go soft memory `limit` (e.g. 256MiB; 0 or off: none); default GOMEMLIMIT when set, else %dMiB", datapath.DefaultMemoryLimit>>20))
 	cmd.Flags().IntVar(&cfg.MaxInflight, "max-inflight", datapath.DefaultMaxInflight, "packets the datapath holds at most in each direction between reading them (TUN device, UDP socket) and writing them out (negative: no bound)")
+	cmd.Flags().IntVar(&cfg.Procs, "gomaxprocs", 0, "Go's GOMAXPROCS (0: $GOMAXPROCS when set, else half of Go's default, at least 1; negative: Go's default)")
 	cmd.Flags().DurationVar(&cfg.IdleRelease, "idle-release", datapath.DefaultIdleRelease, "check this often for idleness and then return free memory to the kernel (negative: never)")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile to `FILE`.<iface> until exit (default: $"+cpuProfileEnv+", which reaches a datapath the agent starts)")
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error (debug includes wireguard-go's per-packet lines)")
