@@ -24,7 +24,7 @@ help:
 	@echo "make test      lint, then all tests, then the real-cluster e2e (builds the k8s tools once)"
 	@echo "make build     compile everything; binaries go to $(BIN)/"
 	@echo "make lint      gofmt and go vet"
-	@echo "make bench     Go benchmarks, then '$(BIN)/confmesh bench' verify, cni, controlplane and throughput (result set in bench/results/)"
+	@echo "make bench     Go benchmarks, then '$(BIN)/confmesh bench' verify, cni, controlplane, throughput and a soak (SOAK_DURATION, default 30m; result set in bench/results/)"
 	@echo "make fuzz      every Fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
 	@echo "make architecture  redraw docs/images/architecture.png (graphviz, installed if missing)"
@@ -94,21 +94,25 @@ demo:
 
 bench: build
 	go test -run '^$$' -bench . -benchtime 2s ./internal/... ./bench/...
-	@# The confmesh benches (docs/benchmarks.md; cni and throughput need root) store their figures in one
-	@# result set, bench/results/<date>-<host>.json (keys verify, cni, controlplane, throughput); throughput
-	@# adds the markdown table and the plot. iperf3 comes from Debian when missing, stock wireguard-go from
-	@# the pinned module.
+	@# The confmesh benches (docs/benchmarks.md; cni, throughput and soak need root) store their figures in one
+	@# result set, bench/results/<date>-<host>.json (keys verify, cni, controlplane, throughput, soak); throughput
+	@# adds the markdown table and the plot; the soak runs last, for SOAK_DURATION. iperf3 comes from Debian
+	@# when missing, stock wireguard-go from the pinned module.
 	command -v iperf3 >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3; }
 	go build -o $(BIN)/wireguard-go golang.zx2c4.com/wireguard && mkdir -p bench/results && r=bench/results/$$(date -u +%F)-$$(hostname -s) && \
 	./$(BIN)/confmesh bench verify --results $$r.json && \
 	$(SUDO) ./$(BIN)/confmesh bench cni --results $$r.json && \
 	./$(BIN)/confmesh bench controlplane $(CONTROLPLANE_FLAGS) --results $$r.json && \
-	$(SUDO) ./$(BIN)/confmesh bench throughput $(THROUGHPUT_FLAGS) --results $$r.json --markdown $$r.md --plot $$r.png
+	$(SUDO) ./$(BIN)/confmesh bench throughput $(THROUGHPUT_FLAGS) --results $$r.json --markdown $$r.md --plot $$r.png && \
+	$(SUDO) ./$(BIN)/confmesh bench soak --duration $(SOAK_DURATION) $(SOAK_FLAGS) --results $$r.json
 
 # Flags for the throughput run, e.g. THROUGHPUT_FLAGS="--duration 10s --rounds 6".
 THROUGHPUT_FLAGS ?=
 # Flags for the control plane run, e.g. CONTROLPLANE_FLAGS="--nodes 1000".
 CONTROLPLANE_FLAGS ?=
+# The soak's length and further flags, e.g. SOAK_DURATION=5m SOAK_FLAGS="--every 20s --nodes 4".
+SOAK_DURATION ?= 30m
+SOAK_FLAGS ?=
 
 # `go test -fuzz` takes one package and one target at a time, so list them all
 # first ("FuzzX" lines, then "ok <package>") and run each in turn.

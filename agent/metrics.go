@@ -3,6 +3,7 @@ package agent
 import (
 	"github.com/confmesh/confmesh/agent/cpclient"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 type metrics struct {
@@ -58,6 +59,9 @@ func newMetrics() *metrics {
 		Name: "confmesh_agent_strict_route_repairs_total",
 		Help: "Deleted routes (fail-closed, pod, peer) the agent restored.",
 	})
+	// The Go runtime's and the process's own figures (go_goroutines,
+	// process_resident_memory_bytes, ...): what a leak shows in first.
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals, m.state, m.cpRefusals)
 	return m
 }

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -77,6 +78,9 @@ func newMetrics() *metrics {
 	m.sweeps = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "confmesh_controlplane_sweeps_total", Help: "Re-evaluation sweeps this replica ran.",
 	})
+	// The Go runtime's and the process's own figures (go_goroutines,
+	// process_resident_memory_bytes, ...): what a leak shows in first.
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.storeSynced, m.storeBreaks, m.storeSyncs, m.leader, m.sweeps)
 	m.reg.MustRegister(m.reports, m.challengeRefusals, m.rateLimited)
 	m.reg.MustRegister(m.joins, m.renewals, m.verify, m.nodes, m.watchers, m.revision)

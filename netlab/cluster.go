@@ -34,6 +34,9 @@ type Config struct {
 	// OwnProcessGroup starts every process in a process group of its own
 	// (see ProcessSpec.OwnGroup).
 	OwnProcessGroup bool
+	// AgentMetricsListen is every agent's --metrics-listen (each in its
+	// node's namespace, so one address serves for all); empty: off.
+	AgentMetricsListen string
 	// Logf, if set, receives notes from Teardown (what cleanup printed).
 	Logf func(format string, args ...any)
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -179,6 +180,23 @@ func (c *Cluster) DeletePod(p *Pod) error {
 		return nil
 	}
 	return c.deleteCNIPod(p)
+}
+
+// RemovePod runs the plugin's DEL for a pod it made, deletes the pod's
+// network namespace and forgets the pod (pod churn: a long run would
+// otherwise keep every namespace it ever made until Teardown).
+func (c *Cluster) RemovePod(p *Pod) error {
+	if err := c.DeletePod(p); err != nil {
+		return err
+	}
+	if err := DelNetns(p.NS); err != nil {
+		return fmt.Errorf("pod %s: %w", p.Name, err)
+	}
+	c.mu.Lock()
+	c.pods = slices.DeleteFunc(c.pods, func(q *Pod) bool { return q == p })
+	c.namespaces = slices.DeleteFunc(c.namespaces, func(ns string) bool { return ns == p.NS })
+	c.mu.Unlock()
+	return nil
 }
 
 func (c *Cluster) deleteCNIPod(p *Pod) error {

@@ -108,7 +108,7 @@ func (n *Node) StartAgent() error {
 	args := []string{"agent", "--name", n.Name, "--control-plane", n.c.ControlPlaneList(), "--policy", n.Policy,
 		"--state-dir", n.StateDir, "--endpoint", n.Endpoint().String(), "--device", n.Device,
 		"--socket", n.Socket, "--workload-socket", n.WorkloadSocket, "--pod-metadata", n.PodMetadata,
-		"--metrics-listen", "",
+		"--metrics-listen", n.c.AgentMetricsListen,
 		"--cni-conf-dir", "", // never install the CNI plugin into the host's /etc/cni (AddCNIPod execs it itself)
 		"--force-userspace"}
 	switch n.Opts.TEE {

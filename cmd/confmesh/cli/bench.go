@@ -20,6 +20,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.AddCommand(newBenchCNICmd())
 	cmd.AddCommand(newBenchControlPlaneCmd())
 	cmd.AddCommand(newBenchThroughputCmd())
+	cmd.AddCommand(newBenchSoakCmd())
 	return cmd
 }
 

@@ -4,18 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/confmesh/confmesh/internal/datapath"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 )
 
 func newDatapathCmd() *cobra.Command {
 	var cfg datapath.Config
-	var level, memLimit, cpuProfile string
+	var level, memLimit, cpuProfile, metricsListen string
 	cmd := &cobra.Command{
 		Use:   "datapath --iface NAME [--mtu N] [--pid-file FILE] [--log-level LEVEL]",
 		Short: "Run the userspace WireGuard datapath (wireguard-go over TUN) for one device",
@@ -54,6 +60,16 @@ must be unique.`,
 				}
 				defer stopProfile()
 			}
+			if metricsListen == "" {
+				metricsListen = os.Getenv(datapathMetricsEnv)
+			}
+			if metricsListen != "" {
+				stopMetrics, err := serveDatapathMetrics(metricsListen, cfg.Logger)
+				if err != nil {
+					return failf("--metrics-listen: %v", err)
+				}
+				defer stopMetrics()
+			}
 			// The agent starts the datapath in a process group of its own
 			// inside the agent's session (internal/wg): a hangup of that
 			// session must not end the tunnels.
@@ -79,6 +95,7 @@ must be unique.`,
 	cmd.Flags().DurationVar(&cfg.IdleRelease, "idle-release", datapath.DefaultIdleRelease, "check this often for idleness and then return free memory to the kernel (negative: never)")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile to `FILE`.<iface> until exit (default: $"+cpuProfileEnv+", which reaches a datapath the agent starts)")
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error (debug includes wireguard-go's per-packet lines)")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "`ADDR` for /metrics with the Go runtime's and the process's figures (goroutines, memory; plain HTTP; default: $"+datapathMetricsEnv+", which reaches a datapath the agent starts; empty: off)")
 	_ = cmd.MarkFlagRequired("iface")
 	return cmd
 }
@@ -87,6 +104,31 @@ must be unique.`,
 // --cpuprofile for a datapath started by the agent (it inherits the
 // agent's environment): a profiling aid, see docs/benchmarks.md.
 const cpuProfileEnv = "CONFMESH_DATAPATH_CPUPROFILE"
+
+// datapathMetricsEnv names the environment variable that turns on
+// --metrics-listen for a datapath started by the agent (confmesh bench
+// soak reads its goroutines there).
+const datapathMetricsEnv = "CONFMESH_DATAPATH_METRICS_LISTEN"
+
+// serveDatapathMetrics serves the Go runtime's and the process's metrics
+// on addr until the returned function is called.
+func serveDatapathMetrics(addr string, log *slog.Logger) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	return func() { _ = srv.Close() }, nil
+}
 
 func startCPUProfile(path string) (func(), error) {
 	f, err := os.Create(path)
