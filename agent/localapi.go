@@ -6,10 +6,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -43,14 +46,27 @@ func (a *Agent) ServeLocal(ctx context.Context, path string) error {
 		lis.Close()
 		return err
 	}
-	g := grpc.NewServer(guard.ServerOptions()...)
+	g := grpc.NewServer(append(guard.ServerOptions(),
+		grpc.ConnectionTimeout(localHandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: localIdleTimeout}))...)
 	agentv1.RegisterAgentServer(g, &localAPI{a: a, guard: guard})
 	go func() {
 		<-ctx.Done()
 		g.Stop()
 	}()
-	return g.Serve(lis)
+	return g.Serve(connlimit.New(lis, connlimit.Config{Total: LocalMaxConns}))
 }
+
+// Bounds of the local API. Its socket is root's only (0600), so no pod
+// reaches it; the bounds keep a runaway local client (a container runtime
+// that leaks CNI plugin connections) from taking the descriptors the
+// agent's own work needs. Every call on it is short.
+const (
+	// LocalMaxConns is the most connections the local API holds open.
+	LocalMaxConns         = 256
+	localHandshakeTimeout = 10 * time.Second
+	localIdleTimeout      = 2 * time.Minute
+)
 
 // CheckCaller answers only callers in the node's network namespace: the
 // guard has refused every other one before this runs.

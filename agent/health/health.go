@@ -72,6 +72,14 @@ func (t *Tracker) Pass(name string) (healed bool, after time.Duration) {
 	return true, t.now().Sub(p.Since)
 }
 
+// IsFailing reports whether name is failing.
+func (t *Tracker) IsFailing(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.fail[name]
+	return ok
+}
+
 // Set is Fail(name, err.Error()) for a non-nil err, Pass(name) otherwise.
 func (t *Tracker) Set(name string, err error) {
 	if err != nil {

@@ -47,6 +47,9 @@ func TestConditionsHeal(t *testing.T) {
 		t.Fatalf("Pass(strict) = %v %v, want healed after 2s", healed, after)
 	}
 	wantReadyIs(t, tr, false, "datapath")
+	if tr.IsFailing("strict") || !tr.IsFailing("datapath") {
+		t.Fatal("IsFailing disagrees with Fail and Pass")
+	}
 	tr.Set("datapath", nil)
 	wantReady(t, tr)
 	if healed, _ := tr.Pass("datapath"); healed {

@@ -90,8 +90,9 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// Validate refuses limits that make no sense.
+// Validate refuses limits that make no sense (with the defaults filled in).
 func (l Limits) Validate() error {
+	l = l.withDefaults()
 	if l.FDShare > 1 {
 		return fmt.Errorf("workload API: file-descriptor share %v is more than 1", l.FDShare)
 	}
