@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +23,7 @@ import (
 
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
@@ -319,5 +321,124 @@ func TestTurinVCEKRefusedByAMDRoots(t *testing.T) {
 	_, err := verifyTurin(t, r, r.policy(attest.RootRef{Kind: attest.RootAMD}))
 	if !errors.Is(err, attest.ErrUntrustedRoot) || !strings.Contains(err.Error(), "amd/Turin") {
 		t.Fatalf("err = %v, want %v naming amd/Turin", err, attest.ErrUntrustedRoot)
+	}
+}
+
+// without returns the extensions minus the one with oid.
+func without(oid asn1.ObjectIdentifier) func([]pkix.Extension) []pkix.Extension {
+	return func(exts []pkix.Extension) []pkix.Extension {
+		var out []pkix.Extension
+		for _, e := range exts {
+			if !e.Id.Equal(oid) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+}
+
+// TestTurinVCEKRefusals: what a Turin VCEK must not be. Each case is an
+// attack or a certificate AMD does not issue; each is refused with the
+// reason named.
+func TestTurinVCEKRefusals(t *testing.T) {
+	other := []byte{0xba, 0xd0, 0xc0, 0xde, 0x01, 0x23, 0x45, 0x67}
+	// The structVersion 0 form with Turin's raw TCB bytes and a 64-byte
+	// hwID: what go-sev-guest v0.15.0 reads, and what the simulator used to
+	// issue for Turin.
+	structV0 := func([]pkix.Extension) []pkix.Extension {
+		return sevtest.CustomExtensions(kds.DecomposeTCBVersion(kds.TCBVersion(turinTCBRaw(turinTCB))), turinChipID(turinHWID), "", "Turin-B0")
+	}
+	for _, c := range []struct {
+		name string
+		spec turinVCEKSpec
+		want error
+		msg  string
+	}{
+		// A compromised chip's VCEK key signs a report claiming another
+		// chip's CHIP_ID; only the hwID check ties the VCEK to the chip.
+		{"VCEK of another chip", turinVCEKSpec{hwid: other}, attest.ErrWrongChip, "is not the chip of the Turin VCEK (hwID bad0c0de"},
+		{"64-byte hwID in a Turin VCEK", turinVCEKSpec{hwid: turinChipID(turinHWID)}, attest.ErrMalformedChain, "hwID: 64 bytes, want 8"},
+		{"7-byte hwID", turinVCEKSpec{hwid: turinHWID[:7]}, attest.ErrMalformedChain, "hwID: 7 bytes, want 8"},
+		{"no hwID", turinVCEKSpec{mutate: without(kdsOID(4))}, attest.ErrMalformedChain, "no hwID"},
+		{"no fmcSPL", turinVCEKSpec{mutate: without(kdsOID(3, 9))}, attest.ErrMalformedChain, "no fmcSPL"},
+		{"spl_4 in a Turin VCEK", turinVCEKSpec{mutate: func(e []pkix.Extension) []pkix.Extension {
+			v, _ := asn1.Marshal(0)
+			return append(e, pkix.Extension{Id: kdsOID(3, 4), Value: v})
+		}}, attest.ErrMalformedChain, "spl_4"},
+		{"unknown extension", turinVCEKSpec{mutate: func(e []pkix.Extension) []pkix.Extension {
+			return append(e, pkix.Extension{Id: kdsOID(9), Value: []byte{5, 0}})
+		}}, attest.ErrMalformedChain, "1.3.6.1.4.1.3704.1.9"},
+		// The Milan-form structVersion 0 with a Turin name would be read
+		// with the Milan TCB layout: refused, not guessed.
+		{"Turin named in a structVersion 0 VCEK", turinVCEKSpec{mutate: structV0}, attest.ErrMalformedChain, "Turin certificate with structVersion 0"},
+		{"Milan named in a structVersion 1 VCEK", turinVCEKSpec{product: "Milan-B1"}, attest.ErrMalformedChain, "Milan certificate with structVersion 1"},
+		// The VCEK certifies a lower TCB than the report claims (FMC 3,
+		// report 4): validate, reading the stand-in, refuses it.
+		{"VCEK certifies another TCB", turinVCEKSpec{tcb: attest.TCBParts{FMC: 3, Bootloader: 5, TEE: 6, SNP: 7, Microcode: 8}}, attest.ErrValidation, "TCB of the V[CL]EK certificate"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := turinReporterFor(t, turinHWID, c.spec)
+			_, err := verifyTurin(t, r, r.policy())
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("err = %v, want %v containing %q", err, c.want, c.msg)
+			}
+		})
+	}
+}
+
+// TestTurinReportSignature: a Turin report altered after signing is refused
+// on a fresh chain verdict and on a cached one.
+func TestTurinReportSignature(t *testing.T) {
+	r := turinReporterFor(t, turinHWID, turinVCEKSpec{})
+	now := time.Now()
+	v, err := attest.NewVerifier(r.policy(), attest.Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, round := range []string{"fresh", "cached"} {
+		bd := newBound(t, now)
+		ev, err := attest.Attest(r, bd.b, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Verify(ev, bd.want); err != nil {
+			t.Fatalf("%s: genuine report refused: %v", round, err)
+		}
+		ev.Report[0x30] ^= 1 // guest SVN
+		if _, err := v.Verify(ev, bd.want); !errors.Is(err, attest.ErrSignature) {
+			t.Fatalf("%s: altered report: err = %v, want %v", round, err, attest.ErrSignature)
+		}
+	}
+}
+
+// TestMilanVCEKOfAnotherChip: the hwID check holds for Milan too (all 64
+// bytes), with the same reason.
+func TestMilanVCEKOfAnotherChip(t *testing.T) {
+	f := getFixture(t)
+	// One VCEK key, certified for two chips (a saved node reopened with
+	// another chip ID keeps its key): chip A's VCEK then vouches for a
+	// report that claims chip B.
+	name := fmt.Sprintf("wrongchip-%d", time.Now().UnixNano())
+	a, err := f.ca.OpenNode(name, sim.NodeConfig{Measurement: f.measurement})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chipB := append([]byte{}, a.ChipID()...)
+	chipB[63] ^= 1
+	b, err := f.ca.OpenNode(name, sim.NodeConfig{Measurement: f.measurement, ChipID: chipB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	bd := newBound(t, now)
+	v := f.verifier(t, f.simPolicy(), now)
+	ev := f.evidence(t, b, bd, now)
+	if _, err := v.Verify(ev, bd.want); err != nil {
+		t.Fatalf("chip B with its own VCEK refused: %v", err)
+	}
+	ev.Chain.Vcek = a.VCEK().Raw
+	_, err = v.Verify(ev, bd.want)
+	if !errors.Is(err, attest.ErrWrongChip) || attest.Reason(err) != "wrong_chip" || !strings.Contains(err.Error(), "Milan VCEK") {
+		t.Fatalf("err = %v, want %v", err, attest.ErrWrongChip)
 	}
 }

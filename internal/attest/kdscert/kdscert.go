@@ -55,7 +55,8 @@ type Extensions struct {
 }
 
 // Parse reads cert's KDS extensions for signer. It refuses what AMD does not
-// issue: an unknown or duplicate extension, a missing field, an hwID of the
+// issue: an unknown extension (crypto/x509 already refuses duplicates), a
+// missing field, an hwID of the
 // wrong size for the version, a structVersion that does not match the
 // product line (Turin is version 1, Milan and Genoa version 0).
 func Parse(cert *x509.Certificate, signer abi.ReportSigner) (*Extensions, error) {
@@ -143,9 +144,6 @@ func parseV1(cert *x509.Certificate, signer abi.ReportSigner) (*Extensions, erro
 		}
 		if !known(e.Id) {
 			return nil, fmt.Errorf("not an AMD KDS extension of a structVersion 1 VCEK: %v", e.Id)
-		}
-		if _, dup := exts[e.Id.String()]; dup {
-			return nil, fmt.Errorf("duplicate AMD KDS extension %v", e.Id)
 		}
 		exts[e.Id.String()] = e
 	}
