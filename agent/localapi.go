@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -32,15 +33,24 @@ func (a *Agent) ServeLocal(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	_ = os.Remove(path)
-	lis, err := net.Listen("unix", path)
+	// Bound under a temporary name, made 0600, then renamed into place:
+	// the socket never appears at path with the umask's mode.
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	_ = os.Remove(tmp)
+	lis, err := net.Listen("unix", tmp)
 	if err != nil {
 		return err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		lis.Close()
 		return err
 	}
+	if err := os.Rename(tmp, path); err != nil {
+		lis.Close()
+		return err
+	}
+	lis.(*net.UnixListener).SetUnlinkOnClose(false) // it would unlink tmp
+	defer os.Remove(path)
 	guard, err := NewNodeNSGuard(DefaultNodeNetNS)
 	if err != nil {
 		lis.Close()
