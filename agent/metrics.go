@@ -62,9 +62,9 @@ func newMetrics() *metrics {
 		Name: "confmesh_agent_strict_route_repairs_total",
 		Help: "Deleted routes (fail-closed, pod, peer) the agent restored.",
 	})
-	// The Go runtime's and the process's own figures (go_goroutines,
-	// process_resident_memory_bytes, ...): what a leak shows in first.
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The Go runtime's figures (go_goroutines, ...: what a leak shows in
+	// first); the process collector comes with registerHealth.
+	m.reg.MustRegister(collectors.NewGoCollector())
 	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals, m.state, m.cpRefusals)
 	return m
 }
