@@ -34,6 +34,10 @@ type Config struct {
 	// OwnProcessGroup starts every process in a process group of its own
 	// (see ProcessSpec.OwnGroup).
 	OwnProcessGroup bool
+	// AgentLogLevel is every agent's --log-level (empty: the agent's
+	// default). At debug the agent's datapath logs at debug too, which
+	// includes wireguard-go's handshake messages.
+	AgentLogLevel string
 	// Logf, if set, receives notes from Teardown (what cleanup printed).
 	Logf func(format string, args ...any)
 }

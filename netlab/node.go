@@ -131,6 +131,9 @@ func (n *Node) StartAgent() error {
 	if n.Opts.KeyRotation > 0 {
 		args = append(args, "--key-rotation", n.Opts.KeyRotation.String())
 	}
+	if n.c.AgentLogLevel != "" {
+		args = append(args, "--log-level", n.c.AgentLogLevel)
+	}
 	log := filepath.Join(n.c.Dir, fmt.Sprintf("%s-agent-%d.log", n.Name, n.starts))
 	p, err := n.c.start(fmt.Sprintf("%s agent (start %d)", n.Name, n.starts), log, n.NS, args...)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -349,6 +350,11 @@ func datapathCommand(f agentFlags, self string) []string {
 		"--pid-file", filepath.Join(f.stateDir, "datapath.pid")}
 	if f.datapathMemoryLimit != "" {
 		argv = append(argv, "--memory-limit", f.datapathMemoryLimit)
+	}
+	if strings.EqualFold(f.logLevel, "debug") {
+		// wireguard-go's own messages (handshakes sent, received,
+		// retried) are what a tunnel problem is diagnosed from.
+		argv = append(argv, "--log-level", "debug")
 	}
 	return argv
 }
