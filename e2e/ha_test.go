@@ -178,16 +178,6 @@ type haStreams []*netlab.UDPStream
 
 const haCount, haInterval = 1500, 10 * time.Millisecond
 
-// Bounds of the failover test's waits, sized for a loaded 2-core CI
-// machine (the measured times are logged; these only bound a failure).
-const (
-	failoverLimit    = 30 * time.Second // every agent on the surviving replica
-	settleLimit      = 30 * time.Second // waitTunnelsSettled
-	streamStartLimit = 20 * time.Second // 100 datagrams of each stream sent (1 s unloaded)
-	streamEndSlack   = 30 * time.Second // after the streams' nominal duration
-	sendLimit        = 20 * time.Second // one datagram through, a handshake (and a retry) included
-)
-
 func startHAStreams(t *testing.T, pods []*Pod) haStreams {
 	t.Helper()
 	var s haStreams
