@@ -1,0 +1,73 @@
+package snp
+
+import "encoding/binary"
+
+// bspResetEIP is where the bootstrap processor starts: the x86 reset vector.
+const bspResetEIP = 0xfffffff0
+
+// Offsets in the VMSA page (the SEV-ES save area, AMD APM volume 2,
+// "VMSA layout"; struct sev_es_save_area in Linux).
+const (
+	vmsaES          = 0x000 // segments ES, CS, SS, DS, FS, GS, GDTR, LDTR, IDTR, TR: 16 bytes each
+	vmsaCS          = 0x010
+	vmsaSS          = 0x020
+	vmsaDS          = 0x030
+	vmsaFS          = 0x040
+	vmsaGS          = 0x050
+	vmsaGDTR        = 0x060
+	vmsaLDTR        = 0x070
+	vmsaIDTR        = 0x080
+	vmsaTR          = 0x090
+	vmsaEFER        = 0x0d0
+	vmsaCR4         = 0x148
+	vmsaCR0         = 0x158
+	vmsaDR7         = 0x160
+	vmsaDR6         = 0x168
+	vmsaRFLAGS      = 0x170
+	vmsaRIP         = 0x178
+	vmsaGPAT        = 0x268
+	vmsaRDX         = 0x310
+	vmsaSEVFeatures = 0x3b0
+	vmsaXCR0        = 0x3e8
+	vmsaMXCSR       = 0x408
+	vmsaX87FCW      = 0x410
+)
+
+// vmsaPage is the initial register state QEMU/KVM gives an SNP vCPU that
+// starts at eip: real mode, CS based at eip's upper half, RIP its lower
+// 16 bits, EFER.SVME and CR4.MCE set by KVM, RDX holding the CPUID
+// signature (family/model/stepping), and the guest's SEV features.
+func vmsaPage(eip uint32, sevFeatures uint64, vcpuSig uint32) *[pageSize]byte {
+	var p [pageSize]byte
+	seg := func(off int, selector, attrib uint16, limit uint32, base uint64) {
+		binary.LittleEndian.PutUint16(p[off:], selector)
+		binary.LittleEndian.PutUint16(p[off+2:], attrib)
+		binary.LittleEndian.PutUint32(p[off+4:], limit)
+		binary.LittleEndian.PutUint64(p[off+8:], base)
+	}
+	u64 := func(off int, v uint64) { binary.LittleEndian.PutUint64(p[off:], v) }
+	seg(vmsaES, 0, 0x93, 0xffff, 0)
+	seg(vmsaCS, 0xf000, 0x9b, 0xffff, uint64(eip&0xffff0000))
+	seg(vmsaSS, 0, 0x93, 0xffff, 0)
+	seg(vmsaDS, 0, 0x93, 0xffff, 0)
+	seg(vmsaFS, 0, 0x93, 0xffff, 0)
+	seg(vmsaGS, 0, 0x93, 0xffff, 0)
+	seg(vmsaGDTR, 0, 0, 0xffff, 0)
+	seg(vmsaLDTR, 0, 0x82, 0xffff, 0)
+	seg(vmsaIDTR, 0, 0, 0xffff, 0)
+	seg(vmsaTR, 0, 0x8b, 0xffff, 0)
+	u64(vmsaEFER, 0x1000) // EFER.SVME
+	u64(vmsaCR4, 0x40)    // CR4.MCE
+	u64(vmsaCR0, 0x10)    // CR0.ET
+	u64(vmsaDR7, 0x400)
+	u64(vmsaDR6, 0xffff0ff0)
+	u64(vmsaRFLAGS, 0x2)
+	u64(vmsaRIP, uint64(eip&0xffff))
+	u64(vmsaGPAT, 0x0007040600070406) // PAT reset value
+	u64(vmsaRDX, uint64(vcpuSig))
+	u64(vmsaSEVFeatures, sevFeatures)
+	u64(vmsaXCR0, 0x1)
+	binary.LittleEndian.PutUint32(p[vmsaMXCSR:], 0x1f80)
+	binary.LittleEndian.PutUint16(p[vmsaX87FCW:], 0x37f)
+	return &p
+}
