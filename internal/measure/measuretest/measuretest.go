@@ -118,6 +118,9 @@ type TDVFImage struct {
 	Size     int
 	Seed     string
 	Sections []TDVFSection
+	// NoFooter leaves out the OVMF footer table and points at the
+	// descriptor from 0x20 bytes before the end instead, as td-shim does.
+	NoFooter bool
 }
 
 // tdvfMetadataGUID precedes the "TDVF" descriptor in OVMF and td-shim.
@@ -146,6 +149,10 @@ func (s TDVFImage) Build() []byte {
 		d = binary.LittleEndian.AppendUint32(d, sec.Attributes)
 	}
 	copy(img[len(img)-tdvfDescriptorFromEnd-16:], d)
+	if s.NoFooter {
+		binary.LittleEndian.PutUint32(img[len(img)-0x20:], uint32(len(img)-tdvfDescriptorFromEnd))
+		return img
+	}
 	ovmf.PlaceTable(img, ovmf.BuildTable([]ovmf.Entry{
 		{GUID: ovmf.TDXMetadataGUID, Data: binary.LittleEndian.AppendUint32(nil, tdvfDescriptorFromEnd)},
 	}))
