@@ -3,7 +3,10 @@ package cli
 import (
 	"encoding/hex"
 	"encoding/json"
+	"io"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -213,4 +216,59 @@ func TestMeasureSimRoundTrip(t *testing.T) {
 		want(t, 2, "sim-snp node, but the simulated TEE is sim-tdx")
 	run(t, append([]string{"attest", "report", "--nonce", nonce, "--key", key, "-o", out}, img.snpArgs("sim-", "2")...)...).want(t, 2, "need --sim-dir")
 	run(t, "attest", "report", "--sim-dir", simDir, "--sim-ovmf", img.ovmf, "--sim-vcpus", "1", "--nonce", nonce, "--key", key, "-o", out).want(t, 2, "--sim-vcpu-type: required")
+}
+
+// TestDocsMeasureSection: docs/attestation.md explains where measurements
+// come from, and every flag its examples and text name exists on the
+// command it is given to.
+func TestDocsMeasureSection(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../../docs/attestation.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(data), "\n## Where measurements come from\n")
+	if !ok {
+		t.Fatal("docs/attestation.md has no \"Where measurements come from\" section")
+	}
+	sec, _, _ = strings.Cut(sec, "\n## ")
+	for _, sub := range []string{"### Computing them from a reproducible node image", "### Pinning them in the policy", "### Rolling a new image without an outage"} {
+		if !strings.Contains(sec, sub) {
+			t.Errorf("the section lacks %q", sub)
+		}
+	}
+	root := NewRoot(io.Discard, io.Discard)
+	flagsOf := func(path ...string) func(string) bool {
+		c, _, err := root.Find(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func(f string) bool { return c.Flags().Lookup(f) != nil }
+	}
+	cmds := map[string]func(string) bool{
+		"measure snp": flagsOf("measure", "snp"), "measure tdx": flagsOf("measure", "tdx"),
+		"attest report": flagsOf("attest", "report"), "agent": flagsOf("agent"),
+	}
+	flagRE := regexp.MustCompile(`--([a-z][a-z0-9-]+)`)
+	seen := 0
+	for _, para := range strings.Split(sec, "\n\n") {
+		para = strings.ReplaceAll(para, "\\\n", " ")
+		for name, has := range cmds {
+			if !strings.Contains(para, "confmesh "+name) {
+				continue
+			}
+			for _, m := range flagRE.FindAllStringSubmatch(para, -1) {
+				if strings.HasPrefix(m[1], "sim-") != strings.HasPrefix(name, "attest") && name != "agent" {
+					continue // a paragraph naming several commands: each checks its own flags
+				}
+				seen++
+				if !has(m[1]) {
+					t.Errorf("the docs give --%s to `confmesh %s`, which has no such flag", m[1], name)
+				}
+			}
+		}
+	}
+	if seen < 10 {
+		t.Fatalf("only %d flags checked: the section's examples moved", seen)
+	}
 }
