@@ -52,6 +52,7 @@ type snpLaunchFlags struct {
 	prefix                               string
 	ovmf, ovmfHash, kernel, initrd       string
 	cmdline, vcpuType, vcpuSig, features string
+	vmm                                  string
 	vcpus                                int
 }
 
@@ -67,12 +68,13 @@ func (f *snpLaunchFlags) add(fl *pflag.FlagSet, full bool) {
 	if full {
 		fl.StringVar(&f.ovmfHash, p+"ovmf-hash", "", "precomputed digest of the OVMF pages, 96 `HEX` digits (the image then supplies only its metadata)")
 		fl.StringVar(&f.vcpuSig, p+"vcpu-sig", "", "vCPU CPUID signature `HEX` (family/model/stepping) instead of --vcpu-type")
+		fl.StringVar(&f.vmm, p+"vmm-type", "qemu", "VMM that launches the guest: qemu, ec2 or gce (ec2 and gce take no vCPU type: their VMSAs carry none)")
 	}
 }
 
 // set reports whether any of the flags was given.
 func (f *snpLaunchFlags) set(fl *pflag.FlagSet) bool {
-	for _, n := range []string{"ovmf", "ovmf-hash", "kernel", "initrd", "append", "vcpus", "vcpu-type", "vcpu-sig", "guest-features"} {
+	for _, n := range []string{"ovmf", "ovmf-hash", "kernel", "initrd", "append", "vcpus", "vcpu-type", "vcpu-sig", "guest-features", "vmm-type"} {
 		if fl.Lookup(f.prefix+n) != nil && fl.Changed(f.prefix+n) {
 			return true
 		}
@@ -91,7 +93,18 @@ func (f *snpLaunchFlags) input() (snp.Input, error) {
 		return in, usageErrorf("--%svcpus: required, at least 1", p)
 	}
 	in.VCPUs = f.vcpus
+	if f.vmm != "" {
+		vmm, err := snp.ParseVMM(f.vmm)
+		if err != nil {
+			return in, usageErrorf("--%svmm-type: %v", p, err)
+		}
+		in.VMM = vmm
+	}
 	switch {
+	case in.VMM != snp.VMMQEMU:
+		if f.vcpuType != "" || f.vcpuSig != "" {
+			return in, usageErrorf("--%svcpu-type/--%svcpu-sig: %s puts no CPUID signature in the VMSA; leave them out", p, p, in.VMM)
+		}
 	case f.vcpuType != "" && f.vcpuSig != "":
 		return in, usageErrorf("--%svcpu-type and --%svcpu-sig: give one", p, p)
 	case f.vcpuType != "":
@@ -184,8 +197,10 @@ measured direct boot), and one VMSA per vCPU (the boot processor at the
 reset vector, the others at OVMF's AP reset address, each with the vCPU
 type's CPUID signature and the guest features).
 
-The result matches virtee's sev-snp-measure (--mode snp, QEMU). Every input
-counts: another OVMF build, kernel, initrd, command line, vCPU count, vCPU
+The result matches virtee's sev-snp-measure (--mode snp). --vmm-type picks
+the launch sequence: qemu (QEMU/KVM, the default), ec2 or gce (their initial
+vCPU state; GCE records pre-validated memory unmeasured, EC2 measures the
+CPUID page last); ec2 and gce take no --vcpu-type. Every input counts: another OVMF build, kernel, initrd, command line, vCPU count, vCPU
 type or guest features is another measurement.
 
 -o policy prints a fragment for the policy file's measurements list.`,
@@ -284,14 +299,15 @@ func snpInputs(f *snpLaunchFlags, in snp.Input) [][2]string {
 		}
 		out = append(out, [2]string{"append", strconv.Quote(in.Boot.Cmdline)})
 	}
-	cpu := f.vcpuType
-	if cpu == "" {
-		cpu = "custom"
+	out = append(out, [2]string{"vmm", in.VMM.String()}, [2]string{"vcpus", strconv.Itoa(in.VCPUs)})
+	if in.VMM == snp.VMMQEMU {
+		cpu := f.vcpuType
+		if cpu == "" {
+			cpu = "custom"
+		}
+		out = append(out, [2]string{"vcpu type", fmt.Sprintf("%s (CPUID signature %#x)", cpu, in.VCPUSig)})
 	}
-	out = append(out,
-		[2]string{"vcpus", strconv.Itoa(in.VCPUs)},
-		[2]string{"vcpu type", fmt.Sprintf("%s (CPUID signature %#x)", cpu, in.VCPUSig)},
-		[2]string{"guest features", fmt.Sprintf("%#x", in.GuestFeatures)})
+	out = append(out, [2]string{"guest features", fmt.Sprintf("%#x", in.GuestFeatures)})
 	return out
 }
 

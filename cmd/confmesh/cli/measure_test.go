@@ -88,6 +88,15 @@ func TestMeasureSNP(t *testing.T) {
 	if !strings.Contains(r.stdout, "745c3312489a73e92842de812ef2da4af555b319aa8d8e29a77b24411123d264638f91f7570130a62f57645abec6cd84") {
 		t.Fatalf("with --ovmf-hash:\n%s", r.stdout)
 	}
+	// sev-snp-measure's published test_snp_gce_default (tests/test_guest.py,
+	// expected 5da7106c...): /dev/null kernel and initrd, GCE, through the
+	// CLI, with its fixture's published OVMF hash standing for the pages.
+	r = run(t, "measure", "snp", "--ovmf", img.ovmf, "--ovmf-hash", "086e2e9149ebf45abdc3445fba5b2da8270bdbb04094d7a2c37faaa4b24af3aa16aff8c374c2a55c467a50da6d466b74",
+		"--kernel", os.DevNull, "--initrd", os.DevNull, "--vcpus", "1", "--vmm-type", "gce")
+	r.want(t, 0)
+	if !strings.HasPrefix(r.stdout, "measurement: 5da7106cf14cf46b1725ebab123eb9e53bd46a1e9f400cd0c08e7827b04b688ea8b4e403c8404efed4397ea5d5d0722e\n") {
+		t.Fatalf("--vmm-type gce:\n%s", r.stdout)
+	}
 	// --vcpu-sig 0x800f12 is EPYC-v4.
 	r = run(t, "measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-sig", "0x800f12")
 	r.want(t, 0)
@@ -131,6 +140,8 @@ func TestMeasureRefusals(t *testing.T) {
 		{"unknown vcpu type", []string{"measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "Skylake"}, 2, "unknown vCPU type \"Skylake\""},
 		{"initrd without kernel", []string{"measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--initrd", img.initrd}, 2, "need --kernel"},
 		{"bad features", []string{"measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--guest-features", "zz"}, 2, "--guest-features"},
+		{"vcpu type on GCE", []string{"measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--vmm-type", "gce"}, 2, "gce puts no CPUID signature"},
+		{"unknown VMM", []string{"measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--vmm-type", "xen"}, 2, "unknown VMM \"xen\""},
 		{"bad format", []string{"measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "-o", "yaml"}, 2, "unknown output format"},
 		{"missing file", []string{"measure", "snp", "--ovmf", img.ovmf + ".nope", "--vcpus", "1", "--vcpu-type", "EPYC-v4"}, 2, "no such file"},
 		{"kernel on OVMF without hashes", []string{"measure", "snp", "--ovmf", plain, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--kernel", img.kernel}, 1, "no SEV hash table"},

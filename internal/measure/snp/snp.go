@@ -1,11 +1,12 @@
 // Package snp computes the launch measurement (launch digest) an AMD
-// SEV-SNP guest booted by QEMU/KVM from OVMF reports, from the published
+// SEV-SNP guest booted from OVMF reports (QEMU/KVM, or the EC2 and GCE
+// launch sequences), from the published
 // firmware, kernel, initrd and command line, the vCPU count and type and
 // the guest features: the value an attestation policy should accept,
 // computed instead of copied from a running node.
 //
 // The digest is the chain of SNP_LAUNCH_UPDATE page-info hashes (SEV-SNP
-// firmware ABI) in the order QEMU issues them: every page of the OVMF
+// firmware ABI) in the order the VMM issues them: every page of the OVMF
 // image, then the sections OVMF's SEV metadata lists (zero pages, the
 // secrets and CPUID pages, the page holding the kernel hashes table), then
 // one VMSA page per vCPU. Pure computation: no I/O.
@@ -16,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/confmesh/confmesh/internal/measure/ovmf"
 )
@@ -33,6 +35,49 @@ const (
 // gives an SNP guest unless told otherwise.
 const DefaultGuestFeatures = 0x1
 
+// VMM is the hypervisor that launches the guest: the initial vCPU state
+// and which pages it measures differ between them.
+type VMM int
+
+// VMMs whose launch sequence LaunchDigest models (sev-snp-measure's
+// --vmm-type QEMU, ec2, gce).
+const (
+	// VMMQEMU is QEMU/KVM (the zero value).
+	VMMQEMU VMM = iota
+	// VMMEC2 is Amazon EC2: it measures the CPUID page last and starts
+	// vCPUs with its own register state.
+	VMMEC2
+	// VMMGCE is Google Compute Engine: pre-validated memory
+	// (SNP_SEC_MEM) is recorded unmeasured; its own register state.
+	VMMGCE
+)
+
+// ParseVMM reads a VMM name: qemu, ec2 or gce (any case).
+func ParseVMM(s string) (VMM, error) {
+	switch strings.ToLower(s) {
+	case "qemu":
+		return VMMQEMU, nil
+	case "ec2":
+		return VMMEC2, nil
+	case "gce":
+		return VMMGCE, nil
+	}
+	return 0, fmt.Errorf("unknown VMM %q (want qemu, ec2 or gce)", s)
+}
+
+// String names the VMM as ParseVMM reads it.
+func (v VMM) String() string {
+	switch v {
+	case VMMQEMU:
+		return "qemu"
+	case VMMEC2:
+		return "ec2"
+	case VMMGCE:
+		return "gce"
+	}
+	return fmt.Sprintf("VMM(%d)", int(v))
+}
+
 // fourGiB is where the OVMF image ends in guest physical memory.
 const fourGiB = 1 << 32
 
@@ -48,10 +93,13 @@ type Input struct {
 	Boot *DirectBoot
 	// VCPUs is the number of vCPUs (one VMSA page each).
 	VCPUs int
-	// VCPUSig is the vCPUs' CPUID signature (VCPUSignature).
+	// VCPUSig is the vCPUs' CPUID signature (VCPUSignature). Only QEMU
+	// puts it in the VMSA; EC2 and GCE do not.
 	VCPUSig uint32
 	// GuestFeatures is the SEV_FEATURES value of every VMSA.
 	GuestFeatures uint64
+	// VMM is the hypervisor (QEMU unless set).
+	VMM VMM
 }
 
 // DirectBoot is the kernel, initrd and command line QEMU loads and hashes.
@@ -157,6 +205,9 @@ func LaunchDigest(in Input) ([]byte, error) {
 	if in.VCPUs > 4096 {
 		return nil, fmt.Errorf("vCPUs: %d is more than any VMM starts", in.VCPUs)
 	}
+	if in.VMM != VMMQEMU && in.VMM != VMMEC2 && in.VMM != VMMGCE {
+		return nil, fmt.Errorf("unknown VMM %d", int(in.VMM))
+	}
 	if in.GuestFeatures&1 == 0 {
 		return nil, fmt.Errorf("guest features %#x: bit 0 (SNPActive) must be set for an SEV-SNP guest", in.GuestFeatures)
 	}
@@ -184,12 +235,20 @@ func LaunchDigest(in Input) ([]byte, error) {
 	for _, s := range fw.Sections {
 		gpa, size := uint64(s.GPA), uint64(s.Size)
 		switch s.Type {
-		case SectionSNPSecMem, SectionSVSMCAA:
+		case SectionSNPSecMem:
+			if in.VMM == VMMGCE {
+				d.emptyPages(pageUnmeasured, gpa, size)
+			} else {
+				d.emptyPages(pageZero, gpa, size)
+			}
+		case SectionSVSMCAA:
 			d.emptyPages(pageZero, gpa, size)
 		case SectionSNPSecrets:
 			d.emptyPages(pageSecrets, gpa, pageSize)
 		case SectionCPUID:
-			d.emptyPages(pageCPUID, gpa, pageSize)
+			if in.VMM != VMMEC2 {
+				d.emptyPages(pageCPUID, gpa, pageSize)
+			}
 		case SectionSNPKernelHashes:
 			haveHashesSection = true
 			if hashes == nil {
@@ -208,6 +267,13 @@ func LaunchDigest(in Input) ([]byte, error) {
 			d.normalPages(gpa, page)
 		}
 	}
+	if in.VMM == VMMEC2 { // EC2 measures the CPUID page(s) after all others
+		for _, s := range fw.Sections {
+			if s.Type == SectionCPUID {
+				d.emptyPages(pageCPUID, uint64(s.GPA), pageSize)
+			}
+		}
+	}
 	if hashes != nil && !haveHashesSection {
 		return nil, errors.New("a kernel is given but the OVMF SEV metadata has no SNP_KERNEL_HASHES section")
 	}
@@ -219,7 +285,7 @@ func LaunchDigest(in Input) ([]byte, error) {
 		if i > 0 {
 			eip = fw.APResetEIP
 		}
-		h := sha384Page(vmsaPage(eip, in.GuestFeatures, in.VCPUSig))
+		h := sha384Page(vmsaPage(in.VMM, eip, in.GuestFeatures, in.VCPUSig))
 		d.update(pageVMSA, vmsaGPA, &h)
 	}
 	return d[:], nil

@@ -58,31 +58,48 @@ func TestPublishedVectors(t *testing.T) {
 		vcpus    int
 		features uint64
 		want     string
+		vmm      VMM
+		noSig    bool // the reference passes no vCPU signature (GCE)
 	}{
 		{"test_snp_ovmf_hash_gen_default", amdSev, amdSevOVMFHash, emptyKernel, 1, 0x21,
-			"329c8ce0972ae52343b64d34a434a86f245dfd74f5ed7aae15d22efc78fb9683632b9b50e4e1d7fa41179ef98a7ef198"},
+			"329c8ce0972ae52343b64d34a434a86f245dfd74f5ed7aae15d22efc78fb9683632b9b50e4e1d7fa41179ef98a7ef198", VMMQEMU, false},
 		{"test_snp_ovmf_hash_gen_feature_snp_only", amdSev, amdSevOVMFHash, emptyKernel, 1, 0x1,
-			"ddc5224521617a536ee7ce9dd6224d1b58a8d4fda1c741f3ac99fc4bfa04ba6e9fc98646d4a07a9079397fa3852819b5"},
+			"ddc5224521617a536ee7ce9dd6224d1b58a8d4fda1c741f3ac99fc4bfa04ba6e9fc98646d4a07a9079397fa3852819b5", VMMQEMU, false},
 		{"test_snp_default", amdSev, amdSevOVMFHash, console, 1, 0x21,
-			"803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977"},
+			"803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977", VMMQEMU, false},
 		{"test_snp_guest_feature_snp_only", amdSev, amdSevOVMFHash, console, 1, 0x1,
-			"6d287813eb5222d770f75005c664e34c204f385ce832cc2ce7d0d6f354454362f390ef83a92046c042e706363b4b08fa"},
+			"6d287813eb5222d770f75005c664e34c204f385ce832cc2ce7d0d6f354454362f390ef83a92046c042e706363b4b08fa", VMMQEMU, false},
 		{"test_snp_without_kernel_default", amdSev, amdSevOVMFHash, nil, 1, 0x21,
-			"e1e1ca029dd7973ab9513295be68198472dcd4fc834bd9af9b63f6e8a1674dbf281a9278a4a2ebe0eed9f22adbcd0e2b"},
+			"e1e1ca029dd7973ab9513295be68198472dcd4fc834bd9af9b63f6e8a1674dbf281a9278a4a2ebe0eed9f22adbcd0e2b", VMMQEMU, false},
 		{"test_snp_without_kernel_feature_snp_only", amdSev, amdSevOVMFHash, nil, 1, 0x1,
-			"19358ba9a7615534a9a1e2f0dfc29384dcd4dcb7062ff9c6013b26869a5fc6ecabe033c48dd6f6db5d6d76e7c5df632d"},
+			"19358ba9a7615534a9a1e2f0dfc29384dcd4dcb7062ff9c6013b26869a5fc6ecabe033c48dd6f6db5d6d76e7c5df632d", VMMQEMU, false},
 		{"test_snp_with_multiple_vcpus_default", amdSev, amdSevOVMFHash, emptyKernel, 4, 0x21,
-			"4953b1fb416fa874980e8442b3706d345926d5f38879134e00813c5d7abcbe78eafe7b422907be0b4698e2414a631942"},
+			"4953b1fb416fa874980e8442b3706d345926d5f38879134e00813c5d7abcbe78eafe7b422907be0b4698e2414a631942", VMMQEMU, false},
 		{"test_snp_with_multiple_vcpus_feature_snp_only", amdSev, amdSevOVMFHash, emptyKernel, 4, 0x1,
-			"5061fffb019493a903613d56d54b94912a1a2f9e4502385f5c194616753720a92441310ba6c4933de877c36e23046ad5"},
+			"5061fffb019493a903613d56d54b94912a1a2f9e4502385f5c194616753720a92441310ba6c4933de877c36e23046ad5", VMMQEMU, false},
 		{"test_snp_with_ovmfx64_without_default", ovmfX64, ovmfX64OVMFHash, nil, 1, 0x21,
-			"28797ae0afaba4005a81e629acebfb59e6687949d6be44007cd5506823b0dd66f146aaae26ff291eed7b493d8a64c385"},
+			"28797ae0afaba4005a81e629acebfb59e6687949d6be44007cd5506823b0dd66f146aaae26ff291eed7b493d8a64c385", VMMQEMU, false},
 		{"test_snp_with_ovmfx64_without_kernel_feature_snp_only", ovmfX64, ovmfX64OVMFHash, nil, 1, 0x1,
-			"da0296de8193586a5512078dcd719eccecbd87e2b825ad4148c44f665dc87df21e5b49e21523a9ad993afdb6a30b4005"},
+			"da0296de8193586a5512078dcd719eccecbd87e2b825ad4148c44f665dc87df21e5b49e21523a9ad993afdb6a30b4005", VMMQEMU, false},
+		// Other VMMs (sev-snp-measure --vmm-type ec2 / gce): the OVMF
+		// pages are measured the same way, so the fixture's OVMF hash
+		// stands for them here too.
+		{"test_snp_ec2_default", amdSev, amdSevOVMFHash, emptyKernel, 1, 0x21,
+			"0ce9ccc06bab55eebe8abc234f3df6514883977a68a591b71052498ab52b2f1aa415db338033946ef93aa8278c0d67fb", VMMEC2, false},
+		{"test_snp_ec2_feature_snp_only", amdSev, amdSevOVMFHash, emptyKernel, 1, 0x1,
+			"0883bd0eeb716e65b7b977a321c278d1e51b33b5c655fab985443bbcc65c086b9c15e8a0bd8811050dec7e24964e5056", VMMEC2, false},
+		{"test_snp_gce_default", amdSev, amdSevOVMFHash, emptyKernel, 1, 0x1,
+			"5da7106cf14cf46b1725ebab123eb9e53bd46a1e9f400cd0c08e7827b04b688ea8b4e403c8404efed4397ea5d5d0722e", VMMGCE, true},
+		{"test_snp_gce_with_multiple_vcpus_default", amdSev, amdSevOVMFHash, emptyKernel, 4, 0x1,
+			"5c5debf100fc339f90276e761ee1f1658d08922c3b20e2a2e6c7a6c3370b2452a15a00eae11886a93d6fd1e7ab81e29d", VMMGCE, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			sig := epycV4(t)
+			if tc.noSig {
+				sig = 0
+			}
 			got, err := LaunchDigest(Input{OVMF: tc.image, OVMFHash: mustHex(t, tc.hash), Boot: tc.boot,
-				VCPUs: tc.vcpus, VCPUSig: epycV4(t), GuestFeatures: tc.features})
+				VCPUs: tc.vcpus, VCPUSig: sig, GuestFeatures: tc.features, VMM: tc.vmm})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,6 +197,8 @@ func TestEveryInputCounts(t *testing.T) {
 		"vcpus":    {OVMF: img, Boot: base.Boot, VCPUs: 3, VCPUSig: sig, GuestFeatures: 1},
 		"vcputype": {OVMF: img, Boot: base.Boot, VCPUs: 2, VCPUSig: milan, GuestFeatures: 1},
 		"features": {OVMF: img, Boot: base.Boot, VCPUs: 2, VCPUSig: sig, GuestFeatures: 0x21},
+		"ec2":      {OVMF: img, Boot: base.Boot, VCPUs: 2, VCPUSig: sig, GuestFeatures: 1, VMM: VMMEC2},
+		"gce":      {OVMF: img, Boot: base.Boot, VCPUs: 2, VCPUSig: sig, GuestFeatures: 1, VMM: VMMGCE},
 	} {
 		d, err := LaunchDigest(in)
 		if err != nil {
@@ -219,6 +238,7 @@ func TestRefusals(t *testing.T) {
 		{"APs without reset block", Input{OVMF: noReset.Build(), VCPUs: 2, VCPUSig: sig, GuestFeatures: 1}, "no SEV-ES reset block"},
 		{"zero vCPUs", Input{OVMF: good.Build(), VCPUs: 0, VCPUSig: sig, GuestFeatures: 1}, "at least 1"},
 		{"SNP not active", Input{OVMF: good.Build(), VCPUs: 1, VCPUSig: sig, GuestFeatures: 0x20}, "SNPActive"},
+		{"unknown VMM", Input{OVMF: good.Build(), VCPUs: 1, VCPUSig: sig, GuestFeatures: 1, VMM: 7}, "unknown VMM 7"},
 		{"short OVMF hash", Input{OVMF: good.Build(), OVMFHash: []byte{1}, VCPUs: 1, VCPUSig: sig, GuestFeatures: 1}, "want 48"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,11 +33,14 @@ const (
 	vmsaX87FCW      = 0x410
 )
 
-// vmsaPage is the initial register state QEMU/KVM gives an SNP vCPU that
+// vmsaPage is the initial register state the VMM gives an SNP vCPU that
 // starts at eip: real mode, CS based at eip's upper half, RIP its lower
-// 16 bits, EFER.SVME and CR4.MCE set by KVM, RDX holding the CPUID
-// signature (family/model/stepping), and the guest's SEV features.
-func vmsaPage(eip uint32, sevFeatures uint64, vcpuSig uint32) *[pageSize]byte {
+// 16 bits, EFER.SVME and CR4.MCE set by KVM, and the guest's SEV features.
+// QEMU puts the CPUID signature (family/model/stepping) in RDX and the
+// architectural MXCSR/FCW reset values in the FPU state; EC2 and GCE use
+// RDX 0x600 and zero FPU state, EC2 other segment attributes, GCE another
+// PAT.
+func vmsaPage(vmm VMM, eip uint32, sevFeatures uint64, vcpuSig uint32) *[pageSize]byte {
 	var p [pageSize]byte
 	seg := func(off int, selector, attrib uint16, limit uint32, base uint64) {
 		binary.LittleEndian.PutUint16(p[off:], selector)
@@ -46,16 +49,30 @@ func vmsaPage(eip uint32, sevFeatures uint64, vcpuSig uint32) *[pageSize]byte {
 		binary.LittleEndian.PutUint64(p[off+8:], base)
 	}
 	u64 := func(off int, v uint64) { binary.LittleEndian.PutUint64(p[off:], v) }
+	csAttr, ssAttr, trAttr := uint16(0x9b), uint16(0x93), uint16(0x8b)
+	gPAT := uint64(0x0007040600070406) // PAT reset value
+	rdx, mxcsr, fcw := uint64(vcpuSig), uint32(0x1f80), uint16(0x37f)
+	switch vmm {
+	case VMMEC2:
+		ssAttr, trAttr = 0x92, 0x83
+		if eip == bspResetEIP {
+			csAttr = 0x9a
+		}
+		rdx, mxcsr, fcw = 0x600, 0, 0
+	case VMMGCE:
+		gPAT = 0x00070106
+		rdx, mxcsr, fcw = 0x600, 0, 0
+	}
 	seg(vmsaES, 0, 0x93, 0xffff, 0)
-	seg(vmsaCS, 0xf000, 0x9b, 0xffff, uint64(eip&0xffff0000))
-	seg(vmsaSS, 0, 0x93, 0xffff, 0)
+	seg(vmsaCS, 0xf000, csAttr, 0xffff, uint64(eip&0xffff0000))
+	seg(vmsaSS, 0, ssAttr, 0xffff, 0)
 	seg(vmsaDS, 0, 0x93, 0xffff, 0)
 	seg(vmsaFS, 0, 0x93, 0xffff, 0)
 	seg(vmsaGS, 0, 0x93, 0xffff, 0)
 	seg(vmsaGDTR, 0, 0, 0xffff, 0)
 	seg(vmsaLDTR, 0, 0x82, 0xffff, 0)
 	seg(vmsaIDTR, 0, 0, 0xffff, 0)
-	seg(vmsaTR, 0, 0x8b, 0xffff, 0)
+	seg(vmsaTR, 0, trAttr, 0xffff, 0)
 	u64(vmsaEFER, 0x1000) // EFER.SVME
 	u64(vmsaCR4, 0x40)    // CR4.MCE
 	u64(vmsaCR0, 0x10)    // CR0.ET
@@ -63,11 +80,11 @@ func vmsaPage(eip uint32, sevFeatures uint64, vcpuSig uint32) *[pageSize]byte {
 	u64(vmsaDR6, 0xffff0ff0)
 	u64(vmsaRFLAGS, 0x2)
 	u64(vmsaRIP, uint64(eip&0xffff))
-	u64(vmsaGPAT, 0x0007040600070406) // PAT reset value
-	u64(vmsaRDX, uint64(vcpuSig))
+	u64(vmsaGPAT, gPAT)
+	u64(vmsaRDX, rdx)
 	u64(vmsaSEVFeatures, sevFeatures)
 	u64(vmsaXCR0, 0x1)
-	binary.LittleEndian.PutUint32(p[vmsaMXCSR:], 0x1f80)
-	binary.LittleEndian.PutUint16(p[vmsaX87FCW:], 0x37f)
+	binary.LittleEndian.PutUint32(p[vmsaMXCSR:], mxcsr)
+	binary.LittleEndian.PutUint16(p[vmsaX87FCW:], fcw)
 	return &p
 }
