@@ -48,8 +48,10 @@ type agentFlags struct {
 	flags                                                                       *pflag.FlagSet
 }
 
-func newAgentCmd() *cobra.Command {
-	var f agentFlags
+func newAgentCmd() *cobra.Command { return newAgentCmdFlags(new(agentFlags)) }
+
+// newAgentCmdFlags builds the agent command parsing into f (tests read it).
+func newAgentCmdFlags(f *agentFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "run the node agent: strict rules, WireGuard device, attested join, peer verification",
@@ -63,7 +65,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return untilSignal(cmd, func(ctx context.Context, hup <-chan os.Signal) error {
-				return runAgent(ctx, cmd.ErrOrStderr(), f, hup)
+				return runAgent(ctx, cmd.ErrOrStderr(), *f, hup)
 			})
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -281,5 +282,46 @@ func TestDocsMeasureSection(t *testing.T) {
 	}
 	if seen < 10 {
 		t.Fatalf("only %d flags checked: the section's examples moved", seen)
+	}
+}
+
+// TestAgentSimImageFlags: the agent's simulated TEE reports the
+// measurement computed from --sim-ovmf..., picks sim-tdx for --sim-tdvf,
+// and refuses the image flags without --sim-dir.
+func TestAgentSimImageFlags(t *testing.T) {
+	t.Parallel()
+	img := writeNodeImage(t)
+	open := func(args ...string) (attest.Provider, error) {
+		t.Helper()
+		var f agentFlags
+		if err := newAgentCmdFlags(&f).Flags().Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return openAgentProvider(f, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+	p, err := open(append([]string{"--name", "agent-measured", "--sim-dir", simDir}, img.snpArgs("sim-", "2")...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := p.Report([64]byte{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(ev.GetReport()[0x90:0xc0]); p.TEE() != attest.TEESimSnp || got != refSNPGenoaDirectBoot {
+		t.Fatalf("agent's simulated %s node reports measurement %s, want %s", p.TEE(), got, refSNPGenoaDirectBoot)
+	}
+	p, err = open("--name", "agent-tdx", "--sim-dir", filepath.Join(t.TempDir(), "ca"), "--sim-tdvf", img.tdvf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.TEE() != attest.TEESimTDX {
+		t.Fatalf("--sim-tdvf opened a %s node", p.TEE())
+	}
+	if _, err := open(append([]string{"--name", "n"}, img.snpArgs("sim-", "2")...)...); err == nil || !strings.Contains(err.Error(), "need --sim-dir") {
+		t.Fatalf("image flags without --sim-dir: %v", err)
+	}
+	if _, err := open("--name", "n", "--sim-dir", simDir, "--sim-tee", "sim-tdx", "--sim-ovmf", img.ovmf, "--sim-vcpus", "1", "--sim-vcpu-type", "EPYC-v4"); err == nil ||
+		!strings.Contains(err.Error(), "--sim-tee sim-tdx, but the image flags describe a sim-snp node") {
+		t.Fatalf("conflicting --sim-tee: %v", err)
 	}
 }

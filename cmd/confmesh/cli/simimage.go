@@ -24,6 +24,8 @@ func (f *simImageFlags) add(fl *pflag.FlagSet) {
 // tee is the simulated TEE the image flags are for ("" when none is set).
 func (f *simImageFlags) tee(fl *pflag.FlagSet) string {
 	switch {
+	case fl == nil:
+		return ""
 	case f.snp.set(fl):
 		return attest.TEESimSnp
 	case fl.Changed("sim-tdvf"):

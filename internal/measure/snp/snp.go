@@ -169,6 +169,7 @@ func ParseFirmware(image []byte) (*Firmware, error) {
 	if uint64(size) > uint64(len(image)-start) || uint64(n)*12+16 > uint64(size) {
 		return nil, fmt.Errorf("SEV metadata: %d sections in %d bytes do not fit the image", n, size)
 	}
+	var total uint64
 	for i := uint32(0); i < n; i++ {
 		d := hdr[16+12*i:]
 		s := Section{GPA: binary.LittleEndian.Uint32(d), Size: binary.LittleEndian.Uint32(d[4:]), Type: binary.LittleEndian.Uint32(d[8:])}
@@ -179,6 +180,11 @@ func ParseFirmware(image []byte) (*Firmware, error) {
 		case SectionSNPSecMem, SectionSNPSecrets, SectionCPUID, SectionSVSMCAA, SectionSNPKernelHashes:
 		default:
 			return nil, fmt.Errorf("SEV metadata section %d: unknown type %#x", i, s.Type)
+		}
+		// OVMF lists well under a MiB; a corrupt table is an error rather
+		// than hours of hashing.
+		if total += uint64(s.Size); total > fourGiB {
+			return nil, fmt.Errorf("SEV metadata sections cover more than 4 GiB; not an OVMF image")
 		}
 		fw.Sections = append(fw.Sections, s)
 	}

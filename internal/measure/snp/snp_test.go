@@ -221,6 +221,11 @@ func TestRefusals(t *testing.T) {
 	badType.Sections = append([]measuretest.SNPSection{{GPA: 0x800000, Size: 0x1000, Type: 7}}, good.Sections...)
 	unaligned := good
 	unaligned.Sections = []measuretest.SNPSection{{GPA: 0x800800, Size: 0x1000, Type: 1}}
+	huge := good
+	huge.Sections = nil
+	for i := 0; i < 3; i++ {
+		huge.Sections = append(huge.Sections, measuretest.SNPSection{GPA: 0x1000000, Size: 0xfffff000, Type: 1})
+	}
 	noReset := good
 	noReset.ResetEIP = 0
 	notOVMF := measuretest.Fill("random", 0x4000)
@@ -234,6 +239,7 @@ func TestRefusals(t *testing.T) {
 		{"no SEV metadata", Input{OVMF: noMeta.Build(), VCPUs: 1, VCPUSig: sig, GuestFeatures: 1}, "no SEV-SNP support"},
 		{"unknown section", Input{OVMF: badType.Build(), VCPUs: 1, VCPUSig: sig, GuestFeatures: 1}, "unknown type 0x7"},
 		{"unaligned section", Input{OVMF: unaligned.Build(), VCPUs: 1, VCPUSig: sig, GuestFeatures: 1}, "not whole pages"},
+		{"sections over 4 GiB", Input{OVMF: huge.Build(), VCPUs: 1, VCPUSig: sig, GuestFeatures: 1}, "more than 4 GiB"},
 		{"kernel without hashes table", Input{OVMF: noHashes, Boot: &DirectBoot{}, VCPUs: 1, VCPUSig: sig, GuestFeatures: 1}, "no SEV hash table"},
 		{"APs without reset block", Input{OVMF: noReset.Build(), VCPUs: 2, VCPUSig: sig, GuestFeatures: 1}, "no SEV-ES reset block"},
 		{"zero vCPUs", Input{OVMF: good.Build(), VCPUs: 0, VCPUSig: sig, GuestFeatures: 1}, "at least 1"},

@@ -49,6 +49,10 @@ const (
 	pageSize          = 0x1000
 	extendGranularity = 0x100
 	maxSections       = 1024
+	// maxMeasured bounds the memory the metadata may have added at build
+	// time (a TDVF adds a few MiB; td-shim payloads tens of MiB), so a
+	// corrupt descriptor is an error rather than hours of hashing.
+	maxMeasured = 4 << 30
 )
 
 // metadataGUID precedes the "TDVF" descriptor (OVMF
@@ -110,6 +114,7 @@ func ParseMetadata(image []byte) ([]Section, error) {
 		return nil, fmt.Errorf("TDVF metadata: %d sections in a %d-byte descriptor do not fit", n, length)
 	}
 	var out []Section
+	var measured uint64
 	for i := uint32(0); i < n; i++ {
 		b := d[16+32*i:]
 		s := Section{
@@ -122,6 +127,11 @@ func ParseMetadata(image []byte) ([]Section, error) {
 		}
 		if err := s.check(len(image)); err != nil {
 			return nil, fmt.Errorf("TDVF metadata section %d (type %d): %w", i, s.Type, err)
+		}
+		if s.Attributes&AttrPageAug == 0 {
+			if measured += s.MemoryDataSize; measured > maxMeasured || s.MemoryDataSize > maxMeasured {
+				return nil, fmt.Errorf("TDVF metadata: sections add more than %d GiB at build time; not a TDVF image", maxMeasured>>30)
+			}
 		}
 		out = append(out, s)
 	}

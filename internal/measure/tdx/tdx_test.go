@@ -109,6 +109,7 @@ func TestRefusals(t *testing.T) {
 		{"raw past image", with(func(s *measuretest.TDVFImage) { s.Sections[1].DataOffset = 0x8000 }), "runs past"},
 		{"short extended raw", with(func(s *measuretest.TDVFImage) { s.Sections[0].RawDataSize = 0x1000 }), "MR_EXTEND section with"},
 		{"unknown attribute", with(func(s *measuretest.TDVFImage) { s.Sections[2].Attributes = 4 }), "unknown attributes"},
+		{"huge added section", with(func(s *measuretest.TDVFImage) { s.Sections[3].MemoryDataSize = 1 << 40 }), "more than 4 GiB"},
 		{"wrapping GPA", with(func(s *measuretest.TDVFImage) { s.Sections[3].MemoryAddress = 0xfffffffffffff000 }), "wrap around"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
