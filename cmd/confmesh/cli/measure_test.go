@@ -123,6 +123,17 @@ func TestMeasureTDX(t *testing.T) {
 	if p.TDX == nil || len(p.TDX.MRTDs) != 1 || p.TDX.MRTDs[0].String() != refTDXSmallTDVF {
 		t.Fatalf("policy tdx %+v\n%s", p.TDX, r.stdout)
 	}
+
+	// A mixed cluster's policy is the two fragments one after the other.
+	snpFrag := run(t, "measure", "snp", "--ovmf", img.ovmf, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "-o", "policy")
+	snpFrag.want(t, 0)
+	mixed, err := attest.ParsePolicy([]byte(snpFrag.stdout + r.stdout))
+	if err != nil {
+		t.Fatalf("SNP and TDX fragments together: %v", err)
+	}
+	if len(mixed.Measurements) != 1 || mixed.TDX == nil || len(mixed.TDX.MRTDs) != 1 {
+		t.Fatalf("mixed policy %+v", mixed)
+	}
 }
 
 func TestMeasureRefusals(t *testing.T) {
