@@ -227,8 +227,10 @@ func (s haStreams) finish(t *testing.T, phase string) {
 //
 // Replica 1 is SIGKILLed under the traffic: every agent moves to replica 2
 // (status names it, the failover counter rises), no datagram stream loses
-// more than 1%, no tunnel is re-keyed or removed (every WireGuard peer's
-// latest handshake is unchanged), a fourth node joins through replica 2,
+// more than 1%, no tunnel is touched (measured from tunnels that have
+// settled: every WireGuard peer stays, with its endpoint, allowed IPs,
+// growing byte counters and latest handshake; touchedTunnels), a fourth
+// node joins through replica 2,
 // and the whole mesh forms: its arrival reached every agent through the
 // watch each resumed on replica 2.
 //
