@@ -84,9 +84,9 @@ func newMetrics() *metrics {
 }
 
 // HTTPHandler serves /metrics, /healthz (the process is up) and /readyz
-// (the agent listener is serving and, with a shared store, the replica
-// admits joins: its store watch is synced or broke less than
-// StoreSyncGrace ago).
+// (the agent listener is serving and the replica admits joins: its shared
+// store's watch is synced, or the probes of a store that is not shared
+// succeed, or it broke or went silent less than StoreSyncGrace ago).
 func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
