@@ -121,15 +121,16 @@ type Server struct {
 	store store.Store
 	// shared is the store when replicas share it, else nil.
 	shared store.Shared
-	// prober is a store that is not shared but can be probed, else nil.
-	prober store.Prober
-	// tracked: the store's health is followed (shared or prober).
-	tracked bool
 	alloc  *ipam.Allocator
 	ca     *identity.CA
 	jwt    *jwtSigner
 	td     spiffeid.TrustDomain
 	id     spiffeid.ID
+
+	// prober is a store that is not shared but can be probed, else nil;
+	// tracked: the store's health is followed (shared or prober).
+	prober  store.Prober
+	tracked bool
 
 	tlsKey  crypto.Signer
 	tlsCert *x509.Certificate

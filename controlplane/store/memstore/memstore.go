@@ -174,8 +174,10 @@ func (s *Store) BreakWatch() {
 	}
 }
 
-// HoldWatch stops delivering changes to this store's watches (they queue,
-// up to the watch buffer) until ReleaseWatch: a replica whose watch lags.
+// HoldWatch stops delivering changes and progress to this store's watches
+// (changes queue, up to the watch buffer), and a WatchNodes called
+// meanwhile lists only after ReleaseWatch: a replica whose watch lags, or
+// whose connection to the store went silent.
 func (s *Store) HoldWatch() {
 	s.b.mu.Lock()
 	defer s.b.mu.Unlock()
@@ -573,8 +575,15 @@ func (s *Store) CreateSecrets(values map[string][]byte) (map[string][]byte, erro
 // buffer of watchBuffer changes; one that falls further behind loses the
 // watch (the call returns an error) and relists by calling again. An idle
 // watch reports progress every progressTick; a held one (HoldWatch) is
-// silent: neither changes nor progress until ReleaseWatch.
+// silent: neither a list, nor changes, nor progress until ReleaseWatch.
 func (s *Store) WatchNodes(ctx context.Context, sync func(nodes []*store.NodeRecord, rev uint64), change func(store.Change), progress func(uint64)) error {
+	if held := s.holding(); held != nil {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-held:
+		}
+	}
 	if err := s.lock(); err != nil {
 		return err
 	}
