@@ -54,9 +54,11 @@ type env struct {
 	dyn   dynamic.Interface
 }
 
-func setup(t *testing.T) *env {
+// setup starts the API server with the control plane's and the agent's
+// service accounts and the extra users, and installs the CRDs and RBAC.
+func setup(t *testing.T, extra ...kubetest.User) *env {
 	t.Helper()
-	api := kubetest.StartAPIServer(t, kubetest.Options{Users: []kubetest.User{cpUser, agentUser}})
+	api := kubetest.StartAPIServer(t, kubetest.Options{Users: append([]kubetest.User{cpUser, agentUser}, extra...)})
 	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
