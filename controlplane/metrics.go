@@ -62,7 +62,7 @@ func newMetrics() *metrics {
 		Name: "confmesh_controlplane_rate_limited_total", Help: "Unauthenticated-capable calls (Challenge, Join) refused by the per-source rate limit, by method.",
 	}, []string{"method"})
 	m.storeSynced = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "confmesh_controlplane_store_synced", Help: "1 while this replica's node cache is in step with its store (always 1 for a store that is not shared).",
+		Name: "confmesh_controlplane_store_synced", Help: "1 while this replica's node cache is in step with its store, or a store that is not shared answers its probes.",
 	})
 	m.storeSynced.Set(1)
 	m.storeBreaks = prometheus.NewCounter(prometheus.CounterOpts{

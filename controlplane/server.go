@@ -268,7 +268,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.cond = sync.NewCond(&s.mu)
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "confmesh_controlplane_store_unsynced_seconds", Help: "How long this replica's shared-store watch has been broken or unlisted (0 while synced).",
+		Name: "confmesh_controlplane_store_unsynced_seconds", Help: "How long this replica's store watch (or store probe) has been broken, silent or unlisted (0 while synced).",
 	}, func() float64 { _, d, _ := s.storeState(); return d.Seconds() }))
 	s.shared, _ = cfg.Store.(store.Shared)
 	if s.shared == nil {
