@@ -1,0 +1,62 @@
+package controlplane_test
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/confmesh/confmesh/controlplane/cptest"
+	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/attest/sim"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// craftedTDXQuote is the crash input of issue 21: a 1026-byte TDX v5 quote
+// whose header and body are well formed and whose signed-data length (48)
+// is shorter than the signature it must hold. go-tdx-guest's parser slices
+// [:64] of those 48 bytes and panics.
+const craftedTDXQuote = "../internal/attest/testdata/tdx/crash_v5_signed48.dat"
+
+// TestJoinCraftedTDXQuoteRefused: one unauthenticated Join carrying the
+// crafted quote, against a real control-plane gRPC server whose policy
+// accepts TDX nodes, is refused with reason malformed (counted and logged
+// like every refusal), and the same server then admits an honest join.
+func TestJoinCraftedTDXQuoteRefused(t *testing.T) {
+	crafted, err := os.ReadFile(craftedTDXQuote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cptest.Policy(t, cptest.GoodMeasurement)
+	p.TDX = &attest.TDXPolicy{MRTDs: []attest.HexBytes{bytes.Repeat([]byte{0x7d}, 48)}, AcceptedTCBStatuses: []string{"UpToDate"}}
+	p.TrustedRoots = append(p.TrustedRoots, attest.RootRef{Kind: attest.RootIntel})
+	c := cptest.Start(t, cptest.Options{Policy: p})
+	attacker := cptest.NewAgent(t, "node-x", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	conn, err := attacker.Dial(t, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, tee := range []string{attest.TEETDX, attest.TEESimTDX} {
+		ch, err := conn.Challenge(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := joinRequest(t, attacker, ch)
+		req.Evidence.Tee, req.Evidence.Report, req.Evidence.Chain = tee, crafted, nil
+		_, err = conn.Client.Join(ctxT(t), req)
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "evidence refused: malformed:") {
+			t.Fatalf("crafted %s quote: err = %v, want PermissionDenied with reason malformed", tee, err)
+		}
+		t.Logf("crafted %s quote refused: %v", tee, err)
+	}
+	if n, err := c.Store.ListNodes(); err != nil || len(n) != 0 {
+		t.Fatalf("the refused joins stored %d nodes (err %v)", len(n), err)
+	}
+	// The server is still serving: an honest node joins over a new connection.
+	honest := cptest.NewAgent(t, "node-a", cptest.SimNode(t, sim.NodeConfig{}), nil)
+	if _, err := honest.TryJoin(t, c); err != nil {
+		t.Fatalf("honest join after the attack: %v", err)
+	}
+}
