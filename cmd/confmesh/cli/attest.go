@@ -157,9 +157,9 @@ func runAttestVerify(cmd *cobra.Command, f *verifyFlags) error {
 		now = func() time.Time { return at }
 	}
 
-	report, err := os.ReadFile(f.report)
+	report, err := readReportFile(f.report)
 	if err != nil {
-		return usageErrorf("--report: %v", err)
+		return err
 	}
 	isTDX := attest.IsTDXQuote(report)
 	var chain *attestv1.CertChain
@@ -320,6 +320,30 @@ func verifyAs(v *attest.Verifier, tee string, report []byte, chain *attestv1.Cer
 		return v.VerifyReportData(ev, nonce, key)
 	}
 	return v.VerifyUnbound(ev)
+}
+
+// readReportFile reads a report or quote, refusing a file larger than a
+// padded TDX quote may be (attest.MaxTDXQuoteInput) before reading it:
+// exit 2 when it cannot be read, 1 when it is too large.
+func readReportFile(path string) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, usageErrorf("--report: %v", err)
+	}
+	defer fh.Close()
+	if st, err := fh.Stat(); err == nil && st.Mode().IsRegular() && st.Size() > attest.MaxTDXQuoteInput {
+		return nil, failf("rejected: %s: --report %s is %d bytes; an SEV-SNP report is %d and a TDX quote with its padding at most %d",
+			attest.Reason(attest.ErrMalformedReport), path, st.Size(), abi.ReportSize, attest.MaxTDXQuoteInput)
+	}
+	report, err := io.ReadAll(io.LimitReader(fh, attest.MaxTDXQuoteInput+1))
+	if err != nil {
+		return nil, usageErrorf("--report: %v", err)
+	}
+	if len(report) > attest.MaxTDXQuoteInput {
+		return nil, failf("rejected: %s: --report %s is more than %d bytes; an SEV-SNP report is %d and a TDX quote with its padding at most %d",
+			attest.Reason(attest.ErrMalformedReport), path, attest.MaxTDXQuoteInput, abi.ReportSize, attest.MaxTDXQuoteInput)
+	}
+	return report, nil
 }
 
 // readCertFile reads one certificate, PEM or DER.

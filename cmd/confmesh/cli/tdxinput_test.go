@@ -55,9 +55,12 @@ func TestVerifyPaddedTDXQuotes(t *testing.T) {
 			padded := padTo(t, tc.raw, size)
 			f := writeFile(t, dir, tc.name+"-padded.dat", padded)
 			run(t, "attest", "verify", "--report", f, "--at", tc.at).want(t, 0)
+			if size == len(tc.raw) {
+				continue // the v5 quote fills QGS's 5006-byte buffer exactly
+			}
 			padded[len(padded)-1] = 1
 			f = writeFile(t, dir, tc.name+"-dirty.dat", padded)
-			run(t, "attest", "verify", "--report", f, "--at", tc.at).want(t, 1, "rejected: trailing_data:", "non-zero")
+			run(t, "attest", "verify", "--report", f, "--at", tc.at).want(t, 1, "rejected: trailing_data:", "non-zero byte 0x01")
 		}
 	}
 	// The v5 quote with 8000-byte padding verifies with its own MRTD and
@@ -65,5 +68,5 @@ func TestVerifyPaddedTDXQuotes(t *testing.T) {
 	f := writeFile(t, dir, "v5-8000.dat", padTo(t, v5, 8000))
 	run(t, "attest", "verify", "--report", f, "--at", tdxV5At, "--measurement", tdxV5MRTD, "--report-data", tdxV5ReportData).want(t, 0)
 	huge := writeFile(t, dir, "huge.dat", padTo(t, v5, 64<<10+1))
-	run(t, "attest", "verify", "--report", huge, "--at", tdxV5At).want(t, 1, "65537 bytes", "65536")
+	run(t, "attest", "verify", "--report", huge, "--at", tdxV5At).want(t, 1, "rejected: malformed_report:", "65537 bytes", "at most 65536")
 }
