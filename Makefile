@@ -113,12 +113,14 @@ THROUGHPUT_FLAGS ?=
 CONTROLPLANE_FLAGS ?=
 
 # `go test -fuzz` takes one package and one target at a time, so list them all
-# first ("FuzzX" lines, then "ok <package>") and run each in turn. A finding
+# first ("FuzzX" lines, then "ok <package>"; only the packages whose tests
+# define one, so no other test binary is built or started) and run each in turn. A finding
 # stops the run (the failing input is written under the package's
 # testdata/fuzz/<FuzzX>/; commit it as a seed once fixed).
 # FUZZ_RUN is the loop; $(1) is the time per target, $(2) extra flags.
 define FUZZ_RUN
-	@targets=$$(go test -list '^Fuzz' ./... | \
+	@pkgs=$$(grep -rl --include='*_test.go' -E '^func Fuzz[A-Z]' . | xargs -r -n1 dirname | sort -u); \
+	targets=$$([ -z "$$pkgs" ] || go test -list '^Fuzz' $$pkgs | \
 		awk '/^Fuzz/ { names[n++] = $$1; next } /^ok/ { for (i = 0; i < n; i++) print $$2, names[i]; n = 0 }'); \
 	if [ -z "$$targets" ]; then echo "fuzz: no Fuzz targets found"; exit 0; fi; \
 	while read -r pkg name; do \

@@ -26,6 +26,30 @@ func guardParse[T any](what string, parse func() (T, error)) (out T, err error) 
 	return parse()
 }
 
+// MaxCertSize bounds each certificate shipped with evidence (VCEK, VLEK,
+// ASK, ARK), checked before it is parsed; AMD's are under 2 KiB.
+const MaxCertSize = 16 << 10
+
+// checkEvidenceBounds refuses evidence whose parts are larger than any
+// genuine one, before a parser sees them: a report over the TDX quote
+// bound (an SEV-SNP report is checked for its exact size later) or an
+// oversized certificate.
+func checkEvidenceBounds(ev *attestv1.Evidence) error {
+	if n := len(ev.GetReport()); n > MaxTDXQuoteInput {
+		return fmt.Errorf("%w: report is %d bytes, limit %d", ErrMalformedReport, n, MaxTDXQuoteInput)
+	}
+	c := ev.GetChain()
+	for _, cert := range []struct {
+		name string
+		der  []byte
+	}{{"VCEK", c.GetVcek()}, {"VLEK", c.GetVlek()}, {"ASK", c.GetAsk()}, {"ARK", c.GetArk()}} {
+		if len(cert.der) > MaxCertSize {
+			return fmt.Errorf("%w: %s certificate is %d bytes, limit %d", ErrMalformedChain, cert.name, len(cert.der), MaxCertSize)
+		}
+	}
+	return nil
+}
+
 // recoverEvidence is deferred at the evidence-verification boundary
 // (verifyReport): a panic anywhere in verification becomes an ErrMalformed
 // refusal, logged with its stack, and the caller counts it under its

@@ -234,6 +234,9 @@ func (v *Verifier) verifyReport(ev *attestv1.Evidence) (c *Claims, reportData []
 	if ev == nil {
 		return nil, nil, fmt.Errorf("%w: no evidence", ErrMalformedEvidence)
 	}
+	if err := checkEvidenceBounds(ev); err != nil {
+		return nil, nil, err
+	}
 	switch ev.GetTee() {
 	case TEESevSnp, TEESimSnp:
 		c, report, err := v.verifySNP(ev)
