@@ -51,6 +51,9 @@ func TestJoinCraftedTDXQuoteRefused(t *testing.T) {
 		}
 		t.Logf("crafted %s quote refused: %v", tee, err)
 	}
+	if n := joinsRefused(t, c, "malformed"); n != 2 {
+		t.Fatalf("confmesh_controlplane_joins_total{result=\"refused\",reason=\"malformed\"} = %v, want 2", n)
+	}
 	if n, err := c.Store.ListNodes(); err != nil || len(n) != 0 {
 		t.Fatalf("the refused joins stored %d nodes (err %v)", len(n), err)
 	}
@@ -59,4 +62,28 @@ func TestJoinCraftedTDXQuoteRefused(t *testing.T) {
 	if _, err := honest.TryJoin(t, c); err != nil {
 		t.Fatalf("honest join after the attack: %v", err)
 	}
+}
+
+// joinsRefused reads confmesh_controlplane_joins_total{result="refused",reason}.
+func joinsRefused(t *testing.T, c *cptest.ControlPlane, reason string) float64 {
+	t.Helper()
+	fams, err := c.Server.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != "confmesh_controlplane_joins_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["result"] == "refused" && labels["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }

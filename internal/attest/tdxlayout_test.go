@@ -93,9 +93,12 @@ func craftedTDX(raw []byte, off, w int, val uint32) []byte {
 	return out
 }
 
-// tdxCrashInputs are quotes whose length fields lie, each of which reached
-// a slice expression in go-tdx-guest's parser without a bound check (the
-// crash input of issue 21 first), with the refusal each must get.
+// tdxCrashInputs are quotes whose length fields lie, with the refusal each
+// must get. The crash input of issue 21 comes first; it, the other two
+// short signed-data cases, the 10-byte certification data padded to the
+// minimum and the QE auth data past the end panic go-tdx-guest's parser
+// when it sees them unchecked (slice bounds out of range); the others
+// reach its own checks.
 func tdxCrashInputs(t testing.TB) []struct {
 	name string
 	raw  []byte
@@ -119,6 +122,7 @@ func tdxCrashInputs(t testing.TB) []struct {
 		{"v5, cut inside the body", v5[:600], attest.ErrMalformed},
 		{"v4, certification data size lying", craftedTDX(v4, v4Cert+2, 4, 10), attest.ErrMalformed},
 		{"v4, certification data of 10 bytes", craftedTDX(craftedTDX(v4[:v4Cert+16], v4Cert+2, 4, 10), v4Signed, 4, 128+16), attest.ErrMalformed},
+		{"v4, certification data of 10 bytes, zero-padded to the v4 minimum", append(craftedTDX(craftedTDX(v4[:v4Cert+16], v4Cert+2, 4, 10), v4Signed, 4, 128+16), make([]byte, 1020-v4Cert-16)...), attest.ErrMalformed},
 		{"v5, QE auth data past the end", craftedTDX(v5, qeAuth(v5Cert), 2, 0xffff), attest.ErrMalformed},
 		{"v4, PCK chain size lying", craftedTDX(v4, qeAuth(v4Cert)+2+32+2, 4, 7), attest.ErrMalformed},
 		{"v4, certification data type 5", craftedTDX(v4, v4Cert, 2, 5), attest.ErrMalformedReport},
