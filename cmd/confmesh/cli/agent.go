@@ -17,7 +17,9 @@ import (
 
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/workload"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"github.com/confmesh/confmesh/internal/datapath"
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -38,7 +40,8 @@ type agentFlags struct {
 	datapathMemoryLimit                                                         string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
-	keyRotation                                                                 time.Duration
+	keyRotation, livenessTimeout, workloadIdleTimeout                           time.Duration
+	workloadMaxConnsPerCaller, workloadMaxConns                                 int
 	simDir, simName, simMeasurement, simTEE                                     string
 	simDebug                                                                    bool
 	simVMPL                                                                     uint32
@@ -88,6 +91,10 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.uninstallDaemonSet, "uninstall-daemonset", "", "with --pod-metadata="+podMetadataKubernetes+": `NAMESPACE/NAME` of this agent's DaemonSet; when it is deleted (confmesh uninstalled, not restarted), the stopping agent removes its rules, routes, device, CNI plugin and state from the node")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "with --pod-metadata="+podMetadataKubernetes+": kubeconfig `FILE` (empty: the in-cluster service account)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
+	fl.DurationVar(&f.livenessTimeout, "liveness-timeout", agent.DefaultLivenessTimeout, "/healthz fails once a degraded state (strict mode, datapath, peers, file descriptors) has lasted this long without healing, so the kubelet restarts the agent (0: never)")
+	fl.IntVar(&f.workloadMaxConnsPerCaller, "workload-max-conns-per-caller", workload.DefaultMaxConnsPerCaller, "most Workload API connections one caller (a pod's network namespace; in the host namespace, a uid) may hold open; more are refused at accept (-1: no cap)")
+	fl.IntVar(&f.workloadMaxConns, "workload-max-conns", workload.DefaultMaxConns, fmt.Sprintf("most Workload API connections all callers together may hold open, and never more than %v of the agent's RLIMIT_NOFILE (-1: no cap but that share)", workload.DefaultFDShare))
+	fl.DurationVar(&f.workloadIdleTimeout, "workload-idle-timeout", workload.DefaultIdleTimeout, "close Workload API connections with no RPC in progress for this long (an open FetchX509SVID stream is in progress; -1s: never)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.simDir, "sim-dir", "", "run on the SIMULATED TEE whose CA is in `DIR`; development and CI only")
@@ -156,6 +163,10 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		PodMetadata: pods.source,
 		CNIBinDir:   f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: datapathCommand(f, self),
+		LivenessTimeout: livenessTimeout(f.livenessTimeout),
+		WorkloadLimits: workload.Limits{
+			MaxConnsPerCaller: f.workloadMaxConnsPerCaller, MaxConns: f.workloadMaxConns, IdleTimeout: f.workloadIdleTimeout,
+		},
 	})
 	if err != nil {
 		return failf("agent: %v", err)
@@ -169,7 +180,13 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics(), promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if ok, reason := a.Live(); !ok {
+				http.Error(w, reason, http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if ok, reason := a.Ready(); !ok {
 				http.Error(w, reason, http.StatusServiceUnavailable)
@@ -177,10 +194,11 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: metricsIdleTimeout}
 		go func() { <-ctx.Done(); srv.Close() }()
 		go func() {
-			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(connlimit.New(lis, connlimit.Config{Total: metricsMaxConns})); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		}()
@@ -212,6 +230,22 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		}
 		return failf("agent: %v", err)
 	}
+}
+
+// Bounds of the agent's metrics listener (kubelet probes and a scraper
+// need a handful of connections).
+const (
+	metricsMaxConns    = 64
+	metricsIdleTimeout = time.Minute
+)
+
+// livenessTimeout maps the flag to agent.Config.LivenessTimeout: 0 means
+// never, which the Config spells negative.
+func livenessTimeout(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // reloadAgentPolicy re-reads the policy on SIGHUP or when the file changes;
