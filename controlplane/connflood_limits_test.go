@@ -29,8 +29,8 @@ func floodLimits(full bool) floodLimit {
 }
 
 func (l floodLimit) tune(cfg *controlplane.Config) { cfg.Limits = l.limits }
-func (l floodLimit) idle() time.Duration         { return l.limits.IdleTimeout }
-func (l floodLimit) unauth() int                 { return l.limits.MaxUnauthenticatedConns }
+func (l floodLimit) idle() time.Duration           { return l.limits.IdleTimeout }
+func (l floodLimit) unauth() int                   { return l.limits.MaxUnauthenticatedConns }
 
 // sampleServer records the most connections the server held at once.
 func (l floodLimit) sampleServer(c *cptest.ControlPlane, peak *serverPeak) {

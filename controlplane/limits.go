@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/confmesh/confmesh/internal/connlimit"
@@ -45,6 +46,12 @@ const (
 	// DefaultKeepaliveMinTime: a client pinging more often than this is
 	// sent GOAWAY (too_many_pings) and disconnected.
 	DefaultKeepaliveMinTime = 10 * time.Second
+
+	// DefaultMetricsMaxConns and DefaultMetricsMaxConnsPerSource cap the
+	// metrics listener: a Prometheus server keeps one connection, the
+	// kubelet's probes open one at a time.
+	DefaultMetricsMaxConns          = 64
+	DefaultMetricsMaxConnsPerSource = 16
 )
 
 // Limits bound the agent listener's connections. Zero fields take the
@@ -155,18 +162,18 @@ func (s *Server) registerConnMetrics() {
 	m := &connMetrics{
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "confmesh_controlplane_connections_refused_total",
-			Help: "Agent-listener connections refused at accept, by reason (per_source, total, unauthenticated_full).",
-		}, []string{"reason"}),
+			Help: "Connections refused at accept, by listener (agent, metrics) and reason (per_source, total, unauthenticated_full).",
+		}, []string{"listener", "reason"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "confmesh_controlplane_connections_closed_total",
-			Help: "Unauthenticated agent-listener connections the control plane closed, by reason (idle, evicted).",
-		}, []string{"reason"}),
+			Help: "Unauthenticated connections the control plane closed, by listener (agent, metrics) and reason (idle, evicted).",
+		}, []string{"listener", "reason"}),
 	}
 	for _, r := range []string{connlimit.RefusedPerSource, connlimit.RefusedTotal, connlimit.RefusedUnauthenticated} {
-		m.refused.WithLabelValues(r)
+		m.refused.WithLabelValues("agent", r)
 	}
 	for _, r := range []string{connlimit.ClosedIdle, connlimit.ClosedEvicted} {
-		m.closed.WithLabelValues(r)
+		m.closed.WithLabelValues("agent", r)
 	}
 	s.metrics.reg.MustRegister(m.refused, m.closed)
 	const heldHelp = "Agent-listener connections held, by state (authenticated: carried a call with a valid node SVID)."
@@ -185,14 +192,40 @@ func (s *Server) limitListener(lis net.Listener) (*connlimit.Listener, error) {
 	cl, err := connlimit.New(lis, connlimit.Config{
 		MaxPerSource: l.MaxConnsPerSource, MaxConns: l.MaxConns, MaxUnauthenticated: l.MaxUnauthenticatedConns,
 		IdleTimeout: l.IdleTimeout,
-		Refused:     func(reason string) { s.connm.refused.WithLabelValues(reason).Inc() },
-		Closed:      func(reason string) { s.connm.closed.WithLabelValues(reason).Inc() },
+		Refused:     func(reason string) { s.connm.refused.WithLabelValues("agent", reason).Inc() },
+		Closed:      func(reason string) { s.connm.closed.WithLabelValues("agent", reason).Inc() },
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.conns.Store(cl)
 	return cl, nil
+}
+
+// LimitMetricsListener wraps the metrics listener (HTTPHandler's) in
+// caps: maxConns in all, perSource from one source, refused at accept
+// and counted; when full, a newcomer from a source holding fewer
+// connections displaces the heaviest source's oldest, so a flood from
+// many addresses cannot lock the scraper out. Idle and slow clients are
+// the HTTP server's to time out (MetricsServer).
+func (s *Server) LimitMetricsListener(lis net.Listener, maxConns, perSource int) (net.Listener, error) {
+	if maxConns < 1 || perSource < 1 || perSource > maxConns {
+		return nil, fmt.Errorf("metrics listener: max connections %d, per source %d: want positive values, per source at most the total", maxConns, perSource)
+	}
+	return connlimit.New(lis, connlimit.Config{
+		MaxPerSource: perSource, MaxConns: maxConns, MaxUnauthenticated: maxConns,
+		Refused: func(reason string) { s.connm.refused.WithLabelValues("metrics", reason).Inc() },
+		Closed:  func(reason string) { s.connm.closed.WithLabelValues("metrics", reason).Inc() },
+	})
+}
+
+// MetricsServer serves HTTPHandler with timeouts: a request's headers
+// must arrive within 10 s and the whole request within 30 s, a response
+// is written within 30 s, and a keep-alive connection idle for 60 s is
+// closed.
+func (s *Server) MetricsServer() *http.Server {
+	return &http.Server{Handler: s.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 }
 
 // ConnStats are the agent listener's connections now (zero before Serve).
