@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/controlplane"
 )
 
 func write(t *testing.T, dir, name, data string) string {
@@ -177,5 +179,22 @@ func TestDocsExample(t *testing.T) {
 	}
 	if c.Policy != "/etc/confmesh/policy.yaml" || c.KDSCache != "/var/cache/confmesh/kds" || len(c.DNSNames) != 1 {
 		t.Fatalf("docs example read as %+v", c)
+	}
+}
+
+// TestLimitsDefaults: the config's defaults are the control plane's, and
+// every limit setting reaches controlplane.Limits.
+func TestLimitsDefaults(t *testing.T) {
+	c := Default()
+	if got, want := c.Limits(), controlplane.DefaultLimits(); got != want {
+		t.Fatalf("config defaults give limits %+v, the control plane's are %+v", got, want)
+	}
+	c.HandshakeTimeout, c.UnauthenticatedIdleTimeout = Duration(time.Second), Duration(2*time.Second)
+	c.MaxConnsPerSource, c.MaxConns, c.MaxUnauthenticatedConns, c.MaxConcurrentStreams = 3, 4, 5, 6
+	c.KeepaliveTime, c.KeepaliveTimeout, c.KeepaliveMinTime = Duration(7*time.Second), Duration(8*time.Second), Duration(9*time.Second)
+	want := controlplane.Limits{HandshakeTimeout: time.Second, IdleTimeout: 2 * time.Second, MaxConnsPerSource: 3, MaxConns: 4,
+		MaxUnauthenticatedConns: 5, MaxConcurrentStreams: 6, KeepaliveTime: 7 * time.Second, KeepaliveTimeout: 8 * time.Second, KeepaliveMinTime: 9 * time.Second}
+	if got := c.Limits(); got != want {
+		t.Fatalf("Limits() = %+v, want %+v", got, want)
 	}
 }
