@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -36,6 +37,7 @@ import (
 	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
+	"github.com/confmesh/confmesh/controlplane"
 	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 )
@@ -226,6 +228,24 @@ func rss(t testing.TB) int64 {
 	return 0
 }
 
+// serveMetrics serves the control plane's /metrics as the CLI does (a
+// capped listener, the HTTP timeouts) and returns its URL.
+func serveMetrics(t *testing.T, c *cptest.ControlPlane) string {
+	t.Helper()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := c.Server.LimitMetricsListener(raw, controlplane.DefaultMetricsMaxConns, controlplane.DefaultMetricsMaxConnsPerSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := c.Server.MetricsServer()
+	go hs.Serve(lis)
+	t.Cleanup(func() { hs.Close() })
+	return "http://" + raw.Addr().String() + "/metrics"
+}
+
 // serverPeak is the most connections the server held at once.
 type serverPeak struct {
 	mu            sync.Mutex
@@ -310,6 +330,7 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 	w.waitFor(t, "the watcher's snapshot", func(evs []*cpv1.WatchEvent, err error) bool { return len(evs) > 0 })
 	renewer := cptest.NewAgent(t, "renewer", cptest.SimNode(t, sim.NodeConfig{}), nil)
 	renewer.Join(t, c)
+	metricsURL := serveMetrics(t, c)
 	base := rss(t)
 
 	// The flood, in child processes of at most childConns connections.
@@ -398,6 +419,17 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 			_, err = stream.Recv()
 			return err
 		})
+		timed("metrics", func() error {
+			resp, err := http.Get(metricsURL)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("/metrics: %s %v", resp.Status, err)
+			}
+			return nil
+		})
 		if a.Joined != nil {
 			name := a.Name
 			w.waitFor(t, "the watcher to see "+name, func(evs []*cpv1.WatchEvent, err error) bool { return peers(evs)[name] != nil || err != nil })
@@ -435,9 +467,10 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 		t.Fatal("the flood established no connection: it tested nothing")
 	}
 	// Seen from the flood, a connection the server has just closed may
-	// not have read its EOF yet while its successor is up: allow the
-	// child's handshakes in flight (64) on top of the cap.
-	if rep.MaxOpen > int64(lim.unauth()+64) {
+	// not have read its EOF yet while its successor is up: allow half the
+	// cap and the child's handshakes in flight (64) on top of it (the
+	// server's own count, checked exactly by lim.check, is the measure).
+	if rep.MaxOpen > int64(lim.unauth()*3/2+64) {
 		t.Errorf("the control plane held %d idle unauthenticated connections at once; want at most %d", rep.MaxOpen, lim.unauth())
 	}
 	lim.check(t, c, &srvPeak, full)

@@ -63,17 +63,35 @@ func (s *server) count(m map[string]int, r string) int {
 }
 
 // dial connects from src and reports whether the server kept the
-// connection: a refused one is closed at once (the read sees EOF or a
-// reset), a kept one stays silent until the read deadline.
+// connection: it shows up among the accepted ones (kept), or the client
+// sees it closed before that (refused at accept).
 func dial(t *testing.T, s *server, src string) (net.Conn, bool) {
 	t.Helper()
 	c := connect(t, s, src)
-	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	_, err := c.Read(make([]byte, 1))
-	var ne net.Error
-	kept := errors.As(err, &ne) && ne.Timeout()
-	c.SetReadDeadline(time.Time{})
-	return c, kept
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if s.has(c) {
+			return c, true
+		}
+		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+			return c, false
+		}
+	}
+	t.Fatalf("the connection from %s was neither accepted nor closed within 10s", src)
+	return nil, false
+}
+
+// has reports whether the server accepted the client connection c.
+func (s *server) has(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range s.accepted {
+		if a.RemoteAddr().String() == c.LocalAddr().String() {
+			return true
+		}
+	}
+	return false
 }
 
 func connect(t *testing.T, s *server, src string) net.Conn {
@@ -92,23 +110,13 @@ func dialRaw(t *testing.T, s *server, src string) net.Conn {
 	t.Helper()
 	c := connect(t, s, src)
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s.mu.Lock()
-		n := 0
-		for _, a := range s.accepted {
-			if a.RemoteAddr().String() == c.LocalAddr().String() {
-				n++
-			}
-		}
-		s.mu.Unlock()
-		if n > 0 {
-			return c
-		}
+	for !s.has(c) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the server did not accept the connection from %s", src)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	return c
 }
 
 // closedByServer waits up to 10 s for c to be closed from the other end.
