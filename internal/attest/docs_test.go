@@ -140,7 +140,7 @@ func TestDocsReasonTable(t *testing.T) {
 		attest.ErrBrokenChain, attest.ErrUntrustedRoot, attest.ErrWrongProduct,
 		attest.ErrCertExpired, attest.ErrChain, attest.ErrSignature, attest.ErrDebug,
 		attest.ErrVMPL, attest.ErrMeasurement, attest.ErrTCBBootloader, attest.ErrTCBTEE,
-		attest.ErrTCBSNP, attest.ErrTCBMicrocode, attest.ErrChipID, attest.ErrSMT,
+		attest.ErrTCBSNP, attest.ErrTCBMicrocode, attest.ErrChipID, attest.ErrWrongChip, attest.ErrSMT,
 		attest.ErrMigrationAgent, attest.ErrValidation, attest.ErrMalformedBinding,
 		attest.ErrBinding, attest.ErrWrongNonce, attest.ErrWrongKey,
 		attest.ErrEvidenceTooOld, attest.ErrEvidenceFromFuture, attest.ErrStaleChallenge,

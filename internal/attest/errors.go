@@ -26,6 +26,9 @@ var (
 	ErrTCBSNP             = errors.New("SNP TCB below minimum")
 	ErrTCBMicrocode       = errors.New("microcode TCB below minimum")
 	ErrChipID             = errors.New("chip ID not allowed")
+	// ErrWrongChip: the report's CHIP_ID is not the chip its VCEK was
+	// issued for (the VCEK's hwID).
+	ErrWrongChip          = errors.New("VCEK of another chip")
 	ErrSMT                = errors.New("SMT not allowed")
 	ErrMigrationAgent     = errors.New("migration agent not allowed")
 	ErrValidation         = errors.New("report fails validation")
@@ -79,6 +82,7 @@ var reasons = []struct {
 	{ErrTCBSNP, "tcb_snp"},
 	{ErrTCBMicrocode, "tcb_microcode"},
 	{ErrChipID, "chip_id"},
+	{ErrWrongChip, "wrong_chip"},
 	{ErrSMT, "smt"},
 	{ErrMigrationAgent, "migration_agent"},
 	{ErrValidation, "validation"},

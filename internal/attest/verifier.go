@@ -2,9 +2,7 @@ package attest
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -12,10 +10,10 @@ import (
 	"time"
 
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
+	"github.com/confmesh/confmesh/internal/attest/kdscert"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
-	"github.com/google/go-sev-guest/validate"
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
 )
@@ -62,6 +60,11 @@ type Verifier struct {
 type chainVerdict struct {
 	cert *x509.Certificate
 	root *TrustedRoot
+	// exts are the endorsement certificate's KDS extensions.
+	exts *kdscert.Extensions
+	// standIn is what go-sev-guest's validate reads in place of a
+	// structVersion 1 VCEK (see standInCert); nil for version 0.
+	standIn []byte
 }
 
 // Expect is what the verifier requires the evidence to be bound to.
@@ -275,6 +278,11 @@ func (v *Verifier) verifySNP(ev *attestv1.Evidence) (*Claims, *spb.Report, error
 	if cv.root.Simulated != (ev.GetTee() == TEESimSnp) {
 		return nil, nil, fmt.Errorf("%w: evidence says tee %q but its chain ends at %s", ErrUntrustedRoot, ev.GetTee(), cv.root.Name)
 	}
+	if info.SigningKey == abi.VcekReportSigner {
+		if err := checkChipHWID(report, cv); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := v.checkPolicy(report, cv); err != nil {
 		return nil, nil, err
 	}
@@ -368,143 +376,6 @@ func VCEKURL(productLine string, chipID []byte, reportedTCB uint64) (string, err
 	return fmt.Sprintf("%s?fmcSPL=%02d&blSPL=%02d&teeSPL=%02d&snpSPL=%02d&ucodeSPL=%02d", base, *t.FMC, t.Bootloader, t.TEE, t.SNP, t.Microcode), nil
 }
 
-// chain returns the cached verdict for the endorsement key or verifies the
-// chain once: shipped chain links, a trusted root signs it, the product
-// matches, the certificate is valid now, and go-sev-guest's full KDS
-// certificate checks pass.
-func (v *Verifier) chain(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, ekDER []byte) (*chainVerdict, bool, error) {
-	now := v.now()
-	// The key covers the shipped ASK/ARK too, so a cached verdict never
-	// skips the check that the chain shipped with this report links.
-	h := sha256.New()
-	for _, der := range [][]byte{ekDER, ev.GetChain().GetAsk(), ev.GetChain().GetArk()} {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(der)))
-		h.Write(n[:])
-		h.Write(der)
-	}
-	var key [32]byte
-	copy(key[:], h.Sum(nil))
-	v.mu.Lock()
-	cv := v.chains[key]
-	v.mu.Unlock()
-	if cv != nil {
-		if now.Before(cv.cert.NotBefore) || now.After(cv.cert.NotAfter) {
-			return nil, false, fmt.Errorf("%w: %v certificate valid %s to %s", ErrCertExpired, signer, cv.cert.NotBefore.UTC().Format(time.RFC3339), cv.cert.NotAfter.UTC().Format(time.RFC3339))
-		}
-		if err := checkReportProduct(report, cv.root.ProductLine()); err != nil {
-			return nil, false, err
-		}
-		return cv, false, nil
-	}
-
-	ek, err := x509.ParseCertificate(ekDER)
-	if err != nil {
-		return nil, false, fmt.Errorf("%w: %v certificate: %v", ErrMalformedChain, signer, err)
-	}
-	exts, err := kds.CertificateExtensions(ek, signer)
-	if err != nil {
-		return nil, false, fmt.Errorf("%w: %v certificate extensions: %v", ErrMalformedChain, signer, err)
-	}
-	product, err := kds.ParseProductName(exts.ProductName, signer)
-	if err != nil {
-		return nil, false, fmt.Errorf("%w: %v certificate product %q: %v", ErrMalformedChain, signer, exts.ProductName, err)
-	}
-	certLine := kds.ProductLine(product)
-
-	// The shipped chain must link. It is not trusted for anything else.
-	var shippedAsk *x509.Certificate
-	if der := ev.GetChain().GetAsk(); len(der) > 0 {
-		if shippedAsk, err = x509.ParseCertificate(der); err != nil {
-			return nil, false, fmt.Errorf("%w: ASK certificate: %v", ErrMalformedChain, err)
-		}
-		if !signedBy(ek, shippedAsk) {
-			return nil, false, fmt.Errorf("%w: %v certificate is not signed by the ASK shipped with it", ErrBrokenChain, signer)
-		}
-	}
-	if der := ev.GetChain().GetArk(); len(der) > 0 && shippedAsk != nil {
-		ark, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, false, fmt.Errorf("%w: ARK certificate: %v", ErrMalformedChain, err)
-		}
-		if !signedBy(shippedAsk, ark) {
-			return nil, false, fmt.Errorf("%w: shipped ASK is not signed by the shipped ARK", ErrBrokenChain)
-		}
-	}
-
-	var root *TrustedRoot
-	for _, r := range v.roots {
-		if signs(r, ek, signer) {
-			root = r
-			break
-		}
-	}
-	if root == nil {
-		return nil, false, fmt.Errorf("%w: %v certificate (product %s, issuer %q) is not signed by any root this policy trusts (%s)",
-			ErrUntrustedRoot, signer, exts.ProductName, ek.Issuer.CommonName, v.rootNames())
-	}
-	if root.ProductLine() != certLine {
-		return nil, false, fmt.Errorf("%w: %v certificate is for %s but was issued by the %s root (%s)", ErrWrongProduct, signer, certLine, root.ProductLine(), root.Name)
-	}
-	if err := checkReportProduct(report, certLine); err != nil {
-		return nil, false, err
-	}
-	if now.Before(ek.NotBefore) || now.After(ek.NotAfter) {
-		return nil, false, fmt.Errorf("%w: %v certificate valid %s to %s, now %s", ErrCertExpired, signer,
-			ek.NotBefore.UTC().Format(time.RFC3339), ek.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
-	}
-
-	att := &spb.Attestation{Report: report, CertificateChain: &spb.CertificateChain{VcekCert: ev.GetChain().GetVcek(), VlekCert: ev.GetChain().GetVlek()}}
-	if signer == abi.VcekReportSigner {
-		att.CertificateChain.VcekCert = ekDER
-	}
-	opts := &verify.Options{
-		DisableCertFetching: true,
-		Now:                 now,
-		TrustedRoots:        map[string][]*trust.AMDRootCerts{certLine: {root.Certs}},
-	}
-	if err := verify.SnpAttestation(att, opts); err != nil {
-		if serr := verify.SnpReportSignature(ev.GetReport(), ek); serr != nil {
-			return nil, false, fmt.Errorf("%w: %v", ErrSignature, serr)
-		}
-		return nil, false, fmt.Errorf("%w: %v", ErrChain, err)
-	}
-	cv = &chainVerdict{cert: ek, root: root}
-	v.mu.Lock()
-	if len(v.chains) >= maxChainCache {
-		v.chains = map[[32]byte]*chainVerdict{}
-	}
-	v.chains[key] = cv
-	v.mu.Unlock()
-	return cv, true, nil
-}
-
-func signs(r *TrustedRoot, ek *x509.Certificate, signer abi.ReportSigner) bool {
-	if r.Certs == nil {
-		return false
-	}
-	pc := r.Certs.ProductCerts
-	if pc == nil || pc.Ark == nil {
-		return false
-	}
-	ica := pc.Ask
-	if signer == abi.VlekReportSigner {
-		ica = pc.Asvk
-	}
-	return ica != nil && signedBy(ek, ica) && signedBy(ica, pc.Ark)
-}
-
-// checkReportProduct compares the product a v3+ report names (CPUID) with
-// the product line its chain certifies.
-func checkReportProduct(report *spb.Report, certLine string) error {
-	if fms := report.GetCpuid1EaxFms(); fms != 0 {
-		if line := kds.ProductLineFromFms(fms); line != certLine {
-			return fmt.Errorf("%w: report comes from a %s CPU but its chain certifies %s", ErrWrongProduct, line, certLine)
-		}
-	}
-	return nil
-}
-
 func (v *Verifier) rootNames() string {
 	seen := map[string]bool{}
 	var out []byte
@@ -520,125 +391,4 @@ func (v *Verifier) rootNames() string {
 		out = append(out, n...)
 	}
 	return string(out)
-}
-
-// checkPolicy applies the policy, one named check at a time, then runs
-// go-sev-guest's validate as a second line (TCB consistency with the
-// certificate, chip ID against the certificate's HWID, policy bits).
-func (v *Verifier) checkPolicy(report *spb.Report, cv *chainVerdict) error {
-	p := v.policy
-	gp, err := abi.ParseSnpPolicy(report.GetPolicy())
-	if err != nil {
-		return fmt.Errorf("%w: guest policy: %v", ErrMalformedReport, err)
-	}
-	pi, err := abi.ParseSnpPlatformInfo(report.GetPlatformInfo())
-	if err != nil {
-		return fmt.Errorf("%w: platform info: %v", ErrMalformedReport, err)
-	}
-	if gp.Debug && !p.AllowDebug {
-		return fmt.Errorf("%w: the guest was launched with debugging allowed (its memory is readable by the host) and the policy forbids debug", ErrDebug)
-	}
-	if !p.vmplAllowed(report.GetVmpl()) {
-		return fmt.Errorf("%w: report comes from VMPL %d, policy allows %v", ErrVMPL, report.GetVmpl(), p.AllowedVMPLs)
-	}
-	if !p.anyMeasurement && !containsBytes(p.Measurements, report.GetMeasurement()) {
-		return fmt.Errorf("%w: %x is not one of the %d accepted measurements", ErrMeasurement, report.GetMeasurement(), len(p.Measurements))
-	}
-	// The TCB is decoded with the layout of the product the chain
-	// certifies (a v3+ report's CPUID has been checked to name the same).
-	line := cv.root.ProductLine()
-	tcb, err := DecodeTCB(line, report.GetReportedTcb())
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrWrongProduct, err)
-	}
-	floor := p.MinimumTCB
-	if !HasFMC(line) {
-		floor.FMC = 0 // no such component on this product
-	}
-	have := tcb.Parts()
-	for _, part := range []struct {
-		err       error
-		got, want uint8
-	}{
-		{ErrTCBFMC, have.FMC, floor.FMC},
-		{ErrTCBBootloader, have.Bootloader, floor.Bootloader},
-		{ErrTCBTEE, have.TEE, floor.TEE},
-		{ErrTCBSNP, have.SNP, floor.SNP},
-		{ErrTCBMicrocode, have.Microcode, floor.Microcode},
-	} {
-		if part.got < part.want {
-			return fmt.Errorf("%w: %s reported %d, minimum %d", part.err, line, part.got, part.want)
-		}
-	}
-	// go-sev-guest v0.15.0 compares TCBs byte by byte in the Milan layout,
-	// so it gets the minimum in the reporting product's own byte positions.
-	minRaw, err := EncodeTCB(line, floor)
-	if err != nil {
-		return fmt.Errorf("%w: minimumTCB for %s: %v", ErrValidation, line, err)
-	}
-	if len(p.ChipIDs) > 0 && !containsBytes(p.ChipIDs, report.GetChipId()) {
-		return fmt.Errorf("%w: chip %x… is not on the policy's allowlist", ErrChipID, head(report.GetChipId()))
-	}
-	if pi.SMTEnabled && !p.AllowSMT {
-		return fmt.Errorf("%w: the host has simultaneous multithreading enabled and the policy forbids it", ErrSMT)
-	}
-	if gp.MigrateMA && !p.AllowMigrationAgent {
-		return fmt.Errorf("%w: the guest policy allows a migration agent and the policy forbids it", ErrMigrationAgent)
-	}
-
-	opts := &validate.Options{
-		GuestPolicy: abi.SnpPolicy{
-			ABIMajor: 0, ABIMinor: 0,
-			Debug: p.AllowDebug, SMT: true, MigrateMA: p.AllowMigrationAgent,
-			CXLAllowed: true,
-		},
-		MinimumTCB: kds.DecomposeTCBVersion(kds.TCBVersion(minRaw)),
-		// Provisional firmware (committed < current) is accepted: the reported
-		// TCB, which the VCEK certifies and the policy bounds, is what counts.
-		PermitProvisionalFirmware: true,
-	}
-	att := &spb.Attestation{Report: report, CertificateChain: &spb.CertificateChain{}}
-	// Put the verified endorsement certificate where validate looks.
-	info, _ := abi.ParseSignerInfo(report.GetSignerInfo())
-	if info.SigningKey == abi.VlekReportSigner {
-		att.CertificateChain.VlekCert = cv.cert.Raw
-	} else {
-		att.CertificateChain.VcekCert = cv.cert.Raw
-	}
-	if err := validate.SnpAttestation(att, opts); err != nil {
-		return fmt.Errorf("%w: %v", ErrValidation, err)
-	}
-	return nil
-}
-
-func (v *Verifier) claims(ev *attestv1.Evidence, report *spb.Report, signer abi.ReportSigner, cv *chainVerdict) *Claims {
-	gp, _ := abi.ParseSnpPolicy(report.GetPolicy())
-	pi, _ := abi.ParseSnpPlatformInfo(report.GetPlatformInfo())
-	digest := sha256.Sum256(ev.GetReport())
-	// checkPolicy has decoded the reported TCB with this product's layout.
-	line := cv.root.ProductLine()
-	reported, _ := DecodeTCB(line, report.GetReportedTcb())
-	launch, _ := DecodeTCB(line, report.GetLaunchTcb())
-	return &Claims{
-		TEE:            ev.GetTee(),
-		Product:        cv.root.ProductLine(),
-		Root:           cv.root.Name,
-		Simulated:      cv.root.Simulated,
-		ReportVersion:  report.GetVersion(),
-		Measurement:    report.GetMeasurement(),
-		HostData:       report.GetHostData(),
-		ReportData:     report.GetReportData(),
-		ReportedTCB:    reported,
-		LaunchTCB:      launch,
-		ChipID:         report.GetChipId(),
-		GuestPolicy:    report.GetPolicy(),
-		Debug:          gp.Debug,
-		SMTAllowed:     gp.SMT,
-		SMTEnabled:     pi.SMTEnabled,
-		MigrationAgent: gp.MigrateMA,
-		VMPL:           report.GetVmpl(),
-		ReportID:       report.GetReportId(),
-		ReportDigest:   digest[:],
-		Signer:         signer.String(),
-	}
 }

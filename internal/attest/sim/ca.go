@@ -191,14 +191,7 @@ func (ca *CA) builder(vcekKey *ecdsa.PrivateKey, exts *vcekSpec) *sevtest.AmdSig
 	if exts != nil {
 		b.ProductName = exts.product
 		b.VcekCreationTime = exts.issued
-		// go-sev-guest v0.15.0 rebuilds the VCEK's TCB from the SPL
-		// extensions in the Milan byte order (blSPL byte 0, teeSPL byte 1,
-		// spl4-7 bytes 2-5, snpSPL byte 6, ucodeSPL byte 7) and requires it
-		// to equal the report's raw TCB. So the raw bytes of the product's
-		// own layout go into those positions. Real Turin VCEKs instead name
-		// each component (with an fmcSPL extension) and carry an 8-byte
-		// HWID, which v0.15.0 cannot parse; see docs/attestation.md.
-		b.VcekCustom.Extensions = sevtest.CustomExtensions(kds.DecomposeTCBVersion(kds.TCBVersion(exts.tcb)), exts.chipID, "", exts.product)
+		b.VcekCustom.Extensions = exts.extensions
 		copy(b.HWID[:], exts.chipID)
 	}
 	return b

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -17,6 +18,7 @@ import (
 
 	attestv1 "github.com/confmesh/confmesh/api/attest/v1"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/attest/kdscert"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
@@ -25,7 +27,8 @@ import (
 // NodeConfig is what a simulated node's reports say. The zero value is a
 // compliant guest: VMPL 0, no debug, no SMT, no migration agent, TCB 0.
 type NodeConfig struct {
-	// ChipID is the 64-byte chip ID; random when nil.
+	// ChipID is the 64-byte chip ID; random when nil (for Turin 8 random
+	// bytes, the hardware ID its VCEK names, then zeros).
 	ChipID []byte
 	// Measurement is the 48-byte launch measurement.
 	Measurement []byte
@@ -51,10 +54,23 @@ type NodeConfig struct {
 }
 
 type vcekSpec struct {
-	product string
-	tcb     uint64 // raw TCB_VERSION
-	chipID  []byte
-	issued  time.Time
+	product    string
+	chipID     []byte
+	issued     time.Time
+	extensions []pkix.Extension // the VCEK's KDS extensions
+}
+
+// vcekExtensions are the KDS extensions of a VCEK for chipID at the raw
+// tcb, in the layout AMD issues for the product line: structVersion 1 for
+// Turin (fmcSPL, an 8-byte hwID: the chip ID's first 8 bytes), 0 for Milan
+// and Genoa (a 64-byte hwID).
+func vcekExtensions(product, line string, chipID []byte, tcb uint64) ([]pkix.Extension, error) {
+	e := &kdscert.Extensions{ProductName: product, HWID: chipID, TCB: tcb}
+	if line == attest.ProductTurin {
+		e.StructVersion = 1
+		e.HWID = chipID[:kdscert.HWIDSizeV1]
+	}
+	return kdscert.Encode(e)
 }
 
 // Node is one simulated confidential VM: its own chip ID and VCEK.
@@ -76,9 +92,21 @@ func (ca *CA) NewNode(cfg NodeConfig) (*Node, error) {
 }
 
 func (ca *CA) node(cfg NodeConfig, key *ecdsa.PrivateKey) (*Node, error) {
+	if cfg.Product == "" {
+		cfg.Product = ca.product
+	}
+	product, err := kds.ParseProductName(cfg.Product, abi.VcekReportSigner)
+	if err != nil {
+		return nil, fmt.Errorf("product %q: %w", cfg.Product, err)
+	}
 	if cfg.ChipID == nil {
 		cfg.ChipID = make([]byte, abi.ChipIDSize)
-		if _, err := rand.Read(cfg.ChipID); err != nil {
+		// A Turin CHIP_ID is its 8-byte hardware ID followed by zeros.
+		n := abi.ChipIDSize
+		if kds.ProductLine(product) == attest.ProductTurin {
+			n = kdscert.HWIDSizeV1
+		}
+		if _, err := rand.Read(cfg.ChipID[:n]); err != nil {
 			return nil, fmt.Errorf("generate chip ID: %w", err)
 		}
 	}
@@ -103,13 +131,6 @@ func (ca *CA) node(cfg NodeConfig, key *ecdsa.PrivateKey) (*Node, error) {
 	if cfg.ReportVersion == 0 {
 		cfg.ReportVersion = 3
 	}
-	if cfg.Product == "" {
-		cfg.Product = ca.product
-	}
-	product, err := kds.ParseProductName(cfg.Product, abi.VcekReportSigner)
-	if err != nil {
-		return nil, fmt.Errorf("product %q: %w", cfg.Product, err)
-	}
 	tcb, err := attest.EncodeTCB(kds.ProductLine(product), cfg.TCB)
 	if err != nil {
 		return nil, fmt.Errorf("TCB: %w", err)
@@ -117,7 +138,11 @@ func (ca *CA) node(cfg NodeConfig, key *ecdsa.PrivateKey) (*Node, error) {
 	if cfg.VCEKIssued.IsZero() {
 		cfg.VCEKIssued = ca.created
 	}
-	spec := &vcekSpec{product: cfg.Product, tcb: tcb, chipID: cfg.ChipID, issued: cfg.VCEKIssued}
+	exts, err := vcekExtensions(cfg.Product, kds.ProductLine(product), cfg.ChipID, tcb)
+	if err != nil {
+		return nil, fmt.Errorf("VCEK extensions: %w", err)
+	}
+	spec := &vcekSpec{product: cfg.Product, chipID: cfg.ChipID, issued: cfg.VCEKIssued, extensions: exts}
 	s, err := ca.builder(key, spec).TestOnlyCertChain()
 	if err != nil {
 		return nil, fmt.Errorf("certify simulated VCEK: %w", err)

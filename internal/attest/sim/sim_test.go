@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/attest/kdscert"
 	"github.com/confmesh/confmesh/internal/attest/sim"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
@@ -156,12 +157,21 @@ func TestTurinNode(t *testing.T) {
 	if line := kds.ProductLineFromFms(r.GetCpuid1EaxFms()); line != "Turin" {
 		t.Errorf("CPUID names %s, want Turin", line)
 	}
-	exts, err := kds.VcekCertificateExtensions(n.VCEK())
+	// The VCEK is in the format AMD issues for Turin: structVersion 1, an
+	// 8-byte hwID (the CHIP_ID's first 8 bytes; the rest of a Turin CHIP_ID
+	// is zero), the TCB named per component with fmcSPL.
+	exts, err := kdscert.Parse(n.VCEK(), abi.VcekReportSigner)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if exts.ProductName != "Turin-B0" || exts.TCBVersion != kds.TCBVersion(r.ReportedTcb) {
-		t.Fatalf("VCEK extensions %+v do not match the Turin report (TCB %#x)", exts, r.ReportedTcb)
+	if exts.StructVersion != 1 || exts.ProductName != "Turin-B0" || exts.TCB != r.ReportedTcb ||
+		!bytes.Equal(exts.HWID, n.ChipID()[:8]) || !bytes.Equal(n.ChipID()[8:], make([]byte, 56)) {
+		t.Fatalf("VCEK %s TCB %#x does not match the Turin report (TCB %#x, chip %x)", exts, exts.TCB, r.ReportedTcb, n.ChipID())
+	}
+	for _, e := range n.VCEK().Extensions {
+		if e.Id.Equal(kds.OidHwid) && len(e.Value) != 8 {
+			t.Errorf("hwID extension value is %d bytes, want the 8 bytes untagged as KDS sends them", len(e.Value))
+		}
 	}
 	if _, err := ca.NewNode(sim.NodeConfig{Product: "Milan-B1", TCB: attest.TCBParts{FMC: 1}}); err == nil || !strings.Contains(err.Error(), "no FMC") {
 		t.Errorf("FMC on a Milan node: err = %v", err)
