@@ -93,10 +93,10 @@ const childConns = 10000
 var h2Preface = append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)
 
 // floodChild holds conns idle connections to addr from sources loopback
-// addresses (127.1.x.y) for hold, redialing each one the server closes or
-// refuses, and prints a floodReport. It prints "ready" once every slot has
-// made its first attempt. maxLife is the lifetime beyond which a
-// connection counts as long-lived.
+// addresses (127.1.x.y), redialing each one the server closes or refuses,
+// and prints a floodReport. It prints "ready" once every slot has made its
+// first attempt, and holds the flood for hold from then. maxLife is the
+// lifetime beyond which a connection counts as long-lived.
 func floodChild(spec string) int {
 	var addr string
 	var conns, sources, firstSource int
@@ -119,7 +119,11 @@ func floodChild(spec string) int {
 	var rep floodReport
 	var open, maxLifeNs atomic.Int64
 	var attempts, established, refused, closed, longLived atomic.Int64
-	end := time.Now().Add(hold)
+	// The flood holds for hold after every slot's first attempt ("ready"),
+	// and never longer than that plus two minutes.
+	var endNs atomic.Int64
+	endNs.Store(time.Now().Add(hold + 2*time.Minute).UnixNano())
+	end := func() time.Time { return time.Unix(0, endNs.Load()) }
 	sem := make(chan struct{}, 64) // handshakes in flight
 	var first, all sync.WaitGroup
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{"h2"}}
@@ -153,13 +157,13 @@ func floodChild(spec string) int {
 			defer all.Done()
 			once := sync.OnceFunc(first.Done)
 			defer once()
-			for time.Now().Before(end) {
+			for time.Now().Before(end()) {
 				attempts.Add(1)
 				c, err := dial(src)
 				once()
 				if err != nil {
 					refused.Add(1)
-					time.Sleep(time.Until(minTime(end, time.Now().Add(5*time.Second))))
+					time.Sleep(time.Until(minTime(end(), time.Now().Add(5*time.Second))))
 					continue
 				}
 				t0 := time.Now()
@@ -173,8 +177,14 @@ func floodChild(spec string) int {
 				}
 				// Read (and drop) whatever the server sends, until it
 				// closes the connection or the flood ends.
-				c.SetReadDeadline(end)
-				_, err = io.Copy(io.Discard, c)
+				for {
+					c.SetReadDeadline(minTime(end(), time.Now().Add(2*time.Second)))
+					_, err = io.Copy(io.Discard, c)
+					var ne net.Error
+					if !(errors.As(err, &ne) && ne.Timeout()) || !time.Now().Before(end()) {
+						break
+					}
+				}
 				open.Add(-1)
 				life := time.Since(t0)
 				if life > maxLife {
@@ -188,11 +198,12 @@ func floodChild(spec string) int {
 					break // the flood is over
 				}
 				closed.Add(1)
-				time.Sleep(time.Until(minTime(end, time.Now().Add(time.Second))))
+				time.Sleep(time.Until(minTime(end(), time.Now().Add(time.Second))))
 			}
 		}()
 	}
 	first.Wait()
+	endNs.Store(time.Now().Add(hold).UnixNano())
 	fmt.Println("ready")
 	all.Wait()
 	rep.Attempts, rep.Established, rep.Refused, rep.Closed = attempts.Load(), established.Load(), refused.Load(), closed.Load()
@@ -339,7 +350,7 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 	var children []*floodProc
 	// First one address alone, beyond the per-source cap...
 	one := startFlood(t, fmt.Sprintf("%s,%d,1,%d,%s,%s", c.Addr, lim.limits.MaxConnsPerSource+24, sources+1, hold, lifetime))
-	one.ready(t, hold)
+	one.ready(t, 2*time.Minute)
 	children = append(children, one)
 	// ...then the many.
 	for first := 0; first < conns; first += childConns {
@@ -369,8 +380,9 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 	}()
 
 	for _, ch := range children[1:] {
-		ch.ready(t, hold)
+		ch.ready(t, 2*time.Minute)
 	}
+	tReady := time.Now()
 	t.Logf("flood of %d connections from %d addresses opened in %s", conns, sources, time.Since(t0).Round(time.Millisecond))
 
 	// Honest work during the flood: new nodes join (the watcher must see
@@ -384,7 +396,7 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 		}
 		lat[kind] = append(lat[kind], time.Since(t1))
 	}
-	for i := 0; time.Since(t0) < hold-2*time.Second || i < 3; i++ {
+	for i := 0; time.Since(tReady) < hold-2*time.Second || i < 3; i++ {
 		a := cptest.NewAgent(t, fmt.Sprintf("honest-%d", i), cptest.SimNode(t, sim.NodeConfig{}), nil)
 		timed("join", func() error { _, err := a.TryJoin(t, c); return err })
 		timed("renew", func() error {
