@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/health"
 	"github.com/confmesh/confmesh/agent/podmeta"
 	"github.com/confmesh/confmesh/agent/workload"
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
@@ -103,6 +104,14 @@ type Config struct {
 	CNIConfDir     string
 	CNIBinary      string
 	CNIAgentSocket string
+	// WorkloadLimits bound the Workload API's connections (zero fields:
+	// the workload package's defaults).
+	WorkloadLimits workload.Limits
+	// LivenessTimeout is how long a degraded state (strict mode, datapath,
+	// file descriptors, peers) may last, or the strict-mode loop stay
+	// silent, before Live reports the agent dead (default
+	// DefaultLivenessTimeout; negative: never).
+	LivenessTimeout time.Duration
 }
 
 // Agent is one node's agent.
@@ -150,6 +159,8 @@ type Agent struct {
 	reconcileMu sync.Mutex
 	rejoinMu    sync.Mutex      // one rejoin at a time
 	ctx         context.Context // Run's context; bounds background work
+
+	health *health.Tracker // degraded conditions, cleared by the checks that pass (heal.go)
 
 	strictK strictKeeper // strict mode as found in the kernel (strict.go)
 }
@@ -229,13 +240,21 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := cfg.WorkloadLimits.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.LivenessTimeout == 0 {
+		cfg.LivenessTimeout = DefaultLivenessTimeout
+	}
 	m := newMetrics()
 	m.registerReplicas(replicas)
 	a := &Agent{
 		cfg: cfg, log: log, now: now, td: td, metrics: m, verifier: v, svidKey: svidKey, replicas: replicas,
 		wgKey: wgKey, keyCreated: now(), clusterCIDR: cfg.ClusterCIDR, mtu: cfg.UnderlayMTU - Overhead(cfg.Endpoint),
 		records: map[string]*cpv1.Peer{}, peerState: map[string]peerStatus{}, readyReason: "starting", pods: pods, ipam: ipam,
+		health: health.New(now),
 	}
+	m.registerHealth(a.health, a.workloadConnStats)
 	if cfg.StrictMode {
 		m.registerStrict(a.Strict)
 	}
@@ -276,6 +295,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	go a.strictLoop(ctx) // from now on, a removed or altered table is re-installed at once
+	go a.healthLoop(ctx) // file descriptors (heal.go)
 	if err := a.ensureDevice(ctx); err != nil {
 		return err
 	}
@@ -298,19 +318,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if err := a.device().Healthy(); err != nil {
-			a.log.Warn("WireGuard device unhealthy; restoring", "err", err)
-			a.setReady("datapath down: " + err.Error())
-			if err := a.ensureDevice(ctx); err != nil {
-				a.log.Error("restore device", "err", err)
-				continue
-			}
-			a.reconcile()
-			a.refreshReady()
-		}
-		if a.now().Sub(lastRecheck) >= recheckInterval {
+		a.checkDatapath(ctx) // heal.go
+		if a.now().Sub(lastRecheck) >= recheckInterval || a.health.IsFailing(condPeers) {
 			lastRecheck = a.now()
-			a.reconcile() // evidence ages out, SVIDs expire
+			a.reconcile() // evidence ages out, SVIDs expire; a failed apply is retried
 		}
 		a.collectDeviceMetrics()
 		if a.renewDue() {
@@ -751,12 +762,14 @@ func (a *Agent) reconcile() {
 	state, err := dev.State()
 	if err != nil {
 		a.log.Error("read device", "err", err)
+		a.health.Fail(condPeers, "read device: "+err.Error())
 		return
 	}
 	plan := Reconcile(desired, state.Peers)
 	if len(plan.Changes) > 0 {
 		if err := dev.ApplyPeers(plan.Changes); err != nil {
 			a.log.Error("apply peers", "err", err)
+			a.health.Fail(condPeers, "apply peers: "+err.Error())
 			return
 		}
 		a.log.Info("peers applied", "changes", len(plan.Changes), "verified", verified)
@@ -764,9 +777,11 @@ func (a *Agent) reconcile() {
 	}
 	if err := dev.SyncRoutes(plan.Routes, mtu); err != nil {
 		a.log.Error("sync routes", "err", err)
+		a.health.Fail(condPeers, "sync routes: "+err.Error())
 		return
 	}
 	a.notePeerRoutes(plan.Routes, mtu)
+	a.passed(condPeers)
 }
 
 func (a *Agent) peerStateOf(name string) (peerStatus, bool) {
@@ -849,45 +864,6 @@ func (a *Agent) renew(ctx context.Context) error {
 	a.adoptJWTBundle(resp.GetJwtBundle())
 	a.log.Info("node SVID renewed", "expires", a.svidExpiry)
 	return nil
-}
-
-func (a *Agent) setReady(reason string) {
-	a.mu.Lock()
-	a.readyReason = reason
-	a.mu.Unlock()
-}
-
-// refreshReady recomputes readiness: attested, rules installed, datapath up.
-func (a *Agent) refreshReady() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	switch {
-	case a.state == StateRevoked || a.state == StateRefused:
-		a.readyReason = a.state + " by the control plane: " + a.stateReason
-	case !a.joined:
-		a.readyReason = "not attested yet"
-	case a.cfg.StrictMode && !a.strict:
-		a.readyReason = "strict rules not installed"
-	case a.dev == nil:
-		a.readyReason = "datapath not up"
-	default:
-		a.readyReason = ""
-	}
-}
-
-// Ready reports whether pods may be networked, and if not, why.
-func (a *Agent) Ready() (bool, string) {
-	if dev := a.device(); dev != nil {
-		if err := dev.Healthy(); err != nil {
-			return false, "datapath down: " + err.Error()
-		}
-	}
-	if ok, why := a.strictHealthy(); !ok {
-		return false, why
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.readyReason == "", a.readyReason
 }
 
 func (a *Agent) collectDeviceMetrics() {

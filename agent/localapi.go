@@ -2,14 +2,18 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	agentv1 "github.com/confmesh/confmesh/api/agent/v1"
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -29,28 +33,50 @@ func (a *Agent) ServeLocal(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	_ = os.Remove(path)
-	lis, err := net.Listen("unix", path)
+	// Bound under a temporary name, made 0600, then renamed into place:
+	// the socket never appears at path with the umask's mode.
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	_ = os.Remove(tmp)
+	lis, err := net.Listen("unix", tmp)
 	if err != nil {
 		return err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		lis.Close()
 		return err
 	}
+	if err := os.Rename(tmp, path); err != nil {
+		lis.Close()
+		return err
+	}
+	lis.(*net.UnixListener).SetUnlinkOnClose(false) // it would unlink tmp
+	defer os.Remove(path)
 	guard, err := NewNodeNSGuard(DefaultNodeNetNS)
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	g := grpc.NewServer(guard.ServerOptions()...)
+	g := grpc.NewServer(append(guard.ServerOptions(),
+		grpc.ConnectionTimeout(localHandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: localIdleTimeout}))...)
 	agentv1.RegisterAgentServer(g, &localAPI{a: a, guard: guard})
 	go func() {
 		<-ctx.Done()
 		g.Stop()
 	}()
-	return g.Serve(lis)
+	return g.Serve(connlimit.New(lis, connlimit.Config{Total: LocalMaxConns}))
 }
+
+// Bounds of the local API. Its socket is root's only (0600), so no pod
+// reaches it; the bounds keep a runaway local client (a container runtime
+// that leaks CNI plugin connections) from taking the descriptors the
+// agent's own work needs. Every call on it is short.
+const (
+	// LocalMaxConns is the most connections the local API holds open.
+	LocalMaxConns         = 256
+	localHandshakeTimeout = 10 * time.Second
+	localIdleTimeout      = 2 * time.Minute
+)
 
 // CheckCaller answers only callers in the node's network namespace: the
 // guard has refused every other one before this runs.

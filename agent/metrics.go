@@ -2,7 +2,11 @@ package agent
 
 import (
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/health"
+	"github.com/confmesh/confmesh/agent/workload"
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 type metrics struct {
@@ -60,6 +64,41 @@ func newMetrics() *metrics {
 	})
 	m.reg.MustRegister(m.peers, m.refusals, m.handshake, m.rx, m.tx, m.renewals, m.state, m.cpRefusals)
 	return m
+}
+
+// registerHealth exports the degraded conditions, the Workload API's
+// connections and the process's file descriptors.
+func (m *metrics) registerHealth(h *health.Tracker, wl func() workload.ConnStats) {
+	for _, c := range conditions {
+		c := c
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "confmesh_agent_degraded", Help: "1 while a periodic check of this condition fails (the node is then not ready for pods).",
+			ConstLabels: prometheus.Labels{"condition": c},
+		}, func() float64 {
+			if h.IsFailing(c) {
+				return 1
+			}
+			return 0
+		}))
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "confmesh_agent_degraded_total", Help: "Times a periodic check of this condition started failing.",
+			ConstLabels: prometheus.Labels{"condition": c},
+		}, func() float64 { return float64(h.Transitions(c)) }))
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "confmesh_agent_workload_connections", Help: "Connections the SPIFFE Workload API holds open.",
+	}, func() float64 { return float64(wl().Open) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "confmesh_agent_workload_connections_max_per_caller", Help: "Most connections any one caller (pod) holds open to the Workload API.",
+	}, func() float64 { return float64(wl().MaxKey) }))
+	for _, r := range []string{connlimit.ReasonPerKey, connlimit.ReasonTotal} {
+		r := r
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "confmesh_agent_workload_connections_refused_total", Help: "Workload API connections closed at accept because a cap was reached (per-caller or total).",
+			ConstLabels: prometheus.Labels{"cap": r},
+		}, func() float64 { return float64(wl().Refused[r]) }))
+	}
+	m.reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 }
 
 // registerReplicas exports how often the agent moved to another

@@ -184,6 +184,7 @@ func (a *Agent) strictLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		a.checkStrict()
+		a.health.Beat(strictLoopBeat)
 	}
 }
 
@@ -234,12 +235,20 @@ func (a *Agent) checkStrict() {
 			a.log.Error("strict mode: applying a change of the wanted rules failed", "err", err)
 		} else {
 			k.applied = &r
+			a.strictInstalledLocked()
 		}
+	} else if k.state != StrictInstalled {
+		// The kernel holds exactly the table last applied, and it is the
+		// wanted one: whatever failed before (a check or re-install that
+		// could not even open a socket) is over.
+		a.log.Info("strict mode: the table verifies again", "was", k.state, "reason", k.reason)
+		a.strictInstalledLocked()
 	}
 	repaired, err := ensureFailClosedRoutes(r.ClusterCIDRs)
 	if err != nil {
 		a.log.Error("strict mode: fail-closed routes", "err", err)
 	}
+	routesErr := err
 	n, err := ensurePodRoutes(r.Pods)
 	if err != nil {
 		a.log.Error("strict mode: pod routes", "err", err)
@@ -251,6 +260,23 @@ func (a *Agent) checkStrict() {
 		a.metrics.strictRouteRepairs.Add(float64(repaired))
 		a.log.Warn("strict mode: restored deleted routes", "routes", repaired)
 	}
+	switch {
+	case k.state != StrictInstalled:
+		a.failed(condStrict, "strict rules "+k.state+": "+k.reason)
+	case routesErr != nil:
+		a.failed(condStrict, "fail-closed routes: "+routesErr.Error())
+	default:
+		a.passed(condStrict)
+	}
+}
+
+// strictInstalledLocked records that the kernel holds the wanted table;
+// k.mu is held.
+func (a *Agent) strictInstalledLocked() {
+	a.strictK.state, a.strictK.reason = StrictInstalled, ""
+	a.mu.Lock()
+	a.strict = true
+	a.mu.Unlock()
 }
 
 // repairPeerRoutes restores the routes through the device the last

@@ -144,7 +144,7 @@ func (a *Agent) startWorkloadAPI(ctx context.Context) error {
 	if a.cfg.WorkloadSocket == "" {
 		return nil
 	}
-	srv, err := workload.New(workload.Config{Backend: workloadBackend{a}, TrustDomain: a.td, Logger: a.log})
+	srv, err := workload.New(workload.Config{Backend: workloadBackend{a}, TrustDomain: a.td, Logger: a.log, Limits: a.cfg.WorkloadLimits})
 	if err != nil {
 		return err
 	}

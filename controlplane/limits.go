@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/internal/connlimit"
+	"github.com/confmesh/confmesh/internal/connpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -169,10 +170,10 @@ func (s *Server) registerConnMetrics() {
 			Help: "Unauthenticated connections the control plane closed, by listener (agent, metrics) and reason (idle, evicted).",
 		}, []string{"listener", "reason"}),
 	}
-	for _, r := range []string{connlimit.RefusedPerSource, connlimit.RefusedTotal, connlimit.RefusedUnauthenticated} {
+	for _, r := range []string{refusedPerSource, connlimit.ReasonTotal, connpool.RefusedUnauthenticated} {
 		m.refused.WithLabelValues("agent", r)
 	}
-	for _, r := range []string{connlimit.ClosedIdle, connlimit.ClosedEvicted} {
+	for _, r := range []string{connpool.ClosedIdle, connpool.ClosedEvicted} {
 		m.closed.WithLabelValues("agent", r)
 	}
 	s.metrics.reg.MustRegister(m.refused, m.closed)
@@ -186,15 +187,36 @@ func (s *Server) registerConnMetrics() {
 	s.connm = m
 }
 
-// limitListener wraps the agent listener in the connection limits.
-func (s *Server) limitListener(lis net.Listener) (*connlimit.Listener, error) {
-	l := s.cfg.Limits
-	cl, err := connlimit.New(lis, connlimit.Config{
-		MaxPerSource: l.MaxConnsPerSource, MaxConns: l.MaxConns, MaxUnauthenticated: l.MaxUnauthenticatedConns,
-		IdleTimeout: l.IdleTimeout,
-		Refused:     func(reason string) { s.connm.refused.WithLabelValues("agent", reason).Inc() },
-		Closed:      func(reason string) { s.connm.closed.WithLabelValues("agent", reason).Inc() },
+// refusedPerSource is the metrics' name for connlimit's per-key cap: the
+// key is the source (connpool.Source).
+const refusedPerSource = "per_source"
+
+// capped wraps lis in the caps per source and in total (connlimit, refused
+// at accept) and the unauthenticated pool (connpool), counting refusals
+// and closes under listener's label.
+func (s *Server) capped(lis net.Listener, listener string, perSource, total, unauth int, idle time.Duration) (*connpool.Listener, error) {
+	refused := func(reason string) { s.connm.refused.WithLabelValues(listener, reason).Inc() }
+	caps := connlimit.New(lis, connlimit.Config{
+		Key:    func(c net.Conn) string { return connpool.Source(c.RemoteAddr()) },
+		PerKey: perSource, Total: total,
+		OnRefuse: func(_, reason string) {
+			if reason == connlimit.ReasonPerKey {
+				reason = refusedPerSource
+			}
+			refused(reason)
+		},
 	})
+	return connpool.New(caps, connpool.Config{
+		MaxUnauthenticated: unauth, IdleTimeout: idle,
+		Refused: refused,
+		Closed:  func(reason string) { s.connm.closed.WithLabelValues(listener, reason).Inc() },
+	})
+}
+
+// limitListener wraps the agent listener in the connection limits.
+func (s *Server) limitListener(lis net.Listener) (*connpool.Listener, error) {
+	l := s.cfg.Limits
+	cl, err := s.capped(lis, "agent", l.MaxConnsPerSource, l.MaxConns, l.MaxUnauthenticatedConns, l.IdleTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -212,11 +234,9 @@ func (s *Server) LimitMetricsListener(lis net.Listener, maxConns, perSource int)
 	if maxConns < 1 || perSource < 1 || perSource > maxConns {
 		return nil, fmt.Errorf("metrics listener: max connections %d, per source %d: want positive values, per source at most the total", maxConns, perSource)
 	}
-	return connlimit.New(lis, connlimit.Config{
-		MaxPerSource: perSource, MaxConns: maxConns, MaxUnauthenticated: maxConns,
-		Refused: func(reason string) { s.connm.refused.WithLabelValues("metrics", reason).Inc() },
-		Closed:  func(reason string) { s.connm.closed.WithLabelValues("metrics", reason).Inc() },
-	})
+	// The total cap sits one above the pool, so that when the pool is
+	// full a newcomer reaches it and may displace the heaviest source.
+	return s.capped(lis, "metrics", perSource, maxConns+1, maxConns, 0)
 }
 
 // MetricsServer serves HTTPHandler with timeouts: a request's headers
@@ -229,11 +249,11 @@ func (s *Server) MetricsServer() *http.Server {
 }
 
 // ConnStats are the agent listener's connections now (zero before Serve).
-func (s *Server) ConnStats() connlimit.Stats {
+func (s *Server) ConnStats() connpool.Stats {
 	if cl := s.conns.Load(); cl != nil {
 		return cl.Stats()
 	}
-	return connlimit.Stats{}
+	return connpool.Stats{}
 }
 
 // connTouch restarts the idle clock of the call's connection.

@@ -23,7 +23,7 @@ import (
 	"github.com/confmesh/confmesh/controlplane/ipam"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
-	"github.com/confmesh/confmesh/internal/connlimit"
+	"github.com/confmesh/confmesh/internal/connpool"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -149,7 +149,7 @@ type Server struct {
 	refused    *refusalLog // recent refused joins, for `nodes --all`
 
 	// conns is the agent listener's connection limiter, once Serve runs.
-	conns atomic.Pointer[connlimit.Listener]
+	conns atomic.Pointer[connpool.Listener]
 	connm *connMetrics
 
 	shutdown     chan struct{} // closed when the agent listener stops

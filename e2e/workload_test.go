@@ -55,6 +55,9 @@ type helperReport struct {
 
 // runWorkloadHelper is the child's main; it returns the exit status.
 func runWorkloadHelper(mode string) int {
+	if mode == "flood" {
+		return runFloodHelper() // fdflood_test.go
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
 	defer cancel()
 	rep, err := workloadHelper(ctx, mode)

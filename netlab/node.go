@@ -28,6 +28,9 @@ type NodeOptions struct {
 	Policy *Policy
 	// KeyRotation is the agent's --key-rotation (0: its default).
 	KeyRotation time.Duration
+	// AgentArgs are added to the end of the agent's command line (a flag
+	// given there overrides the harness's own value of it).
+	AgentArgs []string
 }
 
 // Node is one node: a network namespace with an underlay address and a
@@ -131,6 +134,7 @@ func (n *Node) StartAgent() error {
 	if n.Opts.KeyRotation > 0 {
 		args = append(args, "--key-rotation", n.Opts.KeyRotation.String())
 	}
+	args = append(args, n.Opts.AgentArgs...)
 	log := filepath.Join(n.c.Dir, fmt.Sprintf("%s-agent-%d.log", n.Name, n.starts))
 	p, err := n.c.start(fmt.Sprintf("%s agent (start %d)", n.Name, n.starts), log, n.NS, args...)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -96,24 +97,29 @@ type Config struct {
 	// RotationCheck is how often SVIDs are checked for half-life and bundles
 	// for changes (DefaultRotationCheck when zero).
 	RotationCheck time.Duration
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// Limits bound the connections the server holds (zero: the defaults).
+	Limits Limits
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Server is the Workload API server.
 type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
-	cfg  Config
-	log  *slog.Logger
-	now  func() time.Time
-	proc Proc
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	proc   Proc
+	limits Limits // cfg.Limits with the defaults filled in
 
 	mu            sync.Mutex
 	svids         map[string]*svidEntry // by pod UID
 	jwts          map[string]jwtEntry
 	x509Bundle    *x509bundle.Bundle
 	jwtBundle     *jwtbundle.Bundle
-	bundleChanged chan struct{} // closed and replaced on every bundle change
+	bundleChanged chan struct{}       // closed and replaced on every bundle change
+	lim           *connlimit.Listener // set by Serve
+	refusedLogged time.Time           // when a refused connection was last logged
 }
 
 // New makes a Server; see Serve.
@@ -133,6 +139,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RotationCheck <= 0 {
 		cfg.RotationCheck = DefaultRotationCheck
 	}
+	limits := cfg.Limits.withDefaults()
+	if err := limits.Validate(); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -142,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 		now = time.Now
 	}
 	s := &Server{
-		cfg: cfg, log: log, now: now, proc: cfg.Proc,
+		cfg: cfg, log: log, now: now, proc: cfg.Proc, limits: limits,
 		svids: map[string]*svidEntry{}, jwts: map[string]jwtEntry{}, bundleChanged: make(chan struct{}),
 	}
 	s.x509Bundle, s.jwtBundle = cfg.Backend.X509Bundle(), cfg.Backend.JWTBundle()
@@ -180,9 +190,11 @@ func Listen(path string) (net.Listener, error) {
 }
 
 // Serve serves the Workload API on lis (a unix listener) until ctx ends,
-// and rotates SVIDs and pushes bundle changes meanwhile.
+// and rotates SVIDs and pushes bundle changes meanwhile. Connections are
+// bounded by Config.Limits.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	g := grpc.NewServer(
+	lis = s.limit(lis)
+	g := grpc.NewServer(append(s.limits.serverOptions(),
 		grpc.Creds(newPeerCredCreds(s.proc)),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if err := checkHeader(ctx); err != nil {
@@ -196,7 +208,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			}
 			return h(srv, ss)
 		}),
-	)
+	)...)
 	workload.RegisterSpiffeWorkloadAPIServer(g, s)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

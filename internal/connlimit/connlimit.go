@@ -1,346 +1,218 @@
-// Package connlimit bounds the connections a server holds: a wrapping
-// net.Listener that refuses, at accept, connections beyond a per-source cap
-// and a total cap, keeps connections that have not yet authenticated in a
-// bounded pool of their own (a newcomer from a light source displaces the
-// oldest connection of the heaviest source, so a flood from many addresses
-// cannot lock out a source that holds few), and closes an unauthenticated
-// connection that stays idle too long.
+// Package connlimit bounds the connections a server holds open: in total
+// and per caller (a key the server derives from the connection: its
+// source address, its peer credentials). A connection over a cap is closed
+// as soon as it is accepted and counted, so a flood consumes neither file
+// descriptors nor memory beyond the caps, and the server's accept loop
+// never sees it.
 //
-// What "authenticated" means is the server's business: it calls
-// Authenticated with the connection's addresses once a call on it passed
-// its authentication, and Touch when a call starts on it. An authenticated
-// connection is never closed for idleness here: long-lived streams of
-// honest clients (and keepalive for dead peers) are the server's to judge.
+// The total may also follow the process's file-descriptor limit
+// (Config.FDShare): the listener then never holds more than that share of
+// RLIMIT_NOFILE, whatever the limit is set to, and leaves the rest to the
+// work the process exists for.
 package connlimit
 
 import (
-	"container/list"
-	"fmt"
+	"math"
 	"net"
-	"net/netip"
+	"sort"
 	"sync"
-	"time"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
-// Reasons passed to Config.Refused and Config.Closed.
+// Reasons a connection is refused (Stats.Refused keys).
 const (
-	// RefusedPerSource: the source already holds MaxPerSource connections.
-	RefusedPerSource = "per_source"
-	// RefusedTotal: the listener already holds MaxConns connections.
-	RefusedTotal = "total"
-	// RefusedUnauthenticated: the unauthenticated pool is full and the
-	// newcomer's source holds at least as many of it as any other.
-	RefusedUnauthenticated = "unauthenticated_full"
-	// ClosedIdle: an unauthenticated connection had no call for IdleTimeout.
-	ClosedIdle = "idle"
-	// ClosedEvicted: an unauthenticated connection made room for a
-	// newcomer from a source holding fewer.
-	ClosedEvicted = "evicted"
+	ReasonPerKey = "per-caller" // the caller holds Config.PerKey connections
+	ReasonTotal  = "total"      // the listener holds its total cap
 )
 
-// Config sets the limits; a zero limit is no limit.
+// Config bounds a Listener. Zero caps are unlimited.
 type Config struct {
-	// MaxPerSource bounds the connections from one source: an IPv4
-	// address, or an IPv6 /64 (which one host can fill at will).
-	MaxPerSource int
-	// MaxConns bounds all connections.
-	MaxConns int
-	// MaxUnauthenticated bounds the connections not yet authenticated.
-	MaxUnauthenticated int
-	// IdleTimeout closes an unauthenticated connection on which no call
-	// started for this long (since accept or the last Touch).
-	IdleTimeout time.Duration
-	// Refused and Closed, when set, are told every refusal and every
-	// connection this package closes, with the reason (for metrics). They
-	// run with no lock held.
-	Refused func(reason string)
-	Closed  func(reason string)
+	// Key names the caller behind a connection; nil puts every connection
+	// under the same key. It runs in the accept loop, on the raw
+	// connection, before anything is read from it.
+	Key func(net.Conn) string
+	// PerKey is the most connections one key may hold open.
+	PerKey int
+	// Total is the most connections the listener holds open.
+	Total int
+	// FDShare (0 < FDShare <= 1) lowers Total to this share of the
+	// process's RLIMIT_NOFILE soft limit, read at every accept.
+	FDShare float64
+	// OnRefuse, if set, is called after a refused connection is closed.
+	OnRefuse func(key, reason string)
 }
 
-// Validate reports a negative limit.
-func (c Config) Validate() error {
-	if c.MaxPerSource < 0 || c.MaxConns < 0 || c.MaxUnauthenticated < 0 || c.IdleTimeout < 0 {
-		return fmt.Errorf("connection limits: per source %d, total %d, unauthenticated %d, idle timeout %s: want values of at least 0 (0: no limit)",
-			c.MaxPerSource, c.MaxConns, c.MaxUnauthenticated, c.IdleTimeout)
-	}
-	return nil
-}
-
-// Listener is a net.Listener enforcing Config.
+// Listener is a net.Listener that enforces Config. Its connections
+// implement syscall.Conn when the accepted ones do.
 type Listener struct {
 	net.Listener
 	cfg Config
-	now func() time.Time
 
 	mu      sync.Mutex
+	perKey  map[string]int
 	total   int
-	perSrc  map[string]int        // all connections by source
-	unauth  map[string]*list.List // unauthenticated connections by source, oldest first
-	nUnauth int
-	byAddr  map[connKey]*Conn
+	refused map[string]uint64
 }
 
-type connKey struct{ remote, local string }
-
-// New wraps lis.
-func New(lis net.Listener, cfg Config) (*Listener, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	return &Listener{
-		Listener: lis, cfg: cfg, now: time.Now,
-		perSrc: map[string]int{}, unauth: map[string]*list.List{}, byAddr: map[connKey]*Conn{},
-	}, nil
+// New wraps l.
+func New(l net.Listener, cfg Config) *Listener {
+	return &Listener{Listener: l, cfg: cfg, perKey: map[string]int{}, refused: map[string]uint64{}}
 }
 
-// Accept returns the next connection within the limits. Connections over
-// them are closed at once (the client sees the connection reset or
-// closed before any byte) and reported to Config.Refused.
+// Accept returns the next connection within the caps; connections over a
+// cap are closed and counted meanwhile. Errors are the wrapped
+// listener's.
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
-		raw, err := l.Listener.Accept()
+		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		c, evicted, reason := l.admit(raw)
-		if evicted != nil {
-			evicted.close(ClosedEvicted)
+		key := ""
+		if l.cfg.Key != nil {
+			key = l.cfg.Key(c)
 		}
-		if c == nil {
-			raw.Close()
-			if l.cfg.Refused != nil {
-				l.cfg.Refused(reason)
+		if reason := l.admit(key); reason != "" {
+			c.Close()
+			if l.cfg.OnRefuse != nil {
+				l.cfg.OnRefuse(key, reason)
 			}
 			continue
 		}
-		return c, nil
+		return &conn{Conn: c, l: l, key: key}, nil
 	}
 }
 
-// admit registers raw or says why not; it may pick an unauthenticated
-// connection to evict (the caller closes it, outside the lock).
-func (l *Listener) admit(raw net.Conn) (c *Conn, evicted *Conn, reason string) {
-	src := Source(raw.RemoteAddr())
+// admit takes a slot for key, or says which cap refuses it.
+func (l *Listener) admit(key string) string {
+	total := TotalCap(l.cfg.Total, l.cfg.FDShare, fdLimit())
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	reason := ""
 	switch {
-	case l.cfg.MaxConns > 0 && l.total >= l.cfg.MaxConns:
-		return nil, nil, RefusedTotal
-	case l.cfg.MaxPerSource > 0 && l.perSrc[src] >= l.cfg.MaxPerSource:
-		return nil, nil, RefusedPerSource
+	case l.cfg.PerKey > 0 && l.perKey[key] >= l.cfg.PerKey:
+		reason = ReasonPerKey
+	case total > 0 && l.total >= total:
+		reason = ReasonTotal
 	}
-	if l.cfg.MaxUnauthenticated > 0 && l.nUnauth >= l.cfg.MaxUnauthenticated {
-		heavy, n := l.heaviestLocked()
-		mine := 0
-		if q := l.unauth[src]; q != nil {
-			mine = q.Len()
-		}
-		if mine+1 >= n {
-			// Taking one of heavy's would leave heavy no lighter than
-			// this source: the newcomer is the flood.
-			return nil, nil, RefusedUnauthenticated
-		}
-		evicted = l.unauth[heavy].Front().Value.(*Conn)
-		l.forgetLocked(evicted) // its slot is the newcomer's now
+	if reason != "" {
+		l.refused[reason]++
+		return reason
 	}
-	c = &Conn{Conn: raw, l: l, src: src, key: connKey{raw.RemoteAddr().String(), raw.LocalAddr().String()}, last: l.now()}
+	l.perKey[key]++
 	l.total++
-	l.perSrc[src]++
-	q := l.unauth[src]
-	if q == nil {
-		q = list.New()
-		l.unauth[src] = q
-	}
-	c.elem = q.PushBack(c)
-	l.nUnauth++
-	l.byAddr[c.key] = c
-	if l.cfg.IdleTimeout > 0 {
-		c.timer = time.AfterFunc(l.cfg.IdleTimeout, c.idleCheck)
-	}
-	return c, evicted, ""
+	return ""
 }
 
-// heaviestLocked is the source holding the most unauthenticated
-// connections (the one with the oldest connection among equals, so a
-// tie does not always fall on the same source).
-func (l *Listener) heaviestLocked() (string, int) {
-	var best string
-	n := 0
-	var oldest time.Time
-	for src, q := range l.unauth {
-		front := q.Front().Value.(*Conn)
-		if q.Len() > n || (q.Len() == n && front.last.Before(oldest)) {
-			best, n, oldest = src, q.Len(), front.last
-		}
-	}
-	return best, n
-}
-
-// forgetLocked removes c from every table (idempotent).
-func (l *Listener) forgetLocked(c *Conn) {
-	if c.gone {
-		return
-	}
-	c.gone = true
+func (l *Listener) release(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.total--
-	if l.perSrc[c.src]--; l.perSrc[c.src] <= 0 {
-		delete(l.perSrc, c.src)
-	}
-	if c.elem != nil {
-		q := l.unauth[c.src]
-		q.Remove(c.elem)
-		c.elem = nil
-		l.nUnauth--
-		if q.Len() == 0 {
-			delete(l.unauth, c.src)
-		}
-	}
-	if l.byAddr[c.key] == c {
-		delete(l.byAddr, c.key)
-	}
-	if c.timer != nil {
-		c.timer.Stop()
+	if l.perKey[key]--; l.perKey[key] <= 0 {
+		delete(l.perKey, key)
 	}
 }
 
-// lookup finds the open connection with these addresses.
-func (l *Listener) lookupLocked(remote, local net.Addr) *Conn {
-	if remote == nil || local == nil {
-		return nil
+// TotalCap is the total cap in force: total, lowered to share of the
+// file-descriptor limit fdLimit when share > 0 (at least 1). 0 means
+// unlimited; an fdLimit of 0 is unknown and ignored.
+func TotalCap(total int, share float64, fdLimit uint64) int {
+	if share <= 0 || fdLimit == 0 {
+		return total
 	}
-	return l.byAddr[connKey{remote.String(), local.String()}]
+	byFD := math.Floor(float64(fdLimit) * math.Min(share, 1))
+	if byFD < 1 {
+		byFD = 1
+	}
+	if total > 0 && float64(total) <= byFD {
+		return total
+	}
+	if byFD > math.MaxInt32 {
+		return total
+	}
+	return int(byFD)
 }
 
-// Touch records that a call started on the connection with these
-// addresses (the remote and local address as the server sees them),
-// restarting its idle clock.
-func (l *Listener) Touch(remote, local net.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if c := l.lookupLocked(remote, local); c != nil {
-		c.last = l.now()
+// fdLimit is the process's RLIMIT_NOFILE soft limit (0: unknown).
+func fdLimit() uint64 {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil || r.Cur == unix.RLIM_INFINITY {
+		return 0
 	}
+	return r.Cur
 }
 
-// Authenticated moves the connection with these addresses out of the
-// unauthenticated pool: it is no longer closed for idleness nor evicted. It
-// reports whether such a connection is open.
-func (l *Listener) Authenticated(remote, local net.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	c := l.lookupLocked(remote, local)
-	if c == nil {
-		return false
-	}
-	if c.elem != nil {
-		q := l.unauth[c.src]
-		q.Remove(c.elem)
-		c.elem = nil
-		l.nUnauth--
-		if q.Len() == 0 {
-			delete(l.unauth, c.src)
-		}
-		if c.timer != nil {
-			c.timer.Stop()
-		}
-	}
-	return true
-}
-
-// Stats are the connections held.
+// Stats is a snapshot of a Listener.
 type Stats struct {
-	Total, Unauthenticated, Sources int
+	Open    int               // connections open
+	Keys    int               // distinct keys holding them
+	MaxKey  int               // most connections any one key holds
+	Refused map[string]uint64 // refusals since New, by reason
+	Cap     int               // the total cap in force (0: none)
 }
 
-// Stats returns the connections held now.
+// Stats returns the listener's current counts.
 func (l *Listener) Stats() Stats {
+	total := TotalCap(l.cfg.Total, l.cfg.FDShare, fdLimit())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return Stats{Total: l.total, Unauthenticated: l.nUnauth, Sources: len(l.perSrc)}
+	s := Stats{Open: l.total, Keys: len(l.perKey), Refused: make(map[string]uint64, len(l.refused)), Cap: total}
+	for _, n := range l.perKey {
+		s.MaxKey = max(s.MaxKey, n)
+	}
+	for r, n := range l.refused {
+		s.Refused[r] = n
+	}
+	return s
 }
 
-// Conn is an accepted connection; closing it frees its place.
-type Conn struct {
+// OpenByKey lists the keys holding connections and how many each holds,
+// most first (for status pages and tests).
+func (l *Listener) OpenByKey() []KeyCount {
+	l.mu.Lock()
+	out := make([]KeyCount, 0, len(l.perKey))
+	for k, n := range l.perKey {
+		out = append(out, KeyCount{Key: k, Open: n})
+	}
+	l.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Open != out[j].Open {
+			return out[i].Open > out[j].Open
+		}
+		return out[i].Key < out[j].Key
+	})
+	return out
+}
+
+// KeyCount is one key's open connections.
+type KeyCount struct {
+	Key  string
+	Open int
+}
+
+// conn gives its slot back once, on the first Close.
+type conn struct {
 	net.Conn
 	l    *Listener
-	src  string
-	key  connKey
+	key  string
 	once sync.Once
-
-	// guarded by l.mu
-	last  time.Time     // accept or last Touch
-	elem  *list.Element // in l.unauth[src] while unauthenticated
-	timer *time.Timer
-	gone  bool
 }
 
-// Close closes the connection and frees its place in the limits.
-func (c *Conn) Close() error {
-	c.l.mu.Lock()
-	c.l.forgetLocked(c)
-	c.l.mu.Unlock()
-	var err error
-	c.once.Do(func() { err = c.Conn.Close() })
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.l.release(c.key) })
 	return err
 }
 
-// close is Close on the listener's initiative, reported to Config.Closed
-// unless the connection was closed already (an evicted one is forgotten
-// by admit before it is closed here).
-func (c *Conn) close(reason string) {
-	c.l.mu.Lock()
-	was := c.gone
-	c.l.forgetLocked(c)
-	c.l.mu.Unlock()
-	if was && reason != ClosedEvicted {
-		return
+// SyscallConn exposes the raw connection (for SO_PEERCRED and the like).
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
 	}
-	c.once.Do(func() { _ = c.Conn.Close() })
-	if c.l.cfg.Closed != nil {
-		c.l.cfg.Closed(reason)
-	}
+	return nil, syscall.EINVAL
 }
 
-// idleCheck runs when the idle timer fires: it closes the connection if it
-// is still unauthenticated and no call started within IdleTimeout, else
-// waits for the rest.
-func (c *Conn) idleCheck() {
-	l := c.l
-	l.mu.Lock()
-	if c.gone || c.elem == nil {
-		l.mu.Unlock()
-		return
-	}
-	if rest := l.cfg.IdleTimeout - l.now().Sub(c.last); rest > 0 {
-		c.timer.Reset(rest)
-		l.mu.Unlock()
-		return
-	}
-	l.mu.Unlock()
-	c.close(ClosedIdle)
-}
-
-// Source names the source a connection counts against: its IPv4 address,
-// or its IPv6 /64.
-func Source(a net.Addr) string {
-	var ip netip.Addr
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	default:
-		if a == nil {
-			return "unknown"
-		}
-		ap, err := netip.ParseAddrPort(a.String())
-		if err != nil {
-			return a.String()
-		}
-		ip = ap.Addr()
-	}
-	ip = ip.Unmap()
-	if ip.Is6() {
-		pfx, _ := ip.Prefix(64)
-		return pfx.String()
-	}
-	return ip.String()
-}
+// Unwrap returns the accepted connection.
+func (c *conn) Unwrap() net.Conn { return c.Conn }

@@ -1,319 +1,211 @@
 package connlimit
 
 import (
-	"errors"
-	"io"
 	"net"
-	"sync"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// server accepts on a limited loopback listener and keeps what it accepts.
+// server accepts on a Listener and reports each connection's fate, so a
+// test knows, without timing, whether a dial was admitted or refused.
 type server struct {
-	l *Listener
-
-	mu       sync.Mutex
-	accepted []net.Conn
-	refused  map[string]int
-	closed   map[string]int
+	l        *Listener
+	accepted chan net.Conn
+	refused  chan string
 }
 
-func startServer(t *testing.T, cfg Config) *server {
+func serve(t *testing.T, network, addr string, cfg Config) *server {
 	t.Helper()
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	raw, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{refused: map[string]int{}, closed: map[string]int{}}
-	cfg.Refused = func(r string) { s.mu.Lock(); s.refused[r]++; s.mu.Unlock() }
-	cfg.Closed = func(r string) { s.mu.Lock(); s.closed[r]++; s.mu.Unlock() }
-	if s.l, err = New(raw, cfg); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
+	s := &server{accepted: make(chan net.Conn, 64), refused: make(chan string, 64)}
+	cfg.OnRefuse = func(_, reason string) { s.refused <- reason }
+	s.l = New(raw, cfg)
 	go func() {
-		defer close(done)
 		for {
 			c, err := s.l.Accept()
 			if err != nil {
 				return
 			}
-			s.mu.Lock()
-			s.accepted = append(s.accepted, c)
-			s.mu.Unlock()
+			s.accepted <- c
 		}
 	}()
-	t.Cleanup(func() {
-		s.l.Close()
-		<-done
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for _, c := range s.accepted {
-			c.Close()
-		}
-	})
+	t.Cleanup(func() { s.l.Close() })
 	return s
 }
 
-func (s *server) count(m map[string]int, r string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return m[r]
-}
-
-// dial connects from src and reports whether the server kept the
-// connection: it shows up among the accepted ones (kept), or the client
-// sees it closed before that (refused at accept).
-func dial(t *testing.T, s *server, src string) (net.Conn, bool) {
+// dial connects from source (a loopback address, "" for any) and returns
+// the server's side of the connection, or the reason it was refused.
+func (s *server) dial(t *testing.T, source string) (net.Conn, string) {
 	t.Helper()
-	c := connect(t, s, src)
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if s.has(c) {
-			return c, true
-		}
-		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
-			return c, false
-		}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if source != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(source)}
 	}
-	t.Fatalf("the connection from %s was neither accepted nor closed within 10s", src)
-	return nil, false
-}
-
-// has reports whether the server accepted the client connection c.
-func (s *server) has(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range s.accepted {
-		if a.RemoteAddr().String() == c.LocalAddr().String() {
-			return true
-		}
-	}
-	return false
-}
-
-func connect(t *testing.T, s *server, src string) net.Conn {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", s.l.Addr().String())
+	addr := s.l.Addr()
+	c, err := d.Dial(addr.Network(), addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// dialRaw connects from src and waits until the server accepted it.
-func dialRaw(t *testing.T, s *server, src string) net.Conn {
-	t.Helper()
-	c := connect(t, s, src)
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.has(c) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the server did not accept the connection from %s", src)
+	select {
+	case sc := <-s.accepted:
+		return sc, ""
+	case r := <-s.refused:
+		// A refused connection is closed at once: the client reads EOF.
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("refused connection: read %d, %v; want EOF", n, err)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return c
-}
-
-// closedByServer waits up to 10 s for c to be closed from the other end.
-func closedByServer(c net.Conn) bool {
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err := c.Read(make([]byte, 1))
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || (err != nil && !isTimeout(err))
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// waitStats polls the listener until cond holds (10 s).
-func waitStats(t *testing.T, l *Listener, what string, cond func(Stats) bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond(l.Stats()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; stats %+v", what, l.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return nil, r
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection neither accepted nor refused")
+		return nil, ""
 	}
 }
 
-func TestPerSourceCap(t *testing.T) {
-	s := startServer(t, Config{MaxPerSource: 3})
-	for i := 0; i < 3; i++ {
-		if _, kept := dial(t, s, "127.0.0.2"); !kept {
-			t.Fatalf("connection %d from 127.0.0.2 refused under the cap of 3", i+1)
+func byRemoteIP(c net.Conn) string {
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	return host
+}
+
+func TestPerKeyAndTotalCaps(t *testing.T) {
+	s := serve(t, "tcp", "127.0.0.1:0", Config{Key: byRemoteIP, PerKey: 3, Total: 5})
+	var held []net.Conn
+	for i := range 5 {
+		c, reason := s.dial(t, "127.0.0.1")
+		switch {
+		case i < 3 && c == nil:
+			t.Fatalf("connection %d from 127.0.0.1 refused (%s) under the per-caller cap 3", i, reason)
+		case i >= 3 && reason != ReasonPerKey:
+			t.Fatalf("connection %d from 127.0.0.1: refused %q, want %q", i, reason, ReasonPerKey)
+		}
+		if c != nil {
+			held = append(held, c)
 		}
 	}
-	if _, kept := dial(t, s, "127.0.0.2"); kept {
-		t.Fatal("a 4th connection from 127.0.0.2 was kept; want it refused at accept")
+	// Another caller fills the total, then is refused for the total.
+	for i := range 3 {
+		c, reason := s.dial(t, "127.0.0.2")
+		switch {
+		case i < 2 && c == nil:
+			t.Fatalf("connection %d from 127.0.0.2 refused (%s) under the total cap 5", i, reason)
+		case i == 2 && reason != ReasonTotal:
+			t.Fatalf("connection %d from 127.0.0.2: refused %q, want %q", i, reason, ReasonTotal)
+		}
 	}
-	if got := s.count(s.refused, RefusedPerSource); got != 1 {
-		t.Fatalf("refusals counted as per_source: %d, want 1", got)
+	st := s.l.Stats()
+	if st.Open != 5 || st.Keys != 2 || st.MaxKey != 3 || st.Refused[ReasonPerKey] != 2 || st.Refused[ReasonTotal] != 1 || st.Cap != 5 {
+		t.Fatalf("stats %+v; want 5 open by 2 keys (at most 3), 2 per-caller and 1 total refusal", st)
 	}
-	// Another source has its own budget.
-	if _, kept := dial(t, s, "127.0.0.3"); !kept {
-		t.Fatal("127.0.0.3 refused: the per-source cap must not be shared")
+	if got := s.l.OpenByKey(); len(got) != 2 || got[0] != (KeyCount{"127.0.0.1", 3}) || got[1] != (KeyCount{"127.0.0.2", 2}) {
+		t.Fatalf("open by key %v", got)
 	}
-	// Closing one frees its place.
-	s.mu.Lock()
-	s.accepted[0].Close()
-	s.mu.Unlock()
-	waitStats(t, s.l, "the closed connection to leave", func(st Stats) bool { return st.Total == 3 })
-	if _, kept := dial(t, s, "127.0.0.2"); !kept {
-		t.Fatal("127.0.0.2 still refused after one of its connections closed")
+	// A closed connection gives its slot back, once however often it is closed.
+	held[0].Close()
+	held[0].Close()
+	if st := s.l.Stats(); st.Open != 4 {
+		t.Fatalf("after closing one connection twice: %d open, want 4", st.Open)
+	}
+	if c, reason := s.dial(t, "127.0.0.1"); c == nil {
+		t.Fatalf("after a slot was freed: refused (%s)", reason)
+	}
+	if c, reason := s.dial(t, "127.0.0.1"); reason != ReasonPerKey {
+		t.Fatalf("fourth open connection of 127.0.0.1: %v %q, want refused %q", c, reason, ReasonPerKey)
 	}
 }
 
 func TestTotalCap(t *testing.T) {
-	s := startServer(t, Config{MaxConns: 2})
-	dial(t, s, "127.0.0.2")
-	dial(t, s, "127.0.0.3")
-	if _, kept := dial(t, s, "127.0.0.4"); kept {
-		t.Fatal("a 3rd connection was kept over the total cap of 2")
-	}
-	if got := s.count(s.refused, RefusedTotal); got != 1 {
-		t.Fatalf("refusals counted as total: %d, want 1", got)
-	}
-}
-
-// TestUnauthenticatedPoolFairShare: when the pool is full, a source that
-// holds fewer connections than the heaviest displaces the heaviest
-// source's oldest; the heaviest source's own newcomers are refused.
-func TestUnauthenticatedPoolFairShare(t *testing.T) {
-	s := startServer(t, Config{MaxUnauthenticated: 4})
-	var flood []net.Conn
-	for i := 0; i < 4; i++ {
-		c, kept := dial(t, s, "127.0.0.2")
-		if !kept {
-			t.Fatalf("flood connection %d refused below the pool size", i+1)
-		}
-		flood = append(flood, c)
-	}
-	if _, kept := dial(t, s, "127.0.0.2"); kept {
-		t.Fatal("the heaviest source got a 5th connection into a full pool")
-	}
-	if got := s.count(s.refused, RefusedUnauthenticated); got != 1 {
-		t.Fatalf("refusals counted as unauthenticated_full: %d, want 1", got)
-	}
-	if _, kept := dial(t, s, "127.0.0.1"); !kept {
-		t.Fatal("a light source was refused by a pool one heavy source filled")
-	}
-	if !closedByServer(flood[0]) {
-		t.Fatal("the heaviest source's oldest connection was not closed to make room")
-	}
-	if got := s.count(s.closed, ClosedEvicted); got != 1 {
-		t.Fatalf("closes counted as evicted: %d, want 1", got)
-	}
-	if st := s.l.Stats(); st.Total != 4 || st.Unauthenticated != 4 {
-		t.Fatalf("stats %+v, want 4 connections, all unauthenticated", st)
-	}
-	// An authenticated connection leaves the pool: room for one more.
-	if !s.l.Authenticated(acceptedFrom(t, s, "127.0.0.1")) {
-		t.Fatal("Authenticated did not find the connection")
-	}
-	if st := s.l.Stats(); st.Total != 4 || st.Unauthenticated != 3 {
-		t.Fatalf("stats %+v after authenticating one, want 4 connections, 3 unauthenticated", st)
-	}
-	if _, kept := dial(t, s, "127.0.0.2"); !kept {
-		t.Fatal("the pool had room but refused")
-	}
-}
-
-// acceptedFrom returns the server-side addresses of the accepted
-// connection from src.
-func acceptedFrom(t *testing.T, s *server, src string) (remote, local net.Addr) {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.accepted {
-		if Source(c.RemoteAddr()) == src {
-			return c.RemoteAddr(), c.LocalAddr()
-		}
-	}
-	t.Fatalf("no accepted connection from %s", src)
-	return nil, nil
-}
-
-// TestIdleTimeout: an unauthenticated connection is closed after the idle
-// timeout, a Touch restarts its clock, and an authenticated one is kept
-// however long it is idle.
-func TestIdleTimeout(t *testing.T) {
-	const idle = time.Second
-	s := startServer(t, Config{IdleTimeout: idle})
-	start := time.Now()
-	idler := dialRaw(t, s, "127.0.0.2")
-	toucher := dialRaw(t, s, "127.0.0.3")
-	authed := dialRaw(t, s, "127.0.0.4")
-	s.l.Authenticated(acceptedFrom(t, s, "127.0.0.4"))
-	stopTouch := make(chan struct{})
-	touched := make(chan struct{})
-	go func() {
-		defer close(touched)
-		r, l := acceptedFrom(t, s, "127.0.0.3")
-		for {
-			select {
-			case <-stopTouch:
-				return
-			case <-time.After(idle / 4):
-				s.l.Touch(r, l)
-			}
-		}
-	}()
-	if !closedByServer(idler) {
-		t.Fatal("the idle unauthenticated connection was not closed")
-	}
-	if d := time.Since(start); d < idle {
-		t.Fatalf("closed after %s, before the idle timeout %s", d, idle)
-	}
-	// Three idle timeouts later the touched and the authenticated
-	// connections are still open.
-	time.Sleep(3 * idle) // the property is "nothing happens": no condition to poll
-	for name, c := range map[string]net.Conn{"touched": toucher, "authenticated": authed} {
-		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
-			t.Fatalf("the %s connection was closed: %v", name, err)
-		}
-	}
-	close(stopTouch)
-	<-touched
-	if !closedByServer(toucher) {
-		t.Fatal("the touched connection was not closed once the touches stopped")
-	}
-	if got := s.count(s.closed, ClosedIdle); got != 2 {
-		t.Fatalf("closes counted as idle: %d, want 2", got)
-	}
-	if st := s.l.Stats(); st.Total != 1 || st.Unauthenticated != 0 {
-		t.Fatalf("stats %+v, want the authenticated connection only", st)
-	}
-}
-
-func TestSource(t *testing.T) {
-	for addr, want := range map[string]string{
-		"192.0.2.7:1234":             "192.0.2.7",
-		"[::ffff:192.0.2.7]:1":       "192.0.2.7",
-		"[2001:db8:1:2:3:4:5:6]:443": "2001:db8:1:2::/64",
+	for _, c := range []struct {
+		total int
+		share float64
+		limit uint64
+		want  int
+	}{
+		{0, 0, 1024, 0},           // no caps
+		{100, 0, 1024, 100},       // no share
+		{0, 0.25, 1024, 256},      // share only
+		{100, 0.25, 1024, 100},    // total below the share
+		{1000, 0.25, 1024, 256},   // share below the total
+		{1000, 0.25, 0, 1000},     // limit unknown
+		{0, 0.25, 2, 1},           // at least one
+		{10, 5, 4, 4},             // a share above 1 counts as 1
+		{0, 0.5, 1 << 40, 0},      // unrepresentable: no cap by the share
+		{7, 0.5, 1 << 40, 7},      // ... but the total holds
+		{2048, 0.25, 65536, 2048}, // the agent's defaults on a typical limit
 	} {
-		a, err := net.ResolveTCPAddr("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := Source(a); got != want {
-			t.Errorf("Source(%s) = %s, want %s", addr, got, want)
+		if got := TotalCap(c.total, c.share, c.limit); got != c.want {
+			t.Errorf("TotalCap(%d, %v, %d) = %d, want %d", c.total, c.share, c.limit, got, c.want)
 		}
 	}
 }
 
-func TestValidate(t *testing.T) {
-	if err := (Config{MaxPerSource: -1}).Validate(); err == nil {
-		t.Fatal("a negative limit was accepted")
+// TestFDShare: the total follows the process's real RLIMIT_NOFILE.
+func TestFDShare(t *testing.T) {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := New(nil, Config{IdleTimeout: -time.Second}); err == nil {
-		t.Fatal("New accepted a negative idle timeout")
+	share := 2.5 / float64(r.Cur) // two connections
+	s := serve(t, "tcp", "127.0.0.1:0", Config{FDShare: share, Total: 100})
+	if st := s.l.Stats(); st.Cap != 2 {
+		t.Fatalf("cap %d with RLIMIT_NOFILE %d and share %v; want 2", st.Cap, r.Cur, share)
 	}
+	for i := range 2 {
+		if c, reason := s.dial(t, ""); c == nil {
+			t.Fatalf("connection %d refused (%s)", i, reason)
+		}
+	}
+	if _, reason := s.dial(t, ""); reason != ReasonTotal {
+		t.Fatalf("third connection: refused %q, want %q", reason, ReasonTotal)
+	}
+}
+
+// TestUnixPeerCred: on a unix socket the key function and the server see
+// the real connection: SO_PEERCRED names this process.
+func TestUnixPeerCred(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	var keyPID int32
+	s := serve(t, "unix", sock, Config{PerKey: 1, Key: func(c net.Conn) string {
+		keyPID = peerPID(t, c)
+		return "me"
+	}})
+	c, _ := s.dial(t, "")
+	if c == nil {
+		t.Fatal("refused")
+	}
+	if _, ok := c.(syscall.Conn); !ok {
+		t.Fatalf("%T does not implement syscall.Conn", c)
+	}
+	if got := peerPID(t, c); got != int32(os.Getpid()) || keyPID != got {
+		t.Fatalf("SO_PEERCRED pid %d (key function saw %d), want %d", got, keyPID, os.Getpid())
+	}
+	if _, reason := s.dial(t, ""); reason != ReasonPerKey {
+		t.Fatalf("second connection of the same caller: %q, want %q", reason, ReasonPerKey)
+	}
+}
+
+func peerPID(t *testing.T, c net.Conn) int32 {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int32
+	if err := raw.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err == nil {
+			pid = cred.Pid
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }

@@ -17,11 +17,14 @@ import (
 
 	"github.com/confmesh/confmesh/agent"
 	"github.com/confmesh/confmesh/agent/cpclient"
+	"github.com/confmesh/confmesh/agent/workload"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"github.com/confmesh/confmesh/internal/datapath"
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Agent defaults.
@@ -38,15 +41,20 @@ type agentFlags struct {
 	datapathMemoryLimit                                                         string
 	listenPort, underlayMTU                                                     int
 	strict, forceUserspace, externalDatapath                                    bool
-	keyRotation                                                                 time.Duration
+	keyRotation, livenessTimeout, workloadIdleTimeout                           time.Duration
+	workloadMaxConnsPerCaller, workloadMaxConns                                 int
 	simDir, simName, simMeasurement, simTEE                                     string
 	simDebug                                                                    bool
 	simVMPL                                                                     uint32
 	tdxColl                                                                     tdxCollateralFlags
+	simImage                                                                    simImageFlags
+	flags                                                                       *pflag.FlagSet
 }
 
-func newAgentCmd() *cobra.Command {
-	var f agentFlags
+func newAgentCmd() *cobra.Command { return newAgentCmdFlags(new(agentFlags)) }
+
+// newAgentCmdFlags builds the agent command parsing into f (tests read it).
+func newAgentCmdFlags(f *agentFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "run the node agent: strict rules, WireGuard device, attested join, peer verification",
@@ -60,7 +68,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return untilSignal(cmd, func(ctx context.Context, hup <-chan os.Signal) error {
-				return runAgent(ctx, cmd.ErrOrStderr(), f, hup)
+				return runAgent(ctx, cmd.ErrOrStderr(), *f, hup)
 			})
 		},
 	}
@@ -88,6 +96,10 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.uninstallDaemonSet, "uninstall-daemonset", "", "with --pod-metadata="+podMetadataKubernetes+": `NAMESPACE/NAME` of this agent's DaemonSet; when it is deleted (confmesh uninstalled, not restarted), the stopping agent removes its rules, routes, device, CNI plugin and state from the node")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "with --pod-metadata="+podMetadataKubernetes+": kubeconfig `FILE` (empty: the in-cluster service account)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9465", "`ADDR` for /metrics, /healthz, /readyz (empty: off)")
+	fl.DurationVar(&f.livenessTimeout, "liveness-timeout", agent.DefaultLivenessTimeout, "/healthz fails once a degraded state (strict mode, datapath, peers, file descriptors) has lasted this long without healing, so the kubelet restarts the agent (0: never)")
+	fl.IntVar(&f.workloadMaxConnsPerCaller, "workload-max-conns-per-caller", workload.DefaultMaxConnsPerCaller, "most Workload API connections one caller (a pod's network namespace; in the host namespace, a uid) may hold open; more are refused at accept (-1: no cap)")
+	fl.IntVar(&f.workloadMaxConns, "workload-max-conns", workload.DefaultMaxConns, fmt.Sprintf("most Workload API connections all callers together may hold open, and never more than %v of the agent's RLIMIT_NOFILE (-1: no cap but that share)", workload.DefaultFDShare))
+	fl.DurationVar(&f.workloadIdleTimeout, "workload-idle-timeout", workload.DefaultIdleTimeout, "close Workload API connections with no RPC in progress for this long (an open FetchX509SVID stream is in progress; -1s: never)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.simDir, "sim-dir", "", "run on the SIMULATED TEE whose CA is in `DIR`; development and CI only")
@@ -96,6 +108,8 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.simMeasurement, "sim-measurement", "", "simulated launch measurement, 96 `HEX` digits")
 	fl.BoolVar(&f.simDebug, "sim-debug", false, "simulated guest has the debug policy bit set (a rogue node)")
 	fl.Uint32Var(&f.simVMPL, "sim-vmpl", 0, "simulated VMPL")
+	f.simImage.add(fl)
+	f.flags = fl
 	f.tdxColl.add(fl)
 	for _, req := range []string{"name", "control-plane", "policy", "endpoint"} {
 		_ = cmd.MarkFlagRequired(req)
@@ -156,6 +170,10 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		PodMetadata: pods.source,
 		CNIBinDir:   f.cniBinDir, CNIConfDir: f.cniConfDir, CNIBinary: cniBinary(f.cniBinary, self), CNIAgentSocket: f.socket,
 		DatapathCommand: datapathCommand(f, self),
+		LivenessTimeout: livenessTimeout(f.livenessTimeout),
+		WorkloadLimits: workload.Limits{
+			MaxConnsPerCaller: f.workloadMaxConnsPerCaller, MaxConns: f.workloadMaxConns, IdleTimeout: f.workloadIdleTimeout,
+		},
 	})
 	if err != nil {
 		return failf("agent: %v", err)
@@ -169,7 +187,13 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics(), promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if ok, reason := a.Live(); !ok {
+				http.Error(w, reason, http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if ok, reason := a.Ready(); !ok {
 				http.Error(w, reason, http.StatusServiceUnavailable)
@@ -177,10 +201,11 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: metricsIdleTimeout}
 		go func() { <-ctx.Done(); srv.Close() }()
 		go func() {
-			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(connlimit.New(lis, connlimit.Config{Total: metricsMaxConns})); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		}()
@@ -212,6 +237,22 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags, hup <-chan os
 		}
 		return failf("agent: %v", err)
 	}
+}
+
+// Bounds of the agent's metrics listener (kubelet probes and a scraper
+// need a handful of connections).
+const (
+	metricsMaxConns    = 64
+	metricsIdleTimeout = time.Minute
+)
+
+// livenessTimeout maps the flag to agent.Config.LivenessTimeout: 0 means
+// never, which the Config spells negative.
+func livenessTimeout(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // reloadAgentPolicy re-reads the policy on SIGHUP or when the file changes;
@@ -250,6 +291,9 @@ func reloadAgentPolicy(ctx context.Context, log *slog.Logger, path string, a *ag
 
 func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) {
 	if f.simDir == "" {
+		if f.flags != nil && f.simImage.tee(f.flags) != "" {
+			return nil, usageErrorf("--sim-ovmf/--sim-tdvf and their flags configure the simulated TEE and need --sim-dir")
+		}
 		p, err := NewHardwareProvider()
 		if err != nil {
 			return nil, failf("agent: cannot attest: %v (development and CI only: --sim-dir)", err)
@@ -272,12 +316,23 @@ func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) 
 	default:
 		return nil, usageErrorf("--sim-tee %q: want %s or %s", f.simTEE, attest.TEESimSnp, attest.TEESimTDX)
 	}
-	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: f.simTEE, name: name, measurement: m, debug: f.simDebug, vmpl: f.simVMPL})
+	tee := f.simTEE
+	if img := f.simImage.tee(f.flags); img != "" {
+		if tee != "" && tee != img {
+			return nil, usageErrorf("--sim-tee %s, but the image flags describe a %s node", tee, img)
+		}
+		tee = img
+		var err error
+		if m, err = f.simImage.measurement(f.flags, img, m, "sim-measurement"); err != nil {
+			return nil, err
+		}
+	}
+	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: tee, name: name, measurement: m, debug: f.simDebug, vmpl: f.simVMPL})
 	if err != nil {
 		return nil, failf("agent: --sim-dir: %v", err)
 	}
 	log.Warn("!!! THIS NODE RUNS ON A SIMULATED TEE: its evidence proves nothing about hardware; development and CI only !!!",
-		"tee", n.TEE(), "root", root, "node", name, "debug", f.simDebug)
+		"tee", n.TEE(), "root", root, "node", name, "measurement", fmt.Sprintf("%x", m), "debug", f.simDebug)
 	return n, nil
 }
 

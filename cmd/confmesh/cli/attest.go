@@ -486,6 +486,7 @@ type reportFlags struct {
 	tcb         string
 	product     string
 	out         string
+	image       simImageFlags
 }
 
 func newAttestReportCmd() *cobra.Command {
@@ -504,14 +505,17 @@ and write it to the output directory:
 With --sim-dir the simulated TEE (sim-snp) produces it: the simulated CA in
 DIR is opened or created, and the node --name keeps its chip ID and VCEK key
 there across runs; measurement, debug, SMT, VMPL and TCB come from the flags
-each time, so a non-compliant node is one flag away. --sim-product picks the
+each time (the measurement either as --measurement or computed from a node
+image with --sim-ovmf, --sim-kernel, --sim-initrd, --sim-append, --sim-vcpus,
+--sim-vcpu-type and --sim-guest-features, as ` + "`confmesh measure snp`" + ` does), so a non-compliant node is one flag away. --sim-product picks the
 product a new CA certifies (Turin-B0 simulates a Turin node, whose --tcb
 takes five parts, FMC first). Evidence from it verifies only under a policy
 that names DIR/root.pem as a simulated root.
 
 With --sim-tee sim-tdx (or a DIR already holding a simulated TDX CA) the
 simulated TDX (sim-tdx) produces a v4 quote instead, written to quote.dat:
---measurement is the MRTD, --debug sets the DEBUG TD attribute; it verifies
+--measurement is the MRTD (or --sim-tdvf FILE computes it from a TDVF
+image, as ` + "`confmesh measure tdx`" + ` does), --debug sets the DEBUG TD attribute; it verifies
 only under a policy naming DIR/root.pem with kind simulated-tdx.
 
 Without --sim-dir the report comes from this machine's TEE: configfs-tsm
@@ -534,6 +538,7 @@ Without --sim-dir the report comes from this machine's TEE: configfs-tsm
 	fl.StringVar(&f.tcb, "tcb", "", "simulated TCB `BL,TEE,SNP,UCODE`, or FMC,BL,TEE,SNP,UCODE on Turin (default all 0)")
 	fl.StringVar(&f.product, "sim-product", "", "product `NAME` with stepping (Milan-B1, Genoa-B1, Turin-B0) the simulated CA certifies when --sim-dir creates it (default Milan-B1; must match an existing CA)")
 	fl.StringVarP(&f.out, "out", "o", "", "output `DIR` (created if missing)")
+	f.image.add(fl)
 	_ = cmd.MarkFlagRequired("nonce")
 	_ = cmd.MarkFlagRequired("key")
 	_ = cmd.MarkFlagRequired("out")
@@ -571,10 +576,13 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 				return usageErrorf("--%s configures the simulated TEE and needs --sim-dir", name)
 			}
 		}
+		if f.image.tee(cmd.Flags()) != "" {
+			return usageErrorf("--sim-ovmf/--sim-tdvf and their flags configure the simulated TEE and need --sim-dir")
+		}
 		if p, err = NewHardwareProvider(); err != nil {
 			return usageErrorf("%v", err)
 		}
-	} else if f.simTEE == attest.TEESimTDX || (f.simTEE == "" && simtdx.IsCADir(f.simDir)) {
+	} else if f.simTEE == attest.TEESimTDX || (f.simTEE == "" && (simtdx.IsCADir(f.simDir) || f.image.tee(cmd.Flags()) == attest.TEESimTDX)) {
 		for _, name := range []string{"smt", "vmpl", "tcb", "sim-product"} {
 			if cmd.Flags().Changed(name) {
 				return usageErrorf("--%s configures the simulated SEV-SNP; %s is (or gets) a simulated TDX CA", name, f.simDir)
@@ -582,6 +590,9 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		}
 		m, err := parseMeasurementFlag(f.measurement)
 		if err != nil {
+			return err
+		}
+		if m, err = f.image.measurement(cmd.Flags(), attest.TEESimTDX, m, "measurement"); err != nil {
 			return err
 		}
 		if p, tdxRoot, err = openSimTEE(simTEEConfig{dir: f.simDir, tee: attest.TEESimTDX, name: f.name, measurement: m, debug: f.debug}); err != nil {
@@ -596,6 +607,9 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 			return usageErrorf("--vmpl: %d is not a VMPL (0-3)", f.vmpl)
 		}
 		if cfg.Measurement, err = parseMeasurementFlag(f.measurement); err != nil {
+			return err
+		}
+		if cfg.Measurement, err = f.image.measurement(cmd.Flags(), attest.TEESimSnp, cfg.Measurement, "measurement"); err != nil {
 			return err
 		}
 		if f.tcb != "" {
