@@ -13,6 +13,7 @@ import (
 type floodLimit struct {
 	limits    controlplane.Limits // with the defaults applied
 	memBudget int64               // RSS growth allowed under the flood
+	slack     time.Duration       // an idle connection may outlive the idle timeout by this (a loaded machine)
 }
 
 // floodLimits: small limits for CI; the defaults for the full run. The
@@ -20,12 +21,12 @@ type floodLimit struct {
 // the unauthenticated pool.
 func floodLimits(full bool) floodLimit {
 	if full {
-		return floodLimit{limits: controlplane.DefaultLimits(), memBudget: 192 << 20}
+		return floodLimit{limits: controlplane.DefaultLimits(), memBudget: 192 << 20, slack: 10 * time.Second}
 	}
 	return floodLimit{limits: controlplane.Limits{
 		HandshakeTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second,
 		MaxConnsPerSource: 16, MaxConns: 1024, MaxUnauthenticatedConns: 256,
-	}.WithDefaults(), memBudget: 64 << 20}
+	}.WithDefaults(), memBudget: 64 << 20, slack: 7 * time.Second}
 }
 
 func (l floodLimit) tune(cfg *controlplane.Config) { cfg.Limits = l.limits }
