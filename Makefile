@@ -96,6 +96,8 @@ demo:
 
 bench: build
 	go test -run '^$$' -bench . -benchtime 2s ./internal/... ./bench/...
+	@# The control plane under 20,000 idle connections from 1,000 addresses (docs/controlplane.md "Connection limits").
+	CONFMESH_CONNFLOOD_FULL=1 go test -count=1 -v -timeout 10m -run TestIdleConnectionFloodHonestNodesProceed ./controlplane/
 	@# The confmesh benches (docs/benchmarks.md; cni and throughput need root) store their figures in one
 	@# result set, bench/results/<date>-<host>.json (keys verify, cni, controlplane, throughput); throughput
 	@# adds the markdown table and the plot. iperf3 comes from Debian when missing, stock wireguard-go from
