@@ -16,12 +16,14 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/ipam"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/connpool"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -99,6 +101,9 @@ type Config struct {
 	MaxSources  int
 	// SweepInterval is how often every node is re-evaluated.
 	SweepInterval time.Duration
+	// Limits bound the agent listener's connections (limits.go); zero
+	// fields take their defaults.
+	Limits Limits
 	// DNSNames and IPAddresses go into the serving certificate.
 	DNSNames    []string
 	IPAddresses []net.IP
@@ -154,6 +159,10 @@ type Server struct {
 	self       *selfEvidence
 	limiter    *sourceLimiter
 	refused    *refusalLog // recent refused joins, for `nodes --all`
+
+	// conns is the agent listener's connection limiter, once Serve runs.
+	conns atomic.Pointer[connpool.Listener]
+	connm *connMetrics
 
 	shutdown     chan struct{} // closed when the agent listener stops
 	shutdownOnce sync.Once
@@ -225,6 +234,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SourceRate < 0 || cfg.SourceBurst < 1 || cfg.MaxSources < 1 {
 		return nil, fmt.Errorf("controlplane: source rate %g, burst %d, max sources %d: want positive values", cfg.SourceRate, cfg.SourceBurst, cfg.MaxSources)
 	}
+	cfg.Limits = cfg.Limits.WithDefaults()
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -267,6 +280,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:    newMetrics(),
 	}
 	s.cond = sync.NewCond(&s.mu)
+	s.registerConnMetrics()
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "confmesh_controlplane_store_unsynced_seconds", Help: "How long this replica's store watch (or store probe) has been broken, silent or unlisted (0 while synced).",
 	}, func() float64 { _, d, _ := s.storeState(); return d.Seconds() }))
