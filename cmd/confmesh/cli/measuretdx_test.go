@@ -1,13 +1,18 @@
 package cli
 
 import (
+	"encoding/hex"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/measure/measuretest"
+	tdxabi "github.com/google/go-tdx-guest/abi"
+	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 )
 
 // RTMR[1] and RTMR[2] of the direct boot tdxBoot describes (kernel with
@@ -164,4 +169,38 @@ func TestMeasureTDXRTMRRoundTrip(t *testing.T) {
 	out := filepath.Join(dir, "never")
 	run(t, append([]string{"attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "-o", out, "--sim-vcpus", "2"}, b.args("sim-")...)...).
 		want(t, 2, "a simulated node runs one TEE")
+}
+
+// TestAgentSimTDXRTMRs: the agent's simulated TDX node launched with
+// --sim-tdvf --sim-kernel ... quotes the MRTD and RTMRs `measure tdx`
+// computes, and zero for the registers it does not compute.
+func TestAgentSimTDXRTMRs(t *testing.T) {
+	t.Parallel()
+	b := writeTDXBoot(t, "confmesh-kernel")
+	var f agentFlags
+	if err := newAgentCmdFlags(&f).Flags().Parse(append([]string{"--name", "agent-tdx-rtmr", "--sim-dir", filepath.Join(t.TempDir(), "ca")}, b.args("sim-")...)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := openAgentProvider(f, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := p.Report([64]byte{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := tdxabi.QuoteToProto(ev.GetReport())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := q.(*tdxpb.QuoteV4).GetTdQuoteBody()
+	zero := strings.Repeat("00", 48)
+	got := []string{hex.EncodeToString(body.GetMrTd())}
+	for _, r := range body.GetRtmrs() {
+		got = append(got, hex.EncodeToString(r))
+	}
+	want := []string{refTDXSmallTDVF, zero, refTDXRTMR1, refTDXRTMR2, zero}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("agent's sim-tdx quote: MRTD and RTMR0-3\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 }
