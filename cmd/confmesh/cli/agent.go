@@ -302,6 +302,7 @@ func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) 
 		return p, nil
 	}
 	var m []byte
+	var rtmrs [][]byte
 	if f.simMeasurement != "" {
 		var err error
 		if m, err = parseHexFlag("sim-measurement", f.simMeasurement, 48); err != nil {
@@ -324,11 +325,11 @@ func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) 
 		}
 		tee = img
 		var err error
-		if m, err = f.simImage.measurement(f.flags, img, m, "sim-measurement"); err != nil {
+		if m, rtmrs, err = f.simImage.measurement(f.flags, img, m, "sim-measurement"); err != nil {
 			return nil, err
 		}
 	}
-	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: tee, name: name, measurement: m, debug: f.simDebug, vmpl: f.simVMPL})
+	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: tee, name: name, measurement: m, rtmrs: rtmrs, debug: f.simDebug, vmpl: f.simVMPL})
 	if err != nil {
 		return nil, failf("agent: --sim-dir: %v", err)
 	}

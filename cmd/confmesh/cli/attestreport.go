@@ -55,7 +55,9 @@ that names DIR/root.pem as a simulated root.
 With --sim-tee sim-tdx (or a DIR already holding a simulated TDX CA) the
 simulated TDX (sim-tdx) produces a v4 quote instead, written to quote.dat:
 --measurement is the MRTD (or --sim-tdvf FILE computes it from a TDVF
-image, as ` + "`confmesh measure tdx`" + ` does), --debug sets the DEBUG TD attribute; it verifies
+image, and --sim-kernel, --sim-initrd, --sim-append, --sim-memory and
+--sim-kernel-setup the RTMR[1] and RTMR[2] of a direct boot, as
+` + "`confmesh measure tdx`" + ` does), --debug sets the DEBUG TD attribute; it verifies
 only under a policy naming DIR/root.pem with kind simulated-tdx.
 
 Without --sim-dir the report comes from this machine's TEE: configfs-tsm
@@ -132,10 +134,11 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		if err != nil {
 			return err
 		}
-		if m, err = f.image.measurement(cmd.Flags(), attest.TEESimTDX, m, "measurement"); err != nil {
+		var rtmrs [][]byte
+		if m, rtmrs, err = f.image.measurement(cmd.Flags(), attest.TEESimTDX, m, "measurement"); err != nil {
 			return err
 		}
-		if p, tdxRoot, err = openSimTEE(simTEEConfig{dir: f.simDir, tee: attest.TEESimTDX, name: f.name, measurement: m, debug: f.debug}); err != nil {
+		if p, tdxRoot, err = openSimTEE(simTEEConfig{dir: f.simDir, tee: attest.TEESimTDX, name: f.name, measurement: m, rtmrs: rtmrs, debug: f.debug}); err != nil {
 			return usageErrorf("--sim-dir: %v", err)
 		}
 	} else {
@@ -149,7 +152,7 @@ func runAttestReport(cmd *cobra.Command, f *reportFlags) error {
 		if cfg.Measurement, err = parseMeasurementFlag(f.measurement); err != nil {
 			return err
 		}
-		if cfg.Measurement, err = f.image.measurement(cmd.Flags(), attest.TEESimSnp, cfg.Measurement, "measurement"); err != nil {
+		if cfg.Measurement, _, err = f.image.measurement(cmd.Flags(), attest.TEESimSnp, cfg.Measurement, "measurement"); err != nil {
 			return err
 		}
 		if f.tcb != "" {

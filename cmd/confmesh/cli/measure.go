@@ -12,7 +12,6 @@ import (
 
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/measure/snp"
-	"github.com/confmesh/confmesh/internal/measure/tdx"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -31,14 +30,15 @@ const (
 func newMeasureCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "measure",
-		Short: "Compute the launch measurement of a node image (SEV-SNP) or its MRTD (TDX)",
+		Short: "Compute the launch measurement of a node image (SEV-SNP) or its MRTD and RTMRs (TDX)",
 		Long: `Compute the measurement a confidential VM launched from a node image will
 report, from the image's published parts, so that a policy can pin it
 without booting a node and copying what it says (trust on first use).
 
   measure snp   SEV-SNP launch digest: OVMF, optional kernel/initrd/command
                 line (measured direct boot), vCPU count and type, guest features
-  measure tdx   TDX MRTD: the TDVF firmware image
+  measure tdx   TDX MRTD: the TDVF firmware image; RTMR[1] and RTMR[2]
+                of a direct boot: kernel, initrd, command line, memory
 
 -o policy prints a fragment to paste into the attestation policy.`,
 	}
@@ -223,49 +223,6 @@ type or guest features is another measurement.
 	return cmd
 }
 
-func newMeasureTDXCmd() *cobra.Command {
-	var tdvfPath, output string
-	cmd := &cobra.Command{
-		Use:   "tdx --tdvf FILE [-o text|json|policy]",
-		Short: "Compute a TDX MRTD from the TDVF firmware image",
-		Long: `Compute the MRTD a TDX trust domain launched from a TDVF image (OVMF's
-IntelTdx build, or td-shim) reports: the TDX module's SHA-384 over
-TDH.MEM.PAGE.ADD of every page the TDVF metadata lists (except PAGE_AUG
-memory) and TDH.MR.EXTEND of the contents of the sections marked
-MR_EXTEND, in metadata order, as QEMU/KVM adds them.
-
-Only MRTD is computed. RTMR[0..3] depend on the firmware's event log (TD
-HOB, ACPI tables, EFI variables, kernel, initrd and command line as OVMF
-measures them) and are not computed here; leave them unchecked in the
-policy (tdx.rtmrs) or pin values taken from a reference boot.
-
--o policy prints a fragment for the policy file's tdx section.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkMeasureFormat(output); err != nil {
-				return err
-			}
-			if tdvfPath == "" {
-				return usageErrorf("--tdvf: required (the TDVF firmware image)")
-			}
-			img, err := readLimited("tdvf", tdvfPath, maxFirmwareSize)
-			if err != nil {
-				return err
-			}
-			m, err := tdx.MRTD(img)
-			if err != nil {
-				return failf("%s: %v", tdvfPath, err)
-			}
-			return printMeasurement(cmd.OutOrStdout(), output, measured{
-				tee: attest.TEETDX, value: m, inputs: [][2]string{{"tdvf", fileDesc(tdvfPath, img)}},
-			})
-		},
-	}
-	cmd.Flags().StringVar(&tdvfPath, "tdvf", "", "TDVF firmware image `FILE` (OVMF.fd of an IntelTdx build, or a td-shim image)")
-	cmd.Flags().StringVarP(&output, "output", "o", formatText, "output format: text, json or policy")
-	return cmd
-}
-
 func checkMeasureFormat(f string) error {
 	switch f {
 	case formatText, formatJSON, formatPolicy:
@@ -278,6 +235,7 @@ func checkMeasureFormat(f string) error {
 type measured struct {
 	tee    string
 	value  []byte
+	rtmrs  [][]byte // TDX: RTMR0-3, nil entries not computed; nil: none
 	inputs [][2]string
 }
 
@@ -315,6 +273,9 @@ func printMeasurement(out io.Writer, format string, m measured) error {
 	name, field := "SEV-SNP launch measurement", "measurement"
 	if m.tee == attest.TEETDX {
 		name, field = "TDX MRTD", "mrtd"
+		if m.rtmrs != nil {
+			name = "TDX MRTD, RTMR[1] and RTMR[2]"
+		}
 	}
 	v := hex.EncodeToString(m.value)
 	switch format {
@@ -323,7 +284,13 @@ func printMeasurement(out io.Writer, format string, m measured) error {
 		for _, kv := range m.inputs {
 			inputs[kv[0]] = kv[1]
 		}
-		b, err := json.MarshalIndent(map[string]any{"tee": m.tee, field: v, "inputs": inputs}, "", "  ")
+		doc := map[string]any{"tee": m.tee, field: v, "inputs": inputs}
+		for i, r := range m.rtmrs {
+			if r != nil {
+				doc[fmt.Sprintf("rtmr%d", i)] = hex.EncodeToString(r)
+			}
+		}
+		b, err := json.MarshalIndent(doc, "", "  ")
 		if err != nil {
 			return failf("%v", err)
 		}
@@ -335,11 +302,22 @@ func printMeasurement(out io.Writer, format string, m measured) error {
 		}
 		if m.tee == attest.TEETDX {
 			fmt.Fprintf(out, "tdx:\n  mrtds:\n    - %q\n", v)
+			if m.rtmrs != nil {
+				fmt.Fprintf(out, "  # RTMR0-3; \"\" leaves a register unchecked (RTMR0: the VMM's configuration, RTMR3: the running system)\n  rtmrs:\n")
+				for _, r := range m.rtmrs {
+					fmt.Fprintf(out, "    - %q\n", hex.EncodeToString(r))
+				}
+			}
 		} else {
 			fmt.Fprintf(out, "measurements:\n  - %q\n", v)
 		}
 	default:
 		fmt.Fprintf(out, "%s: %s\n", field, v)
+		for i, r := range m.rtmrs {
+			if r != nil {
+				fmt.Fprintf(out, "rtmr%d: %x\n", i, r)
+			}
+		}
 		for _, kv := range m.inputs {
 			fmt.Fprintf(out, "  %-15s %s\n", kv[0]+":", kv[1])
 		}
