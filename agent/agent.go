@@ -767,13 +767,18 @@ func (a *Agent) reconcile() {
 	}
 	plan := Reconcile(desired, state.Peers)
 	if len(plan.Changes) > 0 {
+		// Taken before the device has the new peers: their first handshake
+		// can complete before ApplyPeers returns (a millisecond round trip,
+		// a loaded node), and one that counted as "not since" would have
+		// kickHandshakes tear down the session it just made.
+		added := a.now()
 		if err := dev.ApplyPeers(plan.Changes); err != nil {
 			a.log.Error("apply peers", "err", err)
 			a.health.Fail(condPeers, "apply peers: "+err.Error())
 			return
 		}
 		a.log.Info("peers applied", "changes", len(plan.Changes), "verified", verified)
-		a.kickHandshakes(a.runCtx(), addedKeys(plan), a.now())
+		a.kickHandshakes(a.runCtx(), addedKeys(plan), added)
 	}
 	if err := dev.SyncRoutes(plan.Routes, mtu); err != nil {
 		a.log.Error("sync routes", "err", err)

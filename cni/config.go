@@ -60,10 +60,18 @@ type NetConf struct {
 	gcGrace time.Duration
 }
 
+// MaxConfigSize bounds the network configuration read from stdin, checked
+// before it is decoded; a confmesh configuration with a prevResult is a
+// few KiB.
+const MaxConfigSize = 1 << 20
+
 // ParseConfig decodes and validates the configuration read from stdin.
 // Errors are CNI errors: 6 when the JSON does not decode, 7 when a field
 // holds a value the plugin cannot use, 1 for an unsupported cniVersion.
 func ParseConfig(data []byte) (*NetConf, error) {
+	if len(data) > MaxConfigSize {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network configuration is %d bytes, limit %d", len(data), MaxConfigSize), "")
+	}
 	var c NetConf
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("network configuration is not valid JSON: %v", err), "")

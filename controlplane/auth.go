@@ -63,6 +63,9 @@ func (s *Server) callerNode(ctx context.Context) (*store.NodeRecord, error) {
 	if err != nil || !bytes.Equal(cur.RawSubjectPublicKeyInfo, leaf.RawSubjectPublicKeyInfo) {
 		return nil, status.Errorf(codes.PermissionDenied, "the SVID presented for node %q is not the one on record", name)
 	}
+	// A node spoke on this connection: it leaves the unauthenticated
+	// pool and its idle timeout (limits.go).
+	s.connAuthenticated(ctx)
 	return rec, nil
 }
 

@@ -63,7 +63,7 @@ func newMetrics() *metrics {
 		Name: "confmesh_controlplane_rate_limited_total", Help: "Unauthenticated-capable calls (Challenge, Join) refused by the per-source rate limit, by method.",
 	}, []string{"method"})
 	m.storeSynced = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "confmesh_controlplane_store_synced", Help: "1 while this replica's node cache is in step with its store (always 1 for a store that is not shared).",
+		Name: "confmesh_controlplane_store_synced", Help: "1 while this replica's node cache is in step with its store, or a store that is not shared answers its probes.",
 	})
 	m.storeSynced.Set(1)
 	m.storeBreaks = prometheus.NewCounter(prometheus.CounterOpts{
@@ -88,9 +88,9 @@ func newMetrics() *metrics {
 }
 
 // HTTPHandler serves /metrics, /healthz (the process is up) and /readyz
-// (the agent listener is serving and, with a shared store, the replica
-// admits joins: its store watch is synced or broke less than
-// StoreSyncGrace ago).
+// (the agent listener is serving and the replica admits joins: its shared
+// store's watch is synced, or the probes of a store that is not shared
+// succeed, or it broke or went silent less than StoreSyncGrace ago).
 func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))

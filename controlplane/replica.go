@@ -11,7 +11,10 @@ package controlplane
 // synced) for longer than StoreSyncGrace the replica refuses joins and
 // renewals with Unavailable and /readyz fails; existing watches go on from
 // the cache until StaleWatchLimit, then end with Unavailable so agents fail
-// over to a replica that still sees revocations.
+// over to a replica that still sees revocations. A watch that goes silent
+// (no change and no progress for StoreProgressDeadline) is broken too, and
+// both clocks run from the last moment the watch was known current, not
+// from when the silence was noticed (progress.go).
 
 import (
 	"bytes"
@@ -43,6 +46,11 @@ const (
 	// the store's watch, and how long a watch resuming from a revision this
 	// replica has not reached yet waits for it.
 	DefaultStoreWait = 5 * time.Second
+	// DefaultStoreProgressDeadline is how long a replica's store watch may
+	// deliver neither a change nor progress before it counts as broken
+	// (since its last progress): a few store.ProgressInterval, well
+	// within DefaultStaleWatchLimit.
+	DefaultStoreProgressDeadline = 10 * time.Second
 )
 
 // storeHealth is the state of a shared store's watch.
@@ -50,9 +58,12 @@ type storeHealth struct {
 	mu         sync.Mutex
 	synced     bool      // the watch is up and listed
 	everSynced bool      // it was listed at least once
-	since      time.Time // when it last stopped being synced (or the start)
+	since      time.Time // since when it is not synced: its last progress before the break (or the start)
 	err        error     // why it is not synced
 	stale      *time.Timer
+	// progress is when the store last proved the cache current: a list,
+	// a change, a progress report of the watch, a probe that succeeded.
+	progress time.Time
 }
 
 // errNotSynced describes a replica whose cache is not in step with the store.
@@ -61,7 +72,7 @@ var errNotSynced = errors.New("the store's watch is not synced")
 // storeState reports whether the store is usable for admissions (a
 // refusal when not) and how long the watch has been broken.
 func (s *Server) storeState() (ok bool, broken time.Duration, why string) {
-	if s.shared == nil {
+	if !s.tracked {
 		return true, 0, ""
 	}
 	h := &s.health
@@ -95,7 +106,7 @@ func (s *Server) storeRefusal() *refusal {
 // watchRefusal refuses a new Watch on a replica whose cache is too stale
 // to serve one (never synced, or broken longer than StaleWatchLimit).
 func (s *Server) watchRefusal() error {
-	if s.shared == nil {
+	if !s.tracked {
 		return nil
 	}
 	h := &s.health
@@ -113,9 +124,10 @@ func (s *Server) watchRefusal() error {
 }
 
 // Synced reports whether the replica's cache is in step with its shared
-// store (always true for a store that is not shared).
+// store, or whether a store that is not shared answers its probes (always
+// true for a store that is neither shared nor a store.Prober).
 func (s *Server) Synced() bool {
-	if s.shared == nil {
+	if !s.tracked {
 		return true
 	}
 	s.health.mu.Lock()
@@ -129,6 +141,7 @@ func (s *Server) markSynced() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.synced, h.everSynced, h.err = true, true, nil
+	h.progress = time.Now()
 	if h.stale != nil {
 		h.stale.Stop()
 		h.stale = nil
@@ -136,9 +149,12 @@ func (s *Server) markSynced() {
 	s.metrics.storeSynced.Set(1)
 }
 
-// markBroken records a broken watch; the first break after a sync starts
-// the clock of StoreSyncGrace and StaleWatchLimit.
-func (s *Server) markBroken(err error) {
+// markBroken records a broken watch (or a store that stopped answering);
+// the first break after a sync starts the clocks of StoreSyncGrace and
+// StaleWatchLimit: now for a store that reported an error, at its last
+// progress for a silent one (silent true: what changed since may be
+// missing from the cache already).
+func (s *Server) markBroken(err error, silent bool) {
 	h := &s.health
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -148,11 +164,14 @@ func (s *Server) markBroken(err error) {
 		return
 	}
 	h.synced, h.since = false, time.Now()
+	if silent {
+		h.since = h.progress
+	}
 	s.metrics.storeBreaks.Inc()
 	s.log.Warn("store watch broke; serving watches from the cache for a bounded time", "err", err,
-		"admissionsStopAfter", s.cfg.StoreSyncGrace, "watchesEndAfter", s.cfg.StaleWatchLimit)
+		"lastProgress", h.since, "admissionsStopAfter", s.cfg.StoreSyncGrace, "watchesEndAfter", s.cfg.StaleWatchLimit)
 	since := h.since
-	h.stale = time.AfterFunc(s.cfg.StaleWatchLimit, func() { s.endStaleWatches(since) })
+	h.stale = time.AfterFunc(s.cfg.StaleWatchLimit-time.Since(since), func() { s.endStaleWatches(since) })
 }
 
 // endStaleWatches ends every open watch if the store watch that broke at
@@ -165,27 +184,36 @@ func (s *Server) endStaleWatches(since time.Time) {
 	if !still {
 		return
 	}
-	s.log.Error("store watch broken for too long; ending every watch so agents move to another replica", "limit", s.cfg.StaleWatchLimit, "err", err)
+	s.log.Error("store watch broken for too long; ending every watch so agents move to another replica", "limit", s.cfg.StaleWatchLimit, "lastProgress", since, "err", err)
 	s.hub.closeAll(fmt.Sprintf("this control-plane replica lost its store %s ago (%v) and may miss revocations; resume on another replica", s.cfg.StaleWatchLimit, err))
 	s.metrics.watchers.Set(float64(s.hub.watchers()))
 }
 
 // followStore keeps the cache in step with the shared store until ctx
-// ends, listing again whenever the watch breaks.
+// ends, listing again whenever the watch breaks or goes silent.
 func (s *Server) followStore(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		listed := false
-		err := s.shared.WatchNodes(ctx,
+		wctx, cancel := context.WithCancelCause(ctx)
+		stopDog := s.watchdog(wctx, cancel)
+		err := s.shared.WatchNodes(wctx,
 			func(nodes []*store.NodeRecord, rev uint64) { listed = true; s.applySync(nodes, rev) },
-			s.applyChange)
+			func(c store.Change) { s.applyChange(c); s.noteProgress() },
+			func(uint64) { s.noteProgress() })
+		stopDog()
+		silent := false
+		if cause := context.Cause(wctx); ctx.Err() == nil && errors.Is(cause, errSilent) {
+			err, silent = cause, true
+		}
+		cancel(nil)
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
 			err = errors.New("watch ended")
 		}
-		s.markBroken(err)
+		s.markBroken(err, silent)
 		s.log.Warn("store watch ended; listing again", "err", err)
 		if listed {
 			backoff = 50 * time.Millisecond

@@ -144,8 +144,9 @@ func TestReplicasShareThePeerSet(t *testing.T) {
 	// write, and a watch opened on A right then starts with z.
 	z := newAgent(t, "node-z")
 	stA.HoldWatch()
-	time.AfterFunc(200*time.Millisecond, stA.ReleaseWatch) // the lag under test
+	// start before the timer: a descheduled test must not see less than the lag.
 	start := time.Now()
+	time.AfterFunc(200*time.Millisecond, stA.ReleaseWatch) // the lag under test
 	z.Join(t, a)
 	if d := time.Since(start); d < 200*time.Millisecond {
 		t.Fatalf("join answered after %s, before the replica's watch brought the write back", d)

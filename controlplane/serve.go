@@ -18,7 +18,6 @@ import (
 	"github.com/confmesh/confmesh/internal/identity"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 )
 
 // Admin credential files written into the admin directory.
@@ -45,14 +44,20 @@ func (s *Server) tlsConfig(clientAuth tls.ClientAuthType) *tls.Config {
 // certificates are optional at the TLS layer (Challenge and Join come
 // before a node has one); every other call checks for a node SVID.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	g := grpc.NewServer(
+	// Connections beyond the per-source and total caps are refused at
+	// accept; unauthenticated ones are bounded and time out (limits.go).
+	cl, err := s.limitListener(lis)
+	if err != nil {
+		return err
+	}
+	opts := append(s.cfg.Limits.serverOptions(),
 		grpc.Creds(credentials.NewTLS(s.tlsConfig(tls.VerifyClientCertIfGiven))),
 		// Evidence, CSRs and names are small; refuse oversized messages early.
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// Challenge and Join are open to anyone: charge each source first.
-		grpc.UnaryInterceptor(s.limitInterceptor),
+		// Challenge and Join are open to anyone: charge each source first;
+		// a call let through restarts its connection's idle clock.
+		grpc.ChainUnaryInterceptor(s.limitInterceptor, s.touchUnary),
+		grpc.StreamInterceptor(s.touchStream),
 		// Watch events go out pre-encoded, once for every watcher.
 		grpc.ForceServerCodecV2(newWireCodec()),
 		// With a thousand agents' streams open, a 32 KiB write buffer per
@@ -63,8 +68,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		// send nothing): a small read buffer per connection does.
 		grpc.ReadBufferSize(4<<10),
 	)
+	g := grpc.NewServer(opts...)
 	cpv1.RegisterControlPlaneServer(g, s)
-	return s.serve(ctx, g, lis, true)
+	return s.serve(ctx, g, cl, true)
 }
 
 // ServeAdmin runs the Admin service on lis (a local unix socket) until ctx

@@ -16,12 +16,14 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/ipam"
 	"github.com/confmesh/confmesh/controlplane/store"
 	"github.com/confmesh/confmesh/internal/attest"
+	"github.com/confmesh/confmesh/internal/connpool"
 	"github.com/confmesh/confmesh/internal/identity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -64,6 +66,13 @@ type Config struct {
 	StoreSyncGrace  time.Duration
 	StaleWatchLimit time.Duration
 	StoreWait       time.Duration
+	// StoreProgressDeadline is how long a shared store's watch may
+	// deliver neither a change nor progress, or a store.Prober's probe
+	// take, before the store counts as broken from its last progress
+	// (DefaultStoreProgressDeadline when zero; more than
+	// store.ProgressInterval). Open watches end StaleWatchLimit after the
+	// last progress, or when the silence is noticed if that is later.
+	StoreProgressDeadline time.Duration
 	// ClusterCIDR is the pod network; each node gets a NodePrefixLen slice.
 	ClusterCIDR   string
 	NodePrefixLen int
@@ -92,6 +101,9 @@ type Config struct {
 	MaxSources  int
 	// SweepInterval is how often every node is re-evaluated.
 	SweepInterval time.Duration
+	// Limits bound the agent listener's connections (limits.go); zero
+	// fields take their defaults.
+	Limits Limits
 	// DNSNames and IPAddresses go into the serving certificate.
 	DNSNames    []string
 	IPAddresses []net.IP
@@ -120,6 +132,11 @@ type Server struct {
 	td     spiffeid.TrustDomain
 	id     spiffeid.ID
 
+	// prober is a store that is not shared but can be probed, else nil;
+	// tracked: the store's health is followed (shared or prober).
+	prober  store.Prober
+	tracked bool
+
 	tlsKey  crypto.Signer
 	tlsCert *x509.Certificate
 	tlsHash []byte
@@ -142,6 +159,10 @@ type Server struct {
 	self       *selfEvidence
 	limiter    *sourceLimiter
 	refused    *refusalLog // recent refused joins, for `nodes --all`
+
+	// conns is the agent listener's connection limiter, once Serve runs.
+	conns atomic.Pointer[connpool.Listener]
+	connm *connMetrics
 
 	shutdown     chan struct{} // closed when the agent listener stops
 	shutdownOnce sync.Once
@@ -188,6 +209,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.StoreSyncGrace < 0 || cfg.StaleWatchLimit < 0 || cfg.StoreWait < 0 {
 		return nil, fmt.Errorf("controlplane: store sync grace %s, stale watch limit %s, store wait %s: want positive durations", cfg.StoreSyncGrace, cfg.StaleWatchLimit, cfg.StoreWait)
 	}
+	if cfg.StoreProgressDeadline == 0 {
+		cfg.StoreProgressDeadline = DefaultStoreProgressDeadline
+	}
+	if cfg.StoreProgressDeadline <= store.ProgressInterval {
+		return nil, fmt.Errorf("controlplane: store progress deadline %s: want more than the store's progress interval %s",
+			cfg.StoreProgressDeadline, store.ProgressInterval)
+	}
 	if cfg.EvidenceEpoch == 0 {
 		cfg.EvidenceEpoch = DefaultEvidenceEpoch
 	}
@@ -205,6 +233,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.SourceRate < 0 || cfg.SourceBurst < 1 || cfg.MaxSources < 1 {
 		return nil, fmt.Errorf("controlplane: source rate %g, burst %d, max sources %d: want positive values", cfg.SourceRate, cfg.SourceBurst, cfg.MaxSources)
+	}
+	cfg.Limits = cfg.Limits.WithDefaults()
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -248,11 +280,20 @@ func New(cfg Config) (*Server, error) {
 		metrics:    newMetrics(),
 	}
 	s.cond = sync.NewCond(&s.mu)
+	s.registerConnMetrics()
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "confmesh_controlplane_store_unsynced_seconds", Help: "How long this replica's shared-store watch has been broken or unlisted (0 while synced).",
+		Name: "confmesh_controlplane_store_unsynced_seconds", Help: "How long this replica's store watch (or store probe) has been broken, silent or unlisted (0 while synced).",
 	}, func() float64 { _, d, _ := s.storeState(); return d.Seconds() }))
 	s.shared, _ = cfg.Store.(store.Shared)
+	if s.shared == nil {
+		s.prober, _ = cfg.Store.(store.Prober)
+	}
+	s.tracked = s.shared != nil || s.prober != nil
 	s.health.since = time.Now()
+	if s.prober != nil {
+		// Opened and read below: in step until a probe says otherwise.
+		s.health.synced, s.health.everSynced, s.health.progress = true, true, time.Now()
+	}
 	s.self = &selfEvidence{epoch: cfg.EvidenceEpoch, now: now, produce: s.attestSelf, counted: s.countReport}
 	if s.ca, err = s.loadOrCreateCA(); err != nil {
 		return nil, err

@@ -124,10 +124,17 @@ func (s *Server) evaluateLocked(n *store.NodeRecord) error {
 // shared store it also keeps the node cache in step with the store (a
 // replica serves nothing before Run has listed the store) and sweeps only
 // while it holds the store's leader lease, so one replica sweeps at a time.
+// A store that is not shared but a store.Prober is probed meanwhile
+// (progress.go).
 func (s *Server) Run(ctx context.Context) {
 	if s.shared != nil {
 		s.runShared(ctx)
 		return
+	}
+	if s.prober != nil {
+		done := make(chan struct{})
+		go func() { defer close(done); s.probeStore(ctx, s.prober) }()
+		defer func() { <-done }()
 	}
 	s.sweepLoop(ctx, false)
 }

@@ -33,6 +33,11 @@ type (
 // test's temporary directory.
 const LogDirEnv = "CME2E_LOG_DIR"
 
+// LogLevelEnv sets every agent's --log-level (e.g. debug: with the
+// datapath's wireguard-go handshake messages, to diagnose a tunnel
+// problem); unset, the agents' default.
+const LogLevelEnv = "CME2E_LOG_LEVEL"
+
 // Cluster is a netlab cluster bound to a test: failures end the test, and
 // everything is torn down in t.Cleanup.
 type Cluster struct {
@@ -73,7 +78,7 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	if err != nil {
 		t.Fatalf("e2e: %v", err)
 	}
-	cfg := netlab.Config{Prefix: prefix, Dir: t.TempDir(), Bin: Binary(t), CNIBin: CNIBinary(t)}
+	cfg := netlab.Config{Prefix: prefix, Dir: t.TempDir(), Bin: Binary(t), CNIBin: CNIBinary(t), AgentLogLevel: os.Getenv(LogLevelEnv)}
 	if testing.Verbose() {
 		cfg.Logf = func(format string, args ...any) { t.Logf("e2e cleanup: "+format, args...) }
 	}

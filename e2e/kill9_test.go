@@ -27,11 +27,11 @@ func TestAgentKill9KeepsTCP(t *testing.T) {
 	}
 
 	const count, interval = 500, 10 * time.Millisecond
-	s, err := netlab.StartTCPStream(a, b, count, interval, 10*time.Second)
+	s, err := netlab.StartTCPStream(a, b, count, interval, streamEndSlack)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := netlab.Eventually(5*time.Second, 10*time.Millisecond, func() error {
+	if err := netlab.Eventually(streamStartLimit, 10*time.Millisecond, func() error {
 		if s.Sent() < 100 {
 			return netlab.ErrNotYet
 		}

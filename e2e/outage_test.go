@@ -51,7 +51,7 @@ func TestControlPlaneDownAgentRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := netlab.Eventually(5*time.Second, 10*time.Millisecond, func() error {
+	if err := netlab.Eventually(streamStartLimit, 10*time.Millisecond, func() error {
 		if ab.Sent() < 100 {
 			return netlab.ErrNotYet
 		}
@@ -91,7 +91,7 @@ func TestControlPlaneDownAgentRestart(t *testing.T) {
 
 	lossOK := true
 	for _, s := range []*netlab.UDPStream{ab, ba} {
-		missing, err := s.Finish(count*interval + 10*time.Second)
+		missing, err := s.Finish(count*interval + streamEndSlack)
 		if err != nil {
 			t.Fatal(err)
 		}

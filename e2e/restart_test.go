@@ -38,7 +38,7 @@ func TestAgentRestartKeepsTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := netlab.Eventually(5*time.Second, 10*time.Millisecond, func() error {
+	if err := netlab.Eventually(streamStartLimit, 10*time.Millisecond, func() error {
 		if s.Sent() < 100 {
 			return netlab.ErrNotYet
 		}
@@ -54,7 +54,7 @@ func TestAgentRestartKeepsTraffic(t *testing.T) {
 	n1.StartAgent()
 	n1.WaitReady() // while the stream goes on
 	readyAfter := time.Since(restart)
-	missing, err := s.Finish(count*interval + 10*time.Second)
+	missing, err := s.Finish(count*interval + streamEndSlack)
 	if err != nil {
 		t.Fatal(err)
 	}

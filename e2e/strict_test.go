@@ -18,6 +18,10 @@ import (
 // spoofCount is how many copies of each forged datagram are sent.
 const spoofCount = 5
 
+// forgedSettle bounds the wait for node-1's strict counters to have counted
+// every forged packet (a loaded 2-core machine can hold a packet that long).
+const forgedSettle = 15 * time.Second
+
 // TestStrictUnderlayInjection forges plaintext pod traffic with raw
 // sockets, from the underlay (an attacker on the bridge routing forged
 // packets to node-1's underlay address) and from a pod on node-1, and
@@ -114,8 +118,17 @@ func TestStrictUnderlayInjection(t *testing.T) {
 			t.Errorf("genuine %s -> %s: %v", g.from.Name, g.to.Name, err)
 		}
 	}
-	// Stragglers of the forged ones from the underlay (no genuine path to compare with).
-	time.Sleep(500 * time.Millisecond)
+	// Stragglers of the forged ones from the underlay (no genuine path to
+	// compare with): each forged packet is done with once node-1's strict
+	// counters have counted it, so wait for that count rather than a
+	// fixed pause. Should it never come, the checks below say why.
+	var dropsAfter netfilter.Drops
+	_ = netlab.Eventually(forgedSettle, netlab.PollEvery, func() error {
+		if dropsAfter = strictDrops(t, n1); total(dropsAfter)-total(dropsBefore) < uint64(sent) {
+			return netlab.ErrNotYet
+		}
+		return nil
+	})
 	for i, at_ := range attacks {
 		if rx[at_.to].Has(forged[i]) {
 			t.Errorf("%s: DELIVERED to %s (%s)", at_.name, at_.to.Name, at_.to.IP)
@@ -123,7 +136,6 @@ func TestStrictUnderlayInjection(t *testing.T) {
 			t.Logf("%s: not delivered", at_.name)
 		}
 	}
-	dropsAfter := strictDrops(t, n1)
 	t.Logf("node-1 strict drops before %+v, after %+v; forged packets sent %d", dropsBefore, dropsAfter, sent)
 	if got := total(dropsAfter) - total(dropsBefore); got < uint64(sent) {
 		t.Errorf("node-1 strict drop counters rose by %d, want at least %d (every forged packet dropped and counted)", got, sent)

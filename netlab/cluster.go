@@ -37,6 +37,10 @@ type Config struct {
 	// AgentMetricsListen is every agent's --metrics-listen (each in its
 	// node's namespace, so one address serves for all); empty: off.
 	AgentMetricsListen string
+	// AgentLogLevel is every agent's --log-level (empty: the agent's
+	// default). At debug the agent's datapath logs at debug too, which
+	// includes wireguard-go's handshake messages.
+	AgentLogLevel string
 	// Logf, if set, receives notes from Teardown (what cleanup printed).
 	Logf func(format string, args ...any)
 }

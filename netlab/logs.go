@@ -20,17 +20,28 @@ func (c *Cluster) LogTails(n int) []string {
 }
 
 // CopyLogs copies every process log of the cluster (*.log in its
-// directory) into dst, creating it.
+// directory) and every node's datapath log (as NODE-datapath.log) into dst,
+// creating it.
 func (c *Cluster) CopyLogs(dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return err
 	}
 	logs, _ := filepath.Glob(filepath.Join(c.Dir, "*.log"))
+	names := make([]string, len(logs))
+	for i, l := range logs {
+		names[i] = filepath.Base(l)
+	}
+	for _, n := range c.Nodes() {
+		l := filepath.Join(n.StateDir, "datapath.log")
+		if _, err := os.Stat(l); err == nil {
+			logs, names = append(logs, l), append(names, n.Name+"-datapath.log")
+		}
+	}
 	var errs []string
-	for _, l := range logs {
+	for i, l := range logs {
 		data, err := os.ReadFile(l)
 		if err == nil {
-			err = os.WriteFile(filepath.Join(dst, filepath.Base(l)), data, 0o644)
+			err = os.WriteFile(filepath.Join(dst, names[i]), data, 0o644)
 		}
 		if err != nil {
 			errs = append(errs, err.Error())

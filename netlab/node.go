@@ -134,7 +134,10 @@ func (n *Node) StartAgent() error {
 	if n.Opts.KeyRotation > 0 {
 		args = append(args, "--key-rotation", n.Opts.KeyRotation.String())
 	}
-	args = append(args, n.Opts.AgentArgs...)
+	if n.c.AgentLogLevel != "" {
+		args = append(args, "--log-level", n.c.AgentLogLevel)
+	}
+	args = append(args, n.Opts.AgentArgs...) // last: a test's own flags win
 	log := filepath.Join(n.c.Dir, fmt.Sprintf("%s-agent-%d.log", n.Name, n.starts))
 	p, err := n.c.start(fmt.Sprintf("%s agent (start %d)", n.Name, n.starts), log, n.NS, args...)
 	if err != nil {

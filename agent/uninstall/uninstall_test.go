@@ -34,6 +34,19 @@ func startAPI(t *testing.T) (admin, agent kubernetes.Interface) {
 	return admin, api.Client(t, agentUser)
 }
 
+// watchLimit bounds how long the watch may take to deliver an event: sized
+// for a loaded 2-core CI machine, where the API server competes for CPU.
+const watchLimit = 30 * time.Second
+
+// waitSeen waits until the watch has seen the DaemonSet alive (it is only
+// then that its deletion counts).
+func waitSeen(ctx context.Context, t *testing.T, w *uninstall.Watch) {
+	t.Helper()
+	if !kubetest.WaitFor(ctx, watchLimit, w.Seen) {
+		t.Fatalf("the watch did not see the DaemonSet within %s", watchLimit)
+	}
+}
+
 func daemonSet(name string) *appsv1.DaemonSet {
 	labels := map[string]string{"app": name}
 	return &appsv1.DaemonSet{
@@ -65,27 +78,32 @@ func TestDeletedOnlyWhenTheDaemonSetGoes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // let the watch see the DaemonSet
+	waitSeen(ctx, t, w)
+	// The other DaemonSet goes first, then the rollout restart: once the
+	// watch has delivered the update, it has delivered anything before it.
+	if err := dsc.Delete(ctx, "other", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	ds, err := dsc.Get(ctx, "confmesh-agent", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ds.Spec.Template.Annotations = map[string]string{"kubectl.kubernetes.io/restartedAt": time.Now().Format(time.RFC3339)}
-	if _, err := dsc.Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
+	updated, err := dsc.Update(ctx, ds, metav1.UpdateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dsc.Delete(ctx, "other", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
+	if !kubetest.WaitFor(ctx, watchLimit, func() bool { return w.CachedVersion() == updated.ResourceVersion }) {
+		t.Fatalf("the watch did not deliver the update (resourceVersion %s) within %s; it has %q", updated.ResourceVersion, watchLimit, w.CachedVersion())
 	}
-	time.Sleep(2 * time.Second)
 	if w.Deleted() {
 		t.Fatal("a rollout restart or another DaemonSet's deletion counts as uninstalling the agent")
 	}
 	if err := dsc.Delete(ctx, "confmesh-agent", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if !kubetest.WaitFor(ctx, 20*time.Second, w.Deleted) {
-		t.Fatal("the agent's DaemonSet was deleted and the watch did not tell within 20 s")
+	if !kubetest.WaitFor(ctx, watchLimit, w.Deleted) {
+		t.Fatalf("the agent's DaemonSet was deleted and the watch did not tell within %s", watchLimit)
 	}
 }
 
@@ -103,12 +121,14 @@ func TestConfirmAsksAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // the watch sees the DaemonSet
+	waitSeen(ctx, t, w)
 	if w.Confirm(ctx) {
 		t.Fatal("Confirm with the DaemonSet in place")
 	}
 	stopWatch() // no event will arrive now
-	time.Sleep(500 * time.Millisecond)
+	if !kubetest.WaitFor(ctx, watchLimit, w.Stopped) {
+		t.Fatalf("the watch did not stop within %s of its context's end", watchLimit)
+	}
 	if err := dsc.Delete(ctx, "confmesh-agent", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

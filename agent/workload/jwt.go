@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -20,6 +21,10 @@ const (
 	maxAudiences    = 16
 	maxAudienceLen  = 512
 	maxJWTCacheSize = 4096
+	// MaxJWTSVIDSize bounds a JWT-SVID a caller hands in for validation,
+	// checked before it is parsed. A confmesh JWT-SVID (ES256, the
+	// attestation claims) is about 1.5 KiB.
+	MaxJWTSVIDSize = 16 << 10
 )
 
 // jwtEntry is a cached JWT-SVID, reused until half its lifetime is over.
@@ -161,13 +166,26 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	if jb == nil {
 		return nil, status.Error(codes.Unavailable, "no JWT bundle yet (the node has not joined)")
 	}
-	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), jwtbundle.NewSet(jb), []string{req.GetAudience()})
+	svid, err := ParseJWTSVID(req.GetSvid(), jwtbundle.NewSet(jb), req.GetAudience())
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "JWT-SVID is not valid: %v", err)
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	claims, err := structpb.NewStruct(svid.Claims)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "JWT-SVID claims: %v", err)
 	}
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}
+
+// ParseJWTSVID validates a JWT-SVID a caller handed in, for audience,
+// against bundles. Its size is checked before any parser sees it.
+func ParseJWTSVID(token string, bundles jwtbundle.Source, audience string) (*jwtsvid.SVID, error) {
+	if len(token) > MaxJWTSVIDSize {
+		return nil, fmt.Errorf("JWT-SVID is %d bytes, limit %d", len(token), MaxJWTSVIDSize)
+	}
+	svid, err := jwtsvid.ParseAndValidate(token, bundles, []string{audience})
+	if err != nil {
+		return nil, fmt.Errorf("JWT-SVID is not valid: %w", err)
+	}
+	return svid, nil
 }

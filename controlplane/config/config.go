@@ -56,6 +56,12 @@ const (
 	// them it would limit nothing.
 	MaxSourceRate  = 10000
 	MaxSourceBurst = 100000
+	// MinLimitDuration and MaxLimitDuration bound the connection
+	// timeouts and keepalive intervals; MaxLimitConns the connection caps
+	// (each connection needs a file descriptor).
+	MinLimitDuration = time.Second
+	MaxLimitDuration = time.Hour
+	MaxLimitConns    = 1 << 20
 )
 
 // Config is every setting of `confmesh controlplane`. The JSON names are the
@@ -97,6 +103,23 @@ type Config struct {
 	// (a token bucket per node identity or client address).
 	SourceRate  float64 `json:"sourceRate"`
 	SourceBurst int     `json:"sourceBurst"`
+	// Connection limits of the agent listener (controlplane.Limits;
+	// docs/security.md): handshake and unauthenticated idle timeouts,
+	// per-source, total and unauthenticated caps, streams per connection,
+	// keepalive.
+	HandshakeTimeout           Duration `json:"handshakeTimeout"`
+	UnauthenticatedIdleTimeout Duration `json:"unauthenticatedIdleTimeout"`
+	MaxConnsPerSource          int      `json:"maxConnsPerSource"`
+	MaxConns                   int      `json:"maxConns"`
+	MaxUnauthenticatedConns    int      `json:"maxUnauthenticatedConns"`
+	MaxConcurrentStreams       int      `json:"maxConcurrentStreams"`
+	KeepaliveTime              Duration `json:"keepaliveTime"`
+	KeepaliveTimeout           Duration `json:"keepaliveTimeout"`
+	KeepaliveMinTime           Duration `json:"keepaliveMinTime"`
+	// MetricsMaxConns and MetricsMaxConnsPerSource cap the metrics
+	// listener's connections.
+	MetricsMaxConns          int `json:"metricsMaxConns"`
+	MetricsMaxConnsPerSource int `json:"metricsMaxConnsPerSource"`
 	// DNSNames and IPs go into the serving certificate.
 	DNSNames []string `json:"dnsNames"`
 	IPs      []string `json:"ips"`
@@ -136,9 +159,21 @@ func Default() Config {
 		SweepInterval:  Duration(controlplane.DefaultSweepInterval),
 		SourceRate:     controlplane.DefaultSourceRate,
 		SourceBurst:    controlplane.DefaultSourceBurst,
-		SimName:        DefaultSimName,
-		LogFormat:      DefaultLogFormat,
-		LogLevel:       DefaultLogLevel,
+
+		HandshakeTimeout:           Duration(controlplane.DefaultHandshakeTimeout),
+		UnauthenticatedIdleTimeout: Duration(controlplane.DefaultIdleTimeout),
+		MaxConnsPerSource:          controlplane.DefaultMaxConnsPerSource,
+		MaxConns:                   controlplane.DefaultMaxConns,
+		MaxUnauthenticatedConns:    controlplane.DefaultMaxUnauthenticatedConns,
+		MaxConcurrentStreams:       controlplane.DefaultMaxConcurrentStreams,
+		KeepaliveTime:              Duration(controlplane.DefaultKeepaliveTime),
+		KeepaliveTimeout:           Duration(controlplane.DefaultKeepaliveTimeout),
+		KeepaliveMinTime:           Duration(controlplane.DefaultKeepaliveMinTime),
+		MetricsMaxConns:            controlplane.DefaultMetricsMaxConns,
+		MetricsMaxConnsPerSource:   controlplane.DefaultMetricsMaxConnsPerSource,
+		SimName:                    DefaultSimName,
+		LogFormat:                  DefaultLogFormat,
+		LogLevel:                   DefaultLogLevel,
 	}
 }
 
@@ -222,6 +257,7 @@ func (c *Config) Validate() error {
 	if c.SourceBurst < 1 || c.SourceBurst > MaxSourceBurst {
 		bad("source-burst", "sourceBurst", "%d is not between 1 and %d", c.SourceBurst, MaxSourceBurst)
 	}
+	c.validateLimits(bad)
 	for _, n := range c.DNSNames {
 		if n == "" || strings.ContainsAny(n, " /:@") {
 			bad("dns-name", "dnsNames", "%q is not a DNS name", n)
@@ -261,6 +297,61 @@ func (c *Config) Validate() error {
 		bad("log-level", "logLevel", "%q: want debug, info, warn or error", c.LogLevel)
 	}
 	return errors.Join(errs...)
+}
+
+// validateLimits checks the connection limits: durations within
+// [MinLimitDuration, MaxLimitDuration], counts within [1, MaxLimitConns],
+// no cap above the total.
+func (c *Config) validateLimits(bad func(flag, key, format string, args ...any)) {
+	for _, d := range []struct {
+		flag, key string
+		v         Duration
+	}{
+		{"handshake-timeout", "handshakeTimeout", c.HandshakeTimeout},
+		{"unauthenticated-idle-timeout", "unauthenticatedIdleTimeout", c.UnauthenticatedIdleTimeout},
+		{"keepalive-time", "keepaliveTime", c.KeepaliveTime},
+		{"keepalive-timeout", "keepaliveTimeout", c.KeepaliveTimeout},
+		{"keepalive-min-time", "keepaliveMinTime", c.KeepaliveMinTime},
+	} {
+		if v := time.Duration(d.v); v < MinLimitDuration || v > MaxLimitDuration {
+			bad(d.flag, d.key, "%s is not between %s and %s", v, MinLimitDuration, MaxLimitDuration)
+		}
+	}
+	for _, n := range []struct {
+		flag, key string
+		v         int
+	}{
+		{"max-conns-per-source", "maxConnsPerSource", c.MaxConnsPerSource},
+		{"max-conns", "maxConns", c.MaxConns},
+		{"max-unauthenticated-conns", "maxUnauthenticatedConns", c.MaxUnauthenticatedConns},
+		{"max-concurrent-streams", "maxConcurrentStreams", c.MaxConcurrentStreams},
+		{"metrics-max-conns", "metricsMaxConns", c.MetricsMaxConns},
+		{"metrics-max-conns-per-source", "metricsMaxConnsPerSource", c.MetricsMaxConnsPerSource},
+	} {
+		if n.v < 1 || n.v > MaxLimitConns {
+			bad(n.flag, n.key, "%d is not between 1 and %d", n.v, MaxLimitConns)
+		}
+	}
+	if c.MaxConnsPerSource > c.MaxConns {
+		bad("max-conns-per-source", "maxConnsPerSource", "%d is above --max-conns %d", c.MaxConnsPerSource, c.MaxConns)
+	}
+	if c.MaxUnauthenticatedConns > c.MaxConns {
+		bad("max-unauthenticated-conns", "maxUnauthenticatedConns", "%d is above --max-conns %d", c.MaxUnauthenticatedConns, c.MaxConns)
+	}
+	if c.MetricsMaxConnsPerSource > c.MetricsMaxConns {
+		bad("metrics-max-conns-per-source", "metricsMaxConnsPerSource", "%d is above --metrics-max-conns %d", c.MetricsMaxConnsPerSource, c.MetricsMaxConns)
+	}
+}
+
+// Limits are the agent listener's connection limits.
+func (c *Config) Limits() controlplane.Limits {
+	return controlplane.Limits{
+		HandshakeTimeout: time.Duration(c.HandshakeTimeout), IdleTimeout: time.Duration(c.UnauthenticatedIdleTimeout),
+		MaxConnsPerSource: c.MaxConnsPerSource, MaxConns: c.MaxConns, MaxUnauthenticatedConns: c.MaxUnauthenticatedConns,
+		MaxConcurrentStreams: c.MaxConcurrentStreams,
+		KeepaliveTime:        time.Duration(c.KeepaliveTime), KeepaliveTimeout: time.Duration(c.KeepaliveTimeout),
+		KeepaliveMinTime: time.Duration(c.KeepaliveMinTime),
+	}
 }
 
 // StatePath is the bbolt file.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/controlplane"
 )
 
 func write(t *testing.T, dir, name, data string) string {
@@ -100,6 +102,18 @@ func TestValidate(t *testing.T) {
 		{"source rate zero", func(c *Config) { c.SourceRate = 0 }, "--source-rate (sourceRate)"},
 		{"source rate huge", func(c *Config) { c.SourceRate = 1e9 }, "--source-rate"},
 		{"source burst", func(c *Config) { c.SourceBurst = 0 }, "--source-burst (sourceBurst)"},
+		{"handshake timeout", func(c *Config) { c.HandshakeTimeout = 0 }, "--handshake-timeout (handshakeTimeout): 0s is not between 1s and 1h0m0s"},
+		{"idle timeout", func(c *Config) { c.UnauthenticatedIdleTimeout = Duration(2 * time.Hour) }, "--unauthenticated-idle-timeout (unauthenticatedIdleTimeout)"},
+		{"keepalive time", func(c *Config) { c.KeepaliveTime = Duration(time.Millisecond) }, "--keepalive-time (keepaliveTime)"},
+		{"keepalive timeout", func(c *Config) { c.KeepaliveTimeout = -1 }, "--keepalive-timeout (keepaliveTimeout)"},
+		{"keepalive min time", func(c *Config) { c.KeepaliveMinTime = 0 }, "--keepalive-min-time (keepaliveMinTime)"},
+		{"per source", func(c *Config) { c.MaxConnsPerSource = 0 }, "--max-conns-per-source (maxConnsPerSource): 0 is not between 1"},
+		{"per source above total", func(c *Config) { c.MaxConnsPerSource, c.MaxConns = 100, 50 }, "--max-conns-per-source (maxConnsPerSource): 100 is above --max-conns 50"},
+		{"unauth above total", func(c *Config) { c.MaxUnauthenticatedConns, c.MaxConns = 4096, 2048 }, "--max-unauthenticated-conns (maxUnauthenticatedConns): 4096 is above --max-conns 2048"},
+		{"max conns", func(c *Config) { c.MaxConns = 1 << 30 }, "--max-conns (maxConns)"},
+		{"streams", func(c *Config) { c.MaxConcurrentStreams = -3 }, "--max-concurrent-streams (maxConcurrentStreams)"},
+		{"metrics conns", func(c *Config) { c.MetricsMaxConns = 0 }, "--metrics-max-conns (metricsMaxConns)"},
+		{"metrics per source", func(c *Config) { c.MetricsMaxConnsPerSource = 100 }, "--metrics-max-conns-per-source (metricsMaxConnsPerSource): 100 is above --metrics-max-conns 64"},
 		{"ip", func(c *Config) { c.IPs = []string{"300.1.1.1"} }, "not an IP address"},
 		{"dns", func(c *Config) { c.DNSNames = []string{"a b"} }, "not a DNS name"},
 		{"store", func(c *Config) { c.Store = "etcd" }, "--store (store): \"etcd\": want bolt"},
@@ -165,5 +179,22 @@ func TestDocsExample(t *testing.T) {
 	}
 	if c.Policy != "/etc/confmesh/policy.yaml" || c.KDSCache != "/var/cache/confmesh/kds" || len(c.DNSNames) != 1 {
 		t.Fatalf("docs example read as %+v", c)
+	}
+}
+
+// TestLimitsDefaults: the config's defaults are the control plane's, and
+// every limit setting reaches controlplane.Limits.
+func TestLimitsDefaults(t *testing.T) {
+	c := Default()
+	if got, want := c.Limits(), controlplane.DefaultLimits(); got != want {
+		t.Fatalf("config defaults give limits %+v, the control plane's are %+v", got, want)
+	}
+	c.HandshakeTimeout, c.UnauthenticatedIdleTimeout = Duration(time.Second), Duration(2*time.Second)
+	c.MaxConnsPerSource, c.MaxConns, c.MaxUnauthenticatedConns, c.MaxConcurrentStreams = 3, 4, 5, 6
+	c.KeepaliveTime, c.KeepaliveTimeout, c.KeepaliveMinTime = Duration(7*time.Second), Duration(8*time.Second), Duration(9*time.Second)
+	want := controlplane.Limits{HandshakeTimeout: time.Second, IdleTimeout: 2 * time.Second, MaxConnsPerSource: 3, MaxConns: 4,
+		MaxUnauthenticatedConns: 5, MaxConcurrentStreams: 6, KeepaliveTime: 7 * time.Second, KeepaliveTimeout: 8 * time.Second, KeepaliveMinTime: 9 * time.Second}
+	if got := c.Limits(); got != want {
+		t.Fatalf("Limits() = %+v, want %+v", got, want)
 	}
 }

@@ -82,6 +82,24 @@ func OpenBolt(path string) (*Bolt, error) {
 // Path returns the file the store was opened from.
 func (s *Bolt) Path() string { return s.path }
 
+var _ Prober = (*Bolt)(nil)
+
+// keyProbe is the meta key Probe writes (nothing reads it).
+var keyProbe = []byte("probe")
+
+// Probe implements Prober: a write transaction (bbolt syncs the file at
+// commit) that stores the time in the meta bucket. It does not return
+// while the file's disk does not complete writes.
+func (s *Bolt) Probe() error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyProbe, u64(uint64(time.Now().UnixNano())))
+	})
+	if err != nil {
+		return fmt.Errorf("store: probe %s: %w", s.path, err)
+	}
+	return nil
+}
+
 // Close closes the underlying file.
 func (s *Bolt) Close() error { return s.db.Close() }
 

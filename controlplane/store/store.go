@@ -159,6 +159,23 @@ type ClaimSweeper interface {
 	ReleaseStaleClaims(held map[string]string) (int, error)
 }
 
+// ProgressInterval is the longest a live WatchNodes of a Shared store
+// goes without calling change or progress, and how often the control
+// plane probes a store that is not shared (Prober). A caller's deadline
+// for progress is several of these.
+const ProgressInterval = 3 * time.Second
+
+// Prober is implemented by a store that is not Shared (no watch tells the
+// control plane it still works): Probe completes a durable write and
+// returns, so a store that stopped answering (a hung disk under the bbolt
+// file) shows as a Probe that does not return. The control plane probes
+// every ProgressInterval and treats a store whose probe has not succeeded
+// within its progress deadline as lost, as it does a silent watch.
+type Prober interface {
+	// Probe writes and syncs a marker the store's data does not depend on.
+	Probe() error
+}
+
 // Change is one change to the node set as a shared store reports it.
 type Change struct {
 	// Revision is the store revision of the change. Revisions increase
@@ -185,7 +202,15 @@ type Shared interface {
 	// (it returns ctx.Err()) or the watch breaks (it returns the error; the
 	// caller calls it again and gets a fresh sync). Callbacks run on one
 	// goroutine, one at a time.
-	WatchNodes(ctx context.Context, sync func(nodes []*NodeRecord, rev uint64), change func(Change)) error
+	//
+	// Between changes a live watch calls progress (with the revision it
+	// has reached, possibly the last one again) whenever the store proves
+	// the watch is still live and current: a bookmark, a watch the store's
+	// server ended normally and that was started again. A live watch calls
+	// change or progress at least every ProgressInterval, so a caller
+	// treats one that stays silent for longer (a connection that drops
+	// bytes without an error) as broken: it cancels ctx and calls again.
+	WatchNodes(ctx context.Context, sync func(nodes []*NodeRecord, rev uint64), change func(Change), progress func(rev uint64)) error
 	// Lead runs fn while this replica holds the store's leader lease (fn's
 	// context ends when the lease is lost) and returns when ctx ends. Work
 	// that wants one writer at a time across replicas (the periodic

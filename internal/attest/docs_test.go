@@ -135,7 +135,7 @@ func TestDocsPolicyReference(t *testing.T) {
 func TestDocsReasonTable(t *testing.T) {
 	doc := readDoc(t, docsPage)
 	for _, sentinel := range []error{
-		attest.ErrMalformedEvidence, attest.ErrUnsupportedTEE, attest.ErrMalformedReport,
+		attest.ErrMalformed, attest.ErrMalformedEvidence, attest.ErrUnsupportedTEE, attest.ErrMalformedReport,
 		attest.ErrUnsupportedVersion, attest.ErrMissingChain, attest.ErrMalformedChain,
 		attest.ErrBrokenChain, attest.ErrUntrustedRoot, attest.ErrWrongProduct,
 		attest.ErrCertExpired, attest.ErrChain, attest.ErrSignature, attest.ErrDebug,

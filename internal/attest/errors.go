@@ -5,6 +5,10 @@ import "errors"
 // Sentinel errors, one per check. Every rejection wraps exactly one of them,
 // so callers can branch with errors.Is and metrics can count by Reason.
 var (
+	// ErrMalformed: the input's own length fields disagree with its size,
+	// or a parser failed on it (a recovered panic): the class of input
+	// crafted to crash parsers. Refused with its own reason, "malformed".
+	ErrMalformed          = errors.New("malformed input")
 	ErrMalformedEvidence  = errors.New("malformed evidence")
 	ErrUnsupportedTEE     = errors.New("unsupported TEE type")
 	ErrMalformedReport    = errors.New("malformed report")
@@ -61,6 +65,7 @@ var reasons = []struct {
 	err   error
 	label string
 }{
+	{ErrMalformed, "malformed"},
 	{ErrMalformedEvidence, "malformed_evidence"},
 	{ErrUnsupportedTEE, "unsupported_tee"},
 	{ErrMalformedReport, "malformed_report"},

@@ -181,9 +181,16 @@ func LoadPolicy(path string) (*Policy, error) {
 	return p, nil
 }
 
+// MaxPolicySize bounds a policy file, checked before it is decoded (a
+// ConfigMap holds at most 1 MiB too).
+const MaxPolicySize = 1 << 20
+
 // ParsePolicy decodes YAML strictly (an unknown field is an error naming
 // it), applies defaults to the fields the file leaves out and validates.
 func ParsePolicy(data []byte) (*Policy, error) {
+	if len(data) > MaxPolicySize {
+		return nil, fmt.Errorf("policy is %d bytes, limit %d", len(data), MaxPolicySize)
+	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("policy is empty")
 	}

@@ -71,12 +71,23 @@ type TDXQuote struct {
 	Header *tdxpb.Header
 	Body   tdBody
 	Signed *tdxpb.Ecdsa256BitQuoteV4AuthData
+	// Raw is the quote's bytes without padding; the report digest is
+	// computed over them, so a padded and an unpadded copy are one quote.
+	Raw []byte
 }
 
-// ParseTDXQuote decodes a raw TDX quote, naming what is wrong with it. Bytes
-// after the quote's signed data are refused: go-tdx-guest ignores them, so
-// two different blobs would verify as the same quote.
+// ParseTDXQuote decodes a raw TDX quote, naming what is wrong with it. The
+// quote's length fields are checked before go-tdx-guest sees a byte (its
+// parser trusts them), and a panic in that parser is a refusal
+// (ErrMalformed), never a crash. Zero padding after the quote's signed
+// data (quote-generation stacks hand quotes over in fixed-size buffers) is
+// dropped; any other byte there is refused (ErrTrailingData):
+// go-tdx-guest ignores those bytes, so two different blobs would verify as
+// the same quote.
 func ParseTDXQuote(raw []byte) (*TDXQuote, error) {
+	if len(raw) > MaxTDXQuoteInput {
+		return nil, fmt.Errorf("%w: %d bytes is more than the %d a TDX quote may take, padding included", ErrMalformedReport, len(raw), MaxTDXQuoteInput)
+	}
 	if len(raw) < tdxHeaderSize {
 		return nil, fmt.Errorf("%w: %d bytes is shorter than a TDX quote header", ErrMalformedReport, len(raw))
 	}
@@ -86,11 +97,18 @@ func ParseTDXQuote(raw []byte) (*TDXQuote, error) {
 	if !IsTDXQuote(raw) {
 		return nil, fmt.Errorf("%w: header is not a TDX quote with an ECDSA P-256 attestation key", ErrMalformedReport)
 	}
-	q, err := tdxabi.QuoteToProto(raw)
+	quote, err := TrimTDXQuote(raw)
 	if err != nil {
+		return nil, err
+	}
+	q, err := guardParse("the TDX quote parser", func() (any, error) { return quoteToProto(quote) })
+	if err != nil {
+		if errors.Is(err, ErrMalformed) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %v", ErrMalformedReport, err)
 	}
-	out := &TDXQuote{Quote: q}
+	out := &TDXQuote{Quote: q, Raw: quote}
 	var extra []byte
 	switch q := q.(type) {
 	case *tdxpb.QuoteV4:
@@ -106,6 +124,8 @@ func ParseTDXQuote(raw []byte) (*TDXQuote, error) {
 		return nil, fmt.Errorf("%w: unsupported quote type %T", ErrMalformedReport, q)
 	}
 	if len(extra) > 0 {
+		// TrimTDXQuote ended the input at the signed data; a parser that
+		// sees more disagrees with it about the layout.
 		return nil, fmt.Errorf("%w: %d bytes after the quote's signed data", ErrTrailingData, len(extra))
 	}
 	return out, nil
@@ -175,7 +195,7 @@ func (v *Verifier) verifyTDX(ev *attestv1.Evidence) (*Claims, []byte, error) {
 	if err := v.checkTDXPolicy(q, tc); err != nil {
 		return nil, nil, err
 	}
-	digest := sha256.Sum256(ev.GetReport())
+	digest := sha256.Sum256(q.Raw)
 	return &Claims{
 		TEE:           ev.GetTee(),
 		Product:       ProductTDX,

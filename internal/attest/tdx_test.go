@@ -20,7 +20,7 @@ var (
 	tdxV5At = time.Date(2026, time.February, 3, 1, 0, 0, 0, time.UTC)
 )
 
-func readTDX(t *testing.T, name string) []byte {
+func readTDX(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile("testdata/tdx/" + name)
 	if err != nil {
@@ -138,7 +138,8 @@ func TestTDXWrongMRTDRefused(t *testing.T) {
 }
 
 // TestTDXTrailingBytesRefused: go-tdx-guest ignores bytes after the signed
-// data; confmesh refuses them, so one quote has one encoding.
+// data; confmesh refuses any but zero padding, so one quote has one
+// encoding.
 func TestTDXTrailingBytesRefused(t *testing.T) {
 	for _, f := range []string{"quote_v4.dat", "quote_v5.dat"} {
 		raw := readTDX(t, f)
@@ -147,7 +148,7 @@ func TestTDXTrailingBytesRefused(t *testing.T) {
 			at = tdxV5At
 		}
 		v := tdxVerifier(t, tdxPolicy(t, raw, ""), at, nil)
-		_, err := v.VerifyUnbound(&attestv1.Evidence{Tee: attest.TEETDX, Report: append(bytes.Clone(raw), 0)})
+		_, err := v.VerifyUnbound(&attestv1.Evidence{Tee: attest.TEETDX, Report: append(bytes.Clone(raw), 0xff)})
 		wantReason(t, err, attest.ErrTrailingData)
 	}
 }
@@ -196,8 +197,11 @@ func TestTDXOutOfDateTCBRefused(t *testing.T) {
 	wantReason(t, err, attest.ErrCollateral)
 }
 
-// FuzzParseTDXQuote: no input panics the TDX parser, and whatever it
-// accepts is a quote with nothing after its signed data.
+// FuzzParseTDXQuote: no input panics the TDX parser (nor reaches
+// go-tdx-guest's parser in a shape that makes it panic: the recover behind
+// the length checks must never fire), and whatever it accepts is a quote
+// followed by nothing but zero padding. Seeds: the real quotes, and the
+// crash inputs of tdxCrashInputs (also under testdata/fuzz/FuzzParseTDXQuote).
 func FuzzParseTDXQuote(f *testing.F) {
 	for _, name := range []string{"quote_v4.dat", "quote_v5.dat"} {
 		b, err := os.ReadFile("testdata/tdx/" + name)
@@ -206,6 +210,10 @@ func FuzzParseTDXQuote(f *testing.F) {
 		}
 		f.Add(b)
 		f.Add(b[:len(b)/2])
+		f.Add(append(bytes.Clone(b), make([]byte, 8000-len(b))...))
+	}
+	for _, c := range tdxCrashInputs(f) {
+		f.Add(c.raw)
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		q, err := attest.ParseTDXQuote(raw)
@@ -213,13 +221,67 @@ func FuzzParseTDXQuote(f *testing.F) {
 			if attest.Reason(err) == "other" {
 				t.Fatalf("unnamed refusal: %v", err)
 			}
+			if strings.Contains(err.Error(), "recovered panic") {
+				t.Fatalf("the length checks let through an input that panics go-tdx-guest: %v", err)
+			}
 			return
 		}
 		if !attest.IsTDXQuote(raw) || len(q.Body.GetReportData()) != 64 {
 			t.Fatalf("accepted a quote without a TDX header or REPORTDATA")
 		}
-		if _, err := attest.ParseTDXQuote(append(bytes.Clone(raw), 0)); !errors.Is(err, attest.ErrTrailingData) {
-			t.Fatalf("trailing byte: %v", err)
+		if !bytes.Equal(raw[:len(q.Raw)], q.Raw) || !bytes.Equal(raw[len(q.Raw):], make([]byte, len(raw)-len(q.Raw))) {
+			t.Fatalf("accepted %d bytes as a %d-byte quote followed by something other than zero padding", len(raw), len(q.Raw))
+		}
+		if len(raw) >= attest.MaxTDXQuoteInput {
+			return
+		}
+		if _, err := attest.ParseTDXQuote(append(bytes.Clone(raw), 1)); !errors.Is(err, attest.ErrTrailingData) {
+			t.Fatalf("trailing non-zero byte: %v", err)
+		}
+		p, err := attest.ParseTDXQuote(append(bytes.Clone(raw), 0))
+		if err != nil || !bytes.Equal(p.Raw, q.Raw) {
+			t.Fatalf("a zero byte of padding changed the parse: %v", err)
+		}
+	})
+}
+
+// FuzzVerifyTDX feeds raw bytes to the verifier as TDX evidence, under a
+// policy accepting the real v5 quote at its time: past the parser this
+// reaches go-tdx-guest's chain extraction, PCK extension parsing and
+// signature checks. Nothing may panic or be recovered from (a recovered
+// panic is a bug in the checks before a third-party parser), every
+// refusal carries a reason, and only the two real quotes (padded or not)
+// can verify.
+func FuzzVerifyTDX(f *testing.F) {
+	v5 := readTDX(f, "quote_v5.dat")
+	v4 := readTDX(f, "quote_v4.dat")
+	f.Add(v5)
+	f.Add(v4)
+	f.Add(append(bytes.Clone(v4), make([]byte, 5006-len(v4))...))
+	for _, c := range tdxCrashInputs(f) {
+		f.Add(c.raw)
+	}
+	p, err := attest.ParsePolicy([]byte("tdx:\n  mrtds: [\"" + hexs(v5[48+6+136:48+6+184]) + "\"]\n"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	v, err := attest.NewVerifier(p, attest.Options{Now: func() time.Time { return tdxV5At }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, err := v.VerifyUnbound(&attestv1.Evidence{Tee: attest.TEETDX, Report: raw})
+		if err == nil {
+			if !bytes.HasPrefix(raw, v5[:len(v5)-1]) && !bytes.HasPrefix(raw, v4[:len(v4)-1]) {
+				t.Fatalf("a quote that is not one of the real ones verified: %+v", c)
+			}
+			return
+		}
+		if attest.Reason(err) == "other" {
+			t.Fatalf("unnamed refusal: %v", err)
+		}
+		if strings.Contains(err.Error(), "recovered panic") {
+			t.Fatalf("verification panicked: %v", err)
 		}
 	})
 }

@@ -47,6 +47,7 @@ type Verifier struct {
 	fetcher trust.HTTPSGetter
 	now     func() time.Time
 	tdxColl *TDXCollateral
+	log     *slog.Logger
 
 	mu     sync.Mutex
 	chains map[[32]byte]*chainVerdict
@@ -103,11 +104,11 @@ func NewVerifier(p *Policy, opts Options) (*Verifier, error) {
 	if now == nil {
 		now = time.Now
 	}
-	v := &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, tdxColl: opts.TDXCollateral, chains: map[[32]byte]*chainVerdict{}}
+	v := &Verifier{policy: p, roots: roots, fetcher: opts.Fetcher, now: now, tdxColl: opts.TDXCollateral, log: log, chains: map[[32]byte]*chainVerdict{}}
 	if cpp, err := p.ForControlPlane(); err != nil {
 		v.cpErr = err
 	} else {
-		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, tdxColl: opts.TDXCollateral, chains: map[[32]byte]*chainVerdict{}}
+		v.cp = &Verifier{policy: cpp, roots: roots, fetcher: opts.Fetcher, now: now, tdxColl: opts.TDXCollateral, log: log, chains: map[[32]byte]*chainVerdict{}}
 		v.cp.cp = v.cp // the control-plane policy's own ForControlPlane is itself
 	}
 	return v, nil
@@ -229,10 +230,15 @@ func head(b []byte) []byte {
 }
 
 // verifyReport verifies SEV-SNP or TDX evidence (signature, chain, policy)
-// and returns its claims and the 64 bytes of report data it carries.
-func (v *Verifier) verifyReport(ev *attestv1.Evidence) (*Claims, []byte, error) {
+// and returns its claims and the 64 bytes of report data it carries. It is
+// the evidence-verification boundary: a panic below is a refusal.
+func (v *Verifier) verifyReport(ev *attestv1.Evidence) (c *Claims, reportData []byte, err error) {
+	defer v.recoverEvidence(ev, &c, &reportData, &err)
 	if ev == nil {
 		return nil, nil, fmt.Errorf("%w: no evidence", ErrMalformedEvidence)
+	}
+	if err := checkEvidenceBounds(ev); err != nil {
+		return nil, nil, err
 	}
 	switch ev.GetTee() {
 	case TEESevSnp, TEESimSnp:

@@ -13,6 +13,10 @@ import (
 	"github.com/confmesh/confmesh/internal/attest"
 )
 
+// MaxCSRSize bounds a CSR, checked before it is parsed; a P-256 or P-384
+// request is well under 1 KiB.
+const MaxCSRSize = 8 << 10
+
 // ParseCSR parses a DER PKCS#10 certificate signing request, checks its
 // self-signature (proof of possession of the key) and requires an ECDSA
 // P-256/P-384 or Ed25519 public key. Only the key of the returned request
@@ -20,6 +24,9 @@ import (
 func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
 	if len(der) == 0 {
 		return nil, errors.New("parse CSR: empty")
+	}
+	if len(der) > MaxCSRSize {
+		return nil, fmt.Errorf("parse CSR: %d bytes, limit %d", len(der), MaxCSRSize)
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {

@@ -287,6 +287,91 @@ func TestAdopt(t *testing.T) {
 	}
 }
 
+// TestConfigureUnchangedKeepsSocket: an agent restart adopts the running
+// datapath and configures it again with the same key and port. That must
+// change nothing on the device: wireguard-go re-binds its UDP socket on
+// every listen-port write (packets in flight are lost, and a handshake
+// message among them costs REKEY_TIMEOUT), so the socket the datapath
+// listens on must be the very same one afterwards. A real change of port
+// or key still takes effect.
+func TestConfigureUnchangedKeepsSocket(t *testing.T) {
+	requireRoot(t)
+	n := testutil.NewNetNS(t)
+	cfg := userspaceConfig(t, "cmwgcu0")
+	d1 := ensureIn(t, n, cfg)
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.Configure(k, 51823); err != nil {
+		t.Fatal(err)
+	}
+	var before []uint64
+	waitFor(t, "the datapath's UDP socket on port 51823", 10*time.Second, func() bool {
+		before = udpSocketInodes(t, d1.PID(), 51823)
+		return len(before) > 0
+	})
+	d2 := ensureIn(t, n, cfg) // the restarted agent
+	for range 2 {             // Run and then the join configure the device
+		if err := d2.Configure(k, 51823); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := udpSocketInodes(t, d2.PID(), 51823); !slices.Equal(after, before) {
+		t.Errorf("configuring the same key and port replaced the datapath's UDP socket (inodes %v, were %v): a re-bind, and traffic lost", after, before)
+	}
+	st, err := d2.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PrivateKey != k || st.ListenPort != 51823 {
+		t.Errorf("device after the no-op configure: port %d, key kept %v", st.ListenPort, st.PrivateKey == k)
+	}
+	k2, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Configure(k2, 51824); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d2.State(); err != nil || st.PrivateKey != k2 || st.ListenPort != 51824 {
+		t.Errorf("a changed key and port were not applied: %+v %v", st, err)
+	}
+	waitFor(t, "the datapath's UDP socket on the new port 51824", 10*time.Second, func() bool {
+		return len(udpSocketInodes(t, d2.PID(), 51824)) > 0
+	})
+}
+
+// udpSocketInodes are the inodes of the UDP sockets (IPv4 and IPv6) bound
+// to port in the network namespace of process pid, sorted.
+func udpSocketInodes(t *testing.T, pid, port int) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, f := range []string{"udp", "udp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) < 10 {
+				continue
+			}
+			_, hexPort, ok := strings.Cut(fields[1], ":")
+			if p, err := strconv.ParseUint(hexPort, 16, 16); !ok || err != nil || int(p) != port {
+				continue
+			}
+			inode, err := strconv.ParseUint(fields[9], 10, 64)
+			if err != nil {
+				t.Fatalf("%s: inode %q: %v", f, fields[9], err)
+			}
+			out = append(out, inode)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // TestDatapathRestart: a killed datapath makes Healthy fail; Ensure brings
 // up a new one, and the agent re-applies its configuration.
 func TestDatapathRestart(t *testing.T) {

@@ -216,19 +216,32 @@ func (d *Device) Name() string { return d.cfg.Name }
 // it is not known (a sidecar in another PID namespace without a PID file).
 func (d *Device) PID() int { return d.b.pid() }
 
-// Configure sets the private key and listen port, leaving peers alone.
+// Configure sets the private key and listen port, leaving peers alone. It
+// writes only what differs from the device's current configuration: an
+// adopted device (an agent restart) already has both, and wireguard-go
+// closes and re-opens its UDP socket on every listen-port write, losing
+// the packets in flight (a lost handshake message costs REKEY_TIMEOUT).
 func (d *Device) Configure(privateKey wgtypes.Key, listenPort int) error {
 	unlock, err := d.open()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	err = d.wgc.ConfigureDevice(d.cfg.Name, wgtypes.Config{
-		PrivateKey:   &privateKey,
-		ListenPort:   &listenPort,
-		ReplacePeers: false,
-	})
+	cur, err := d.wgc.Device(d.cfg.Name)
 	if err != nil {
+		return fmt.Errorf("configure %s: read it: %w", d.cfg.Name, err)
+	}
+	var cfg wgtypes.Config
+	if cur.PrivateKey != privateKey {
+		cfg.PrivateKey = &privateKey
+	}
+	if cur.ListenPort != listenPort {
+		cfg.ListenPort = &listenPort
+	}
+	if cfg.PrivateKey == nil && cfg.ListenPort == nil {
+		return nil
+	}
+	if err := d.wgc.ConfigureDevice(d.cfg.Name, cfg); err != nil {
 		return fmt.Errorf("configure %s: %w", d.cfg.Name, err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/confmesh/confmesh/internal/netfilter"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Agent defaults.
@@ -46,10 +48,14 @@ type agentFlags struct {
 	simDebug                                                                    bool
 	simVMPL                                                                     uint32
 	tdxColl                                                                     tdxCollateralFlags
+	simImage                                                                    simImageFlags
+	flags                                                                       *pflag.FlagSet
 }
 
-func newAgentCmd() *cobra.Command {
-	var f agentFlags
+func newAgentCmd() *cobra.Command { return newAgentCmdFlags(new(agentFlags)) }
+
+// newAgentCmdFlags builds the agent command parsing into f (tests read it).
+func newAgentCmdFlags(f *agentFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "run the node agent: strict rules, WireGuard device, attested join, peer verification",
@@ -63,7 +69,7 @@ socket. The device, the datapath and the rules survive agent restarts;
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return untilSignal(cmd, func(ctx context.Context, hup <-chan os.Signal) error {
-				return runAgent(ctx, cmd.ErrOrStderr(), f, hup)
+				return runAgent(ctx, cmd.ErrOrStderr(), *f, hup)
 			})
 		},
 	}
@@ -103,6 +109,8 @@ socket. The device, the datapath and the rules survive agent restarts;
 	fl.StringVar(&f.simMeasurement, "sim-measurement", "", "simulated launch measurement, 96 `HEX` digits")
 	fl.BoolVar(&f.simDebug, "sim-debug", false, "simulated guest has the debug policy bit set (a rogue node)")
 	fl.Uint32Var(&f.simVMPL, "sim-vmpl", 0, "simulated VMPL")
+	f.simImage.add(fl)
+	f.flags = fl
 	f.tdxColl.add(fl)
 	for _, req := range []string{"name", "control-plane", "policy", "endpoint"} {
 		_ = cmd.MarkFlagRequired(req)
@@ -284,6 +292,9 @@ func reloadAgentPolicy(ctx context.Context, log *slog.Logger, path string, a *ag
 
 func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) {
 	if f.simDir == "" {
+		if f.flags != nil && f.simImage.tee(f.flags) != "" {
+			return nil, usageErrorf("--sim-ovmf/--sim-tdvf and their flags configure the simulated TEE and need --sim-dir")
+		}
 		p, err := NewHardwareProvider()
 		if err != nil {
 			return nil, failf("agent: cannot attest: %v (development and CI only: --sim-dir)", err)
@@ -291,6 +302,7 @@ func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) 
 		return p, nil
 	}
 	var m []byte
+	var rtmrs [][]byte
 	if f.simMeasurement != "" {
 		var err error
 		if m, err = parseHexFlag("sim-measurement", f.simMeasurement, 48); err != nil {
@@ -306,12 +318,23 @@ func openAgentProvider(f agentFlags, log *slog.Logger) (attest.Provider, error) 
 	default:
 		return nil, usageErrorf("--sim-tee %q: want %s or %s", f.simTEE, attest.TEESimSnp, attest.TEESimTDX)
 	}
-	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: f.simTEE, name: name, measurement: m, debug: f.simDebug, vmpl: f.simVMPL})
+	tee := f.simTEE
+	if img := f.simImage.tee(f.flags); img != "" {
+		if tee != "" && tee != img {
+			return nil, usageErrorf("--sim-tee %s, but the image flags describe a %s node", tee, img)
+		}
+		tee = img
+		var err error
+		if m, rtmrs, err = f.simImage.measurement(f.flags, img, m, "sim-measurement"); err != nil {
+			return nil, err
+		}
+	}
+	n, root, err := openSimTEE(simTEEConfig{dir: f.simDir, tee: tee, name: name, measurement: m, rtmrs: rtmrs, debug: f.simDebug, vmpl: f.simVMPL})
 	if err != nil {
 		return nil, failf("agent: --sim-dir: %v", err)
 	}
 	log.Warn("!!! THIS NODE RUNS ON A SIMULATED TEE: its evidence proves nothing about hardware; development and CI only !!!",
-		"tee", n.TEE(), "root", root, "node", name, "debug", f.simDebug)
+		"tee", n.TEE(), "root", root, "node", name, "measurement", fmt.Sprintf("%x", m), "debug", f.simDebug)
 	return n, nil
 }
 
@@ -383,6 +406,11 @@ func datapathCommand(f agentFlags, self string) []string {
 		"--pid-file", filepath.Join(f.stateDir, "datapath.pid")}
 	if f.datapathMemoryLimit != "" {
 		argv = append(argv, "--memory-limit", f.datapathMemoryLimit)
+	}
+	if strings.EqualFold(f.logLevel, "debug") {
+		// wireguard-go's own messages (handshakes sent, received,
+		// retried) are what a tunnel problem is diagnosed from.
+		argv = append(argv, "--log-level", "debug")
 	}
 	return argv
 }

@@ -104,6 +104,17 @@ error or an unreadable config or policy file.`,
 	fl.DurationVar((*time.Duration)(&fv.SweepInterval), "sweep-interval", time.Duration(fv.SweepInterval), "how often every node is re-evaluated under the policy")
 	fl.Float64Var(&fv.SourceRate, "source-rate", fv.SourceRate, "Challenge and Join calls per second allowed per source (node identity, else client IP or IPv6 /64)")
 	fl.IntVar(&fv.SourceBurst, "source-burst", fv.SourceBurst, "burst of Challenge and Join calls allowed per source")
+	fl.DurationVar((*time.Duration)(&fv.HandshakeTimeout), "handshake-timeout", time.Duration(fv.HandshakeTimeout), "agent connections: close one whose TLS and HTTP/2 handshakes take longer")
+	fl.DurationVar((*time.Duration)(&fv.UnauthenticatedIdleTimeout), "unauthenticated-idle-timeout", time.Duration(fv.UnauthenticatedIdleTimeout), "agent connections: close one that has carried no call with a valid node SVID once no call has started on it for this long (agents' Watch connections are exempt)")
+	fl.IntVar(&fv.MaxConnsPerSource, "max-conns-per-source", fv.MaxConnsPerSource, "agent connections from one source (IPv4 address, IPv6 /64); more are refused at accept")
+	fl.IntVar(&fv.MaxConns, "max-conns", fv.MaxConns, "agent connections in all; more are refused at accept")
+	fl.IntVar(&fv.MaxUnauthenticatedConns, "max-unauthenticated-conns", fv.MaxUnauthenticatedConns, "agent connections that have not carried a call with a valid node SVID; when full, a source holding fewer displaces the heaviest source's oldest")
+	fl.IntVar(&fv.MaxConcurrentStreams, "max-concurrent-streams", fv.MaxConcurrentStreams, "calls in flight on one agent connection")
+	fl.DurationVar((*time.Duration)(&fv.KeepaliveTime), "keepalive-time", time.Duration(fv.KeepaliveTime), "ping an agent connection silent for this long")
+	fl.DurationVar((*time.Duration)(&fv.KeepaliveTimeout), "keepalive-timeout", time.Duration(fv.KeepaliveTimeout), "close an agent connection whose ping is not answered within this")
+	fl.DurationVar((*time.Duration)(&fv.KeepaliveMinTime), "keepalive-min-time", time.Duration(fv.KeepaliveMinTime), "disconnect a client that pings more often than this")
+	fl.IntVar(&fv.MetricsMaxConns, "metrics-max-conns", fv.MetricsMaxConns, "connections to --metrics-listen in all; more are refused at accept")
+	fl.IntVar(&fv.MetricsMaxConnsPerSource, "metrics-max-conns-per-source", fv.MetricsMaxConnsPerSource, "connections to --metrics-listen from one source")
 	fl.StringSliceVar(&fv.DNSNames, "dns-name", nil, "DNS `NAME` for the serving certificate (repeatable)")
 	fl.StringSliceVar(&fv.IPs, "ip", nil, "IP `ADDRESS` for the serving certificate (repeatable)")
 	fl.StringVar(&fv.SimDir, "sim-dir", "", "run on the SIMULATED TEE whose CA is in `DIR` (created when empty); development only")
@@ -169,6 +180,28 @@ func applyFlag(dst, src *config.Config, name string) {
 		dst.SourceRate = src.SourceRate
 	case "source-burst":
 		dst.SourceBurst = src.SourceBurst
+	case "handshake-timeout":
+		dst.HandshakeTimeout = src.HandshakeTimeout
+	case "unauthenticated-idle-timeout":
+		dst.UnauthenticatedIdleTimeout = src.UnauthenticatedIdleTimeout
+	case "max-conns-per-source":
+		dst.MaxConnsPerSource = src.MaxConnsPerSource
+	case "max-conns":
+		dst.MaxConns = src.MaxConns
+	case "max-unauthenticated-conns":
+		dst.MaxUnauthenticatedConns = src.MaxUnauthenticatedConns
+	case "max-concurrent-streams":
+		dst.MaxConcurrentStreams = src.MaxConcurrentStreams
+	case "keepalive-time":
+		dst.KeepaliveTime = src.KeepaliveTime
+	case "keepalive-timeout":
+		dst.KeepaliveTimeout = src.KeepaliveTimeout
+	case "keepalive-min-time":
+		dst.KeepaliveMinTime = src.KeepaliveMinTime
+	case "metrics-max-conns":
+		dst.MetricsMaxConns = src.MetricsMaxConns
+	case "metrics-max-conns-per-source":
+		dst.MetricsMaxConnsPerSource = src.MetricsMaxConnsPerSource
 	case "dns-name":
 		dst.DNSNames = src.DNSNames
 	case "ip":
@@ -385,7 +418,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, t
 		Policy: policy, Provider: prov, Store: st,
 		ClusterCIDR: cfg.ClusterCIDR, NodePrefixLen: cfg.NodePrefixLen, MTUHint: cfg.MTUHint,
 		SVIDTTL: svidTTL, WorkloadTTL: time.Duration(cfg.WorkloadTTL), SweepInterval: time.Duration(cfg.SweepInterval),
-		SourceRate: cfg.SourceRate, SourceBurst: cfg.SourceBurst,
+		SourceRate: cfg.SourceRate, SourceBurst: cfg.SourceBurst, Limits: cfg.Limits(),
 		DNSNames: cfg.DNSNames, IPAddresses: cfg.IPAddresses(),
 		Logger: log, VerifierOptions: vopts,
 	})
@@ -422,6 +455,9 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, t
 			return failf("controlplane: metrics listener: %v", err)
 		}
 		defer metricsLis.Close()
+		if metricsLis, err = srv.LimitMetricsListener(metricsLis, cfg.MetricsMaxConns, cfg.MetricsMaxConnsPerSource); err != nil {
+			return failf("controlplane: %v", err)
+		}
 	}
 
 	reloader := &config.PolicyReloader{
@@ -459,7 +495,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, cfg config.Config, t
 	run("admin service", func() error { return srv.ServeAdmin(ctx, adminLis) })
 	var httpSrv *http.Server
 	if metricsLis != nil {
-		httpSrv = &http.Server{Handler: srv.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = srv.MetricsServer()
 		run("metrics server", func() error {
 			if err := httpSrv.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -80,7 +80,7 @@ input file that cannot be read or parsed.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: ExitUsage, err: err}
 	})
-	root.AddCommand(newAttestCmd(), newPolicyCmd(), newBenchCmd(), newControlPlaneCmd(), newNodesCmd())
+	root.AddCommand(newAttestCmd(), newPolicyCmd(), newMeasureCmd(), newBenchCmd(), newControlPlaneCmd(), newNodesCmd())
 	root.AddCommand(newDatapathCmd())
 	root.AddCommand(newAgentCmd(), newStatusCmd(), newPeersCmd())
 	root.AddCommand(newDemoCmd())

@@ -17,7 +17,8 @@ import (
 // simTEEConfig is what a simulated node reports, for either simulated TEE.
 type simTEEConfig struct {
 	dir, tee, name string
-	measurement    []byte // SEV-SNP launch measurement or TDX MRTD
+	measurement    []byte   // SEV-SNP launch measurement or TDX MRTD
+	rtmrs          [][]byte // TDX RTMR0-3 (nil entries: zero); nil: all zero
 	debug          bool
 	vmpl           uint32
 }
@@ -63,7 +64,14 @@ func openSimTEE(c simTEEConfig) (attest.Provider, string, error) {
 		if err != nil {
 			return nil, "", err
 		}
-		n, err := ca.OpenNode(c.name, simtdx.NodeConfig{MRTD: c.measurement, Debug: c.debug})
+		var rtmrs [][]byte
+		for _, r := range c.rtmrs {
+			if r == nil {
+				r = make([]byte, attest.TDXMRTDSize)
+			}
+			rtmrs = append(rtmrs, r)
+		}
+		n, err := ca.OpenNode(c.name, simtdx.NodeConfig{MRTD: c.measurement, RTMRs: rtmrs, Debug: c.debug})
 		if err != nil {
 			return nil, "", fmt.Errorf("simulated node %q: %w", c.name, err)
 		}

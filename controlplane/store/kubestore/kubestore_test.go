@@ -54,9 +54,11 @@ type env struct {
 	dyn   dynamic.Interface
 }
 
-func setup(t *testing.T) *env {
+// setup starts the API server with the control plane's and the agent's
+// service accounts and the extra users, and installs the CRDs and RBAC.
+func setup(t *testing.T, extra ...kubetest.User) *env {
 	t.Helper()
-	api := kubetest.StartAPIServer(t, kubetest.Options{Users: []kubetest.User{cpUser, agentUser}})
+	api := kubetest.StartAPIServer(t, kubetest.Options{Users: append([]kubetest.User{cpUser, agentUser}, extra...)})
 	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +272,7 @@ func TestKubeContract(t *testing.T) {
 		synced := make(chan uint64, 4)
 		ended := make(chan error, 1)
 		go func() {
-			ended <- s.WatchNodes(ctx, func(_ []*store.NodeRecord, rev uint64) { synced <- rev }, func(store.Change) {})
+			ended <- s.WatchNodes(ctx, func(_ []*store.NodeRecord, rev uint64) { synced <- rev }, func(store.Change) {}, func(uint64) {})
 		}()
 		first := <-synced
 		e.api.StopAPI()
@@ -309,7 +311,7 @@ func TestKubeContract(t *testing.T) {
 				} else {
 					synced <- 0
 				}
-			}, func(store.Change) {})
+			}, func(store.Change) {}, func(uint64) {})
 		}()
 		select {
 		case rev := <-synced:
@@ -425,7 +427,7 @@ func TestWatchResumesAfterServerTimeout(t *testing.T) {
 	changes := make(chan store.Change, 64)
 	ended := make(chan error, 1)
 	go func() {
-		ended <- s.WatchNodes(ctx, func([]*store.NodeRecord, uint64) { syncs.Add(1) }, func(c store.Change) { changes <- c })
+		ended <- s.WatchNodes(ctx, func([]*store.NodeRecord, uint64) { syncs.Add(1) }, func(c store.Change) { changes <- c }, func(uint64) {})
 	}()
 	if !kubetest.WaitFor(ctx, 30*time.Second, func() bool { return syncs.Load() == 1 }) {
 		t.Fatal("no sync")

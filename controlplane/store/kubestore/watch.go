@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/confmesh/confmesh/controlplane/store"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,11 +17,18 @@ import (
 
 // WatchNodes implements store.Shared: a list (sync, at the list's
 // resourceVersion) and a watch from there. A watch the API server ends
-// normally (its request timeout) is resumed from the last revision seen,
-// without a new sync; an expired revision (410 Gone), an error event or an
-// API server that cannot be reached ends WatchNodes with the error, and the
-// caller calls it again for a fresh list.
-func (s *Store) WatchNodes(ctx context.Context, sync func([]*store.NodeRecord, uint64), change func(store.Change)) error {
+// normally is resumed from the last revision seen, without a new sync; an
+// expired revision (410 Gone), an error event or an API server that cannot
+// be reached ends WatchNodes with the error, and the caller calls it again
+// for a fresh list.
+//
+// Progress: each watch request asks the API server to end it after
+// watchSpan (well within store.ProgressInterval) and for bookmarks; a
+// bookmark and every watch started again call progress. A connection that
+// goes silent (drops bytes without an error) therefore shows as a watch
+// without progress: its caller's deadline catches it, long before
+// client-go's HTTP/2 health check (30 s idle + 15 s ping) would.
+func (s *Store) WatchNodes(ctx context.Context, sync func([]*store.NodeRecord, uint64), change func(store.Change), progress func(uint64)) error {
 	lctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	nodes, rev, err := s.listNodes(lctx)
 	cancel()
@@ -31,15 +39,19 @@ func (s *Store) WatchNodes(ctx context.Context, sync func([]*store.NodeRecord, u
 		return err
 	}
 	sync(nodes, rev)
-	for {
-		w, err := s.nodes.Watch(ctx, metav1.ListOptions{ResourceVersion: fmt.Sprint(rev), AllowWatchBookmarks: true})
+	span := int64(watchSpan / time.Second)
+	for first := true; ; first = false {
+		w, err := s.nodes.Watch(ctx, metav1.ListOptions{ResourceVersion: fmt.Sprint(rev), AllowWatchBookmarks: true, TimeoutSeconds: &span})
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("kubestore: watch nodes from revision %d: %w", rev, err)
 		}
-		rev, err = s.relay(ctx, w, rev, change)
+		if !first {
+			progress(rev) // the API server answered a new watch from rev
+		}
+		rev, err = s.relay(ctx, w, rev, change, progress)
 		w.Stop()
 		if err != nil {
 			return err
@@ -47,9 +59,15 @@ func (s *Store) WatchNodes(ctx context.Context, sync func([]*store.NodeRecord, u
 	}
 }
 
-// relay passes w's events to change until w ends (nil error: resume from
-// the returned revision) or fails.
-func (s *Store) relay(ctx context.Context, w watch.Interface, rev uint64, change func(store.Change)) (uint64, error) {
+// watchSpan is the timeout of each watch request: the API server ends the
+// watch after it, and WatchNodes starts the next one (progress), so an
+// idle watch reports progress at least this often (store.ProgressInterval
+// allows for the round trip).
+const watchSpan = 2 * time.Second
+
+// relay passes w's events to change (bookmarks to progress) until w ends
+// (nil error: resume from the returned revision) or fails.
+func (s *Store) relay(ctx context.Context, w watch.Interface, rev uint64, change func(store.Change), progress func(uint64)) (uint64, error) {
 	for {
 		var ev watch.Event
 		var ok bool
@@ -75,15 +93,18 @@ func (s *Store) relay(ctx context.Context, w watch.Interface, rev uint64, change
 		}
 		if r <= rev {
 			if ev.Type == watch.Bookmark {
+				progress(rev)
 				continue
 			}
 			return rev, fmt.Errorf("kubestore: watch nodes: revision %d after %d: out of order", r, rev)
 		}
 		switch {
 		case ev.Type == watch.Bookmark:
+			progress(r)
 		case incomplete(u):
 			// A created object whose record is not written yet (or whose
 			// deletion ends a first write that never finished): no node.
+			progress(r)
 		case ev.Type == watch.Added || ev.Type == watch.Modified:
 			n, err := nodeRecord(u)
 			if err != nil {

@@ -174,8 +174,10 @@ func (s *Store) BreakWatch() {
 	}
 }
 
-// HoldWatch stops delivering changes to this store's watches (they queue,
-// up to the watch buffer) until ReleaseWatch: a replica whose watch lags.
+// HoldWatch stops delivering changes and progress to this store's watches
+// (changes queue, up to the watch buffer), and a WatchNodes called
+// meanwhile lists only after ReleaseWatch: a replica whose watch lags, or
+// whose connection to the store went silent.
 func (s *Store) HoldWatch() {
 	s.b.mu.Lock()
 	defer s.b.mu.Unlock()
@@ -571,8 +573,17 @@ func (s *Store) CreateSecrets(values map[string][]byte) (map[string][]byte, erro
 
 // WatchNodes implements store.Shared. Changes reach the consumer through a
 // buffer of watchBuffer changes; one that falls further behind loses the
-// watch (the call returns an error) and relists by calling again.
-func (s *Store) WatchNodes(ctx context.Context, sync func(nodes []*store.NodeRecord, rev uint64), change func(store.Change)) error {
+// watch (the call returns an error) and relists by calling again. An idle
+// watch reports progress every progressTick; a held one (HoldWatch) is
+// silent: neither a list, nor changes, nor progress until ReleaseWatch.
+func (s *Store) WatchNodes(ctx context.Context, sync func(nodes []*store.NodeRecord, rev uint64), change func(store.Change), progress func(uint64)) error {
+	if held := s.holding(); held != nil {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-held:
+		}
+	}
 	if err := s.lock(); err != nil {
 		return err
 	}
@@ -586,6 +597,8 @@ func (s *Store) WatchNodes(ctx context.Context, sync func(nodes []*store.NodeRec
 		s.b.mu.Unlock()
 	}()
 	sync(nodes, rev)
+	tick := time.NewTicker(progressTick)
+	defer tick.Stop()
 	for {
 		// A broken watch ends before anything still buffered is delivered:
 		// the consumer relists, as after a watch the API server ended.
@@ -601,21 +614,44 @@ func (s *Store) WatchNodes(ctx context.Context, sync func(nodes []*store.NodeRec
 			return ctx.Err()
 		case <-w.broken:
 			return w.err
+		case <-tick.C:
+			if held := s.holding(); held != nil {
+				if err := s.waitHeld(ctx, w, held); err != nil {
+					return err
+				}
+			}
+			progress(rev)
 		case c := <-w.ch:
-			s.b.mu.Lock()
-			held := s.held
-			s.b.mu.Unlock()
-			if held != nil { // HoldWatch: deliver c only after ReleaseWatch
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-w.broken:
-					return w.err
-				case <-held:
+			if held := s.holding(); held != nil { // HoldWatch: deliver c only after ReleaseWatch
+				if err := s.waitHeld(ctx, w, held); err != nil {
+					return err
 				}
 			}
 			change(c)
+			rev = c.Revision
 		}
+	}
+}
+
+// progressTick is how often an idle memstore watch reports progress.
+const progressTick = store.ProgressInterval / 3
+
+// holding returns the channel HoldWatch's release closes, nil when not held.
+func (s *Store) holding() chan struct{} {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	return s.held
+}
+
+// waitHeld waits for ReleaseWatch (nil) or the watch's end (its error).
+func (s *Store) waitHeld(ctx context.Context, w *watch, held chan struct{}) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.broken:
+		return w.err
+	case <-held:
+		return nil
 	}
 }
 

@@ -43,7 +43,7 @@ func startWatch(t *testing.T, s *Store) (*watcher, context.CancelFunc) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			w.changes = append(w.changes, c)
-		})
+		}, func(uint64) {})
 	}()
 	t.Cleanup(cancel)
 	return w, cancel
@@ -170,7 +170,7 @@ func TestCutAndBreak(t *testing.T) {
 	if _, err := a.PutNode(node("x")); !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("put on a cut store: %v, want ErrUnreachable", err)
 	}
-	if err := a.WatchNodes(context.Background(), func([]*store.NodeRecord, uint64) {}, func(store.Change) {}); !errors.Is(err, ErrUnreachable) {
+	if err := a.WatchNodes(context.Background(), func([]*store.NodeRecord, uint64) {}, func(store.Change) {}, func(uint64) {}); !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("watch on a cut store: %v", err)
 	}
 	if _, err := c.PutNode(node("y")); err != nil {

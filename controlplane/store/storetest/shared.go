@@ -143,6 +143,30 @@ func RunShared(t *testing.T, open Replicas, opt Options) {
 		}
 	})
 
+	t.Run("IdleWatchReportsProgress", func(t *testing.T) {
+		// A watch with nothing to deliver still shows it is live: its
+		// consumer tells a silent connection from an idle store by this.
+		a, _ := open(t)
+		put(t, a, Node("n", "10.244.1.0/24"))
+		w := startWatch(t, a, "a")
+		w.waitSync(t)
+		start := time.Now()
+		time.Sleep(3 * store.ProgressInterval) // the idle period under test
+		w.mu.Lock()
+		beats := append([]time.Time{start}, w.progress...)
+		w.mu.Unlock()
+		beats = append(beats, time.Now())
+		// One interval of slack for a loaded machine.
+		for i := 1; i < len(beats); i++ {
+			if gap := beats[i].Sub(beats[i-1]); gap > 2*store.ProgressInterval {
+				t.Fatalf("idle watch silent for %s (progress at %v); want progress at least every %s", gap.Round(time.Millisecond), beats, store.ProgressInterval)
+			}
+		}
+		if len(beats) < 4 {
+			t.Fatalf("%d progress calls in %s of idle watch, want at least 2", len(beats)-2, 3*store.ProgressInterval)
+		}
+	})
+
 	t.Run("LeaseOneLeader", func(t *testing.T) {
 		a, b := open(t)
 		var leading atomic.Int32
@@ -240,7 +264,9 @@ type watcher struct {
 	sync    []*store.NodeRecord
 	syncRev uint64
 	changes []store.Change
-	err     chan error
+	// progress holds when progress was called.
+	progress []time.Time
+	err      chan error
 }
 
 // startWatch runs s.WatchNodes until the test ends.
@@ -260,6 +286,10 @@ func startWatch(t *testing.T, s store.Shared, name string) *watcher {
 		}, func(c store.Change) {
 			w.mu.Lock()
 			w.changes = append(w.changes, c)
+			w.mu.Unlock()
+		}, func(uint64) {
+			w.mu.Lock()
+			w.progress = append(w.progress, time.Now())
 			w.mu.Unlock()
 		})
 	}()

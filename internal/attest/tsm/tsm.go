@@ -87,10 +87,13 @@ func (p *Provider) Report(reportData [64]byte) (*attestv1.Evidence, error) {
 	case attest.TEESevSnp:
 		return snp.FromRawQuote(append(append([]byte(nil), resp.OutBlob...), resp.AuxBlob...))
 	default:
-		if len(resp.OutBlob) > attest.MaxEvidenceSize {
-			return nil, fmt.Errorf("%w: quote is %d bytes", attest.ErrMalformedReport, len(resp.OutBlob))
+		// outblob is the quote in the buffer the quote-generation stack
+		// filled, zero padding included; peers get the quote alone.
+		quote, err := attest.TrimTDXQuote(resp.OutBlob)
+		if err != nil {
+			return nil, fmt.Errorf("configfs-tsm outblob (%d bytes): %w", len(resp.OutBlob), err)
 		}
-		return &attestv1.Evidence{Tee: attest.TEETDX, Report: append([]byte(nil), resp.OutBlob...)}, nil
+		return &attestv1.Evidence{Tee: attest.TEETDX, Report: append([]byte(nil), quote...)}, nil
 	}
 }
 

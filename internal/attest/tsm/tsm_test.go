@@ -3,6 +3,7 @@ package tsm_test
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 
@@ -74,6 +75,52 @@ func TestTDXOverConfigfsTSM(t *testing.T) {
 	q, err := attest.ParseTDXQuote(ev.GetReport())
 	if err != nil || !bytes.Equal(q.Body.GetReportData(), rd[:]) {
 		t.Fatalf("quote: %v", err)
+	}
+}
+
+// TestTDXOverConfigfsTSMTrimsPadding: an outblob holding the quote in a
+// larger zero-filled buffer (as configfs-tsm returns it) yields evidence
+// carrying the quote alone; an outblob with a non-zero byte after the quote
+// yields no evidence.
+func TestTDXOverConfigfsTSMTrimsPadding(t *testing.T) {
+	ca, err := simtdx.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := ca.NewNode(simtdx.NodeConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var quote []byte
+	dirty := false
+	c := fakeTSM(tsm.ProviderTDX, func(in []byte) []byte {
+		var rd [64]byte
+		copy(rd[:], in)
+		q, err := n.Quote(rd)
+		if err != nil {
+			t.Error(err)
+		}
+		quote = q
+		out := append(append([]byte(nil), q...), make([]byte, 8000-len(q))...)
+		if dirty {
+			out[len(out)-1] = 0x5a
+		}
+		return out
+	}, nil)
+	p, err := tsm.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := p.Report([64]byte{4, 5, 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(quote) >= 8000 || !bytes.Equal(ev.GetReport(), quote) {
+		t.Fatalf("evidence carries %d bytes, the quote is %d (outblob 8000)", len(ev.GetReport()), len(quote))
+	}
+	dirty = true
+	if _, err := p.Report([64]byte{4, 5, 6}); !errors.Is(err, attest.ErrTrailingData) {
+		t.Fatalf("outblob with a non-zero byte after the quote: err = %v, want trailing data", err)
 	}
 }
 
