@@ -127,7 +127,7 @@ func RemoveFailClosedRoutes() error {
 }
 
 // ensurePodRoutes restores the host route of every pod whose veth exists
-// but whose /32 (/128) route through it is gone (the CNI plugin adds it at
+// and is up but whose /32 (/128) route through it is gone (the CNI plugin adds it at
 // ADD), and returns how many it restored.
 func ensurePodRoutes(pods []netfilter.Pod) (int, error) {
 	if len(pods) == 0 {
@@ -137,9 +137,14 @@ func ensurePodRoutes(pods []netfilter.Pod) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list links: %w", err)
 	}
+	// Only veths that are up: the plugin brings the host side up before it
+	// adds the route, and takes it down or away at DEL, so a down veth is
+	// a pod being created or removed, and it cannot carry a route anyway.
 	index := map[string]int{}
 	for _, l := range links {
-		index[l.Attrs().Name] = l.Attrs().Index
+		if l.Attrs().Flags&net.FlagUp != 0 {
+			index[l.Attrs().Name] = l.Attrs().Index
+		}
 	}
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -168,6 +173,9 @@ func ensurePodRoutes(pods []netfilter.Pod) (int, error) {
 		}
 		r := &netlink.Route{LinkIndex: idx, Dst: ipNet(dst), Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN, Family: family(dst)}
 		if err := netlink.RouteReplace(r); err != nil {
+			if errors.Is(err, unix.ENETDOWN) || errors.Is(err, unix.ENODEV) {
+				continue // went down or away since the listing: a pod being removed
+			}
 			errs = append(errs, fmt.Errorf("route %s dev %s: %w", dst, p.Interface, err))
 			continue
 		}
