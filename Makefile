@@ -24,7 +24,7 @@ help:
 	@echo "make test      lint, then all tests, a short fuzz run (fuzz-ci), then the real-cluster e2e (builds the k8s tools once)"
 	@echo "make build     compile everything; binaries go to $(BIN)/"
 	@echo "make lint      gofmt and go vet"
-	@echo "make bench     Go benchmarks, then '$(BIN)/confmesh bench' verify, cni, controlplane, throughput and a soak (SOAK_DURATION, default 30m; result set in bench/results/)"
+	@echo "make bench     Go benchmarks, then '$(BIN)/confmesh bench' verify, cni, controlplane, throughput and a soak (SOAK_DURATION, default 30m; control-plane failovers with the k8s tools; result set in bench/results/)"
 	@echo "make fuzz      every Fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make fuzz-ci   every Fuzz target for FUZZ_CI_TIME ($(FUZZ_CI_TIME)) each (part of make test)"
 	@echo "make generate  regenerate protobuf code under api/ (needs protoc)"
@@ -101,14 +101,17 @@ bench: build
 	@# The confmesh benches (docs/benchmarks.md; cni, throughput and soak need root) store their figures in one
 	@# result set, bench/results/<date>-<host>.json (keys verify, cni, controlplane, throughput, soak); throughput
 	@# adds the markdown table and the plot; the soak runs last, for SOAK_DURATION. iperf3 comes from Debian
-	@# when missing, stock wireguard-go from the pinned module.
+	@# when missing, stock wireguard-go from the pinned module. The soak's control-plane events are failovers
+	@# between two replicas on a real kube-apiserver when `make k8s-tools` has built it (the tool cache is
+	@# looked up as the invoking user, not root), else kills of one standalone control plane (SOAK_CONTROL_PLANES).
 	command -v iperf3 >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3; }
 	go build -o $(BIN)/wireguard-go golang.zx2c4.com/wireguard && mkdir -p bench/results && r=bench/results/$$(date -u +%F)-$$(hostname -s) && \
 	./$(BIN)/confmesh bench verify --results $$r.json && \
 	$(SUDO) ./$(BIN)/confmesh bench cni --results $$r.json && \
 	./$(BIN)/confmesh bench controlplane $(CONTROLPLANE_FLAGS) --results $$r.json && \
 	$(SUDO) ./$(BIN)/confmesh bench throughput $(THROUGHPUT_FLAGS) --results $$r.json --markdown $$r.md --plot $$r.png && \
-	$(SUDO) ./$(BIN)/confmesh bench soak --duration $(SOAK_DURATION) $(SOAK_FLAGS) --results $$r.json
+	$(SUDO) ./$(BIN)/confmesh bench soak --duration $(SOAK_DURATION) --control-planes $(SOAK_CONTROL_PLANES) \
+		--k8s-tools "$$(bash k8s/tools/build.sh --dir)" $(SOAK_FLAGS) --results $$r.json
 
 # Flags for the throughput run, e.g. THROUGHPUT_FLAGS="--duration 10s --rounds 6".
 THROUGHPUT_FLAGS ?=
@@ -117,6 +120,9 @@ CONTROLPLANE_FLAGS ?=
 # The soak's length and further flags, e.g. SOAK_DURATION=5m SOAK_FLAGS="--every 20s --nodes 4".
 SOAK_DURATION ?= 30m
 SOAK_FLAGS ?=
+# auto: failovers between two control-plane replicas on a real kube-apiserver when the k8s tools are built,
+# else kills of one standalone control plane; kubernetes or standalone force one.
+SOAK_CONTROL_PLANES ?= auto
 
 # `go test -fuzz` takes one package and one target at a time, so list them all
 # first ("FuzzX" lines, then "ok <package>"; only the packages whose tests

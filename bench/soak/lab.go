@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/kubetest"
 	"github.com/confmesh/confmesh/netlab"
 )
 
@@ -36,6 +37,12 @@ type Config struct {
 	Prefix, Dir string // the lab's name prefix and working directory
 	Command     string // how it was started, for the report
 
+	// ControlPlanes is ModeStandalone or ModeKubernetes (ResolveMode);
+	// ModeKubernetes needs K8sTools (etcd, kube-apiserver) and RepoRoot
+	// (manifests/base's CRDs and RBAC).
+	ControlPlanes      string
+	K8sTools, RepoRoot string
+
 	Duration      time.Duration // events are scheduled within it
 	Every         time.Duration // between scheduled events
 	Settle        time.Duration // added to every event's window
@@ -52,7 +59,9 @@ type Config struct {
 // lab is one soak run in progress.
 type lab struct {
 	cfg     Config
+	cycle   []Kind
 	c       *netlab.Cluster
+	api     *kubetest.APIServer // ModeKubernetes's, until Run stops it
 	stable  []*netlab.Node
 	extras  []*netlab.Node // joined during the run, not yet left
 	probes  []*probe
@@ -76,7 +85,17 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.ProbeInterval <= 0 || cfg.ChurnEvery <= 0 || cfg.SampleEvery <= 0 || cfg.Settle < 0 || cfg.ChurnPods < 1 {
 		return nil, errors.New("soak: probe interval, churn interval and sample interval must be positive, churn pods at least 1")
 	}
-	plan, err := Plan(cfg.Duration, cfg.Every, cfg.Settle, Cycle)
+	if cfg.ControlPlanes == "" {
+		cfg.ControlPlanes = ModeStandalone
+	}
+	cycle, err := CycleFor(cfg.ControlPlanes)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ControlPlanes == ModeKubernetes && (cfg.K8sTools == "" || cfg.RepoRoot == "") {
+		return nil, errors.New("soak: the kubernetes control-plane mode needs the tools directory and the repository root")
+	}
+	plan, err := Plan(cfg.Duration, cfg.Every, cfg.Settle, cycle)
 	if err != nil {
 		return nil, err
 	}
@@ -86,12 +105,15 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if err := os.Setenv(DatapathMetricsEnv, datapathMetrics); err != nil {
 		return nil, err
 	}
-	l := &lab{cfg: cfg, procs: map[string]*Proc{}}
+	l := &lab{cfg: cfg, cycle: cycle, procs: map[string]*Proc{}}
 	l.c = netlab.NewCluster(netlab.Config{Prefix: cfg.Prefix, Dir: cfg.Dir, Bin: cfg.Bin, CNIBin: cfg.CNIBin,
 		OwnProcessGroup: true, AgentMetricsListen: agentMetrics, Logf: cfg.Logf})
-	rep = &Report{Command: cfg.Command, CPUs: runtime.NumCPU(), LoadAvgStart: loadAvg(), StableNodes: cfg.Nodes, Replicas: 1,
+	rep = &Report{Command: cfg.Command, CPUs: runtime.NumCPU(), LoadAvgStart: loadAvg(), StableNodes: cfg.Nodes, Replicas: ReplicasOf(cfg.ControlPlanes), ControlPlanes: cfg.ControlPlanes,
 		ProbeIntervalMs: float64(cfg.ProbeInterval.Microseconds()) / 1000, SettleSeconds: cfg.Settle.Seconds(), Bounds: cfg.Bounds.String()}
 	defer func() {
+		// The API server goes first: the lab's teardown kills whatever
+		// still runs in its namespaces as a leftover.
+		l.stopAPI()
 		for _, e := range l.c.Teardown() {
 			rep.Failures = append(rep.Failures, "cleanup: "+e.Error())
 		}
@@ -113,7 +135,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 // and the probe streams between every ordered pair of them.
 func (l *lab) start() error {
 	start := time.Now()
-	if err := l.c.Start(netlab.Options{}); err != nil {
+	opts := netlab.Options{}
+	if l.cfg.ControlPlanes == ModeKubernetes {
+		opts.ControlPlaneReplicas, opts.ControlPlaneSetup = ReplicasOf(ModeKubernetes), l.kubeSetup
+	}
+	if err := l.c.Start(opts); err != nil {
 		return err
 	}
 	for range l.cfg.Nodes {
@@ -161,7 +187,8 @@ func (l *lab) start() error {
 			l.probes = append(l.probes, p)
 		}
 	}
-	l.cfg.Logf("lab %s up in %s: control plane, %d nodes, %d probe streams", l.c.Prefix, time.Since(start).Round(time.Millisecond), len(l.stable), len(l.probes))
+	l.cfg.Logf("lab %s up in %s: %d control-plane replica(s) (%s), %d nodes, %d probe streams", l.c.Prefix, time.Since(start).Round(time.Millisecond),
+		len(l.c.ControlPlanes()), l.cfg.ControlPlanes, len(l.stable), len(l.probes))
 	return nil
 }
 
@@ -221,6 +248,8 @@ func (l *lab) do(k Kind) error {
 		detail, err = l.leave()
 	case KindControlPlane:
 		detail, err = l.killControlPlane()
+	case KindControlPlaneFailover:
+		detail, err = l.failover()
 	case KindPolicyReload:
 		detail, err = l.reloadPolicy()
 	default:
@@ -327,7 +356,10 @@ func (l *lab) reloadPolicy() (string, error) {
 	if err := l.c.WritePolicy(path, p); err != nil {
 		return "", err
 	}
-	procs := []*netlab.Process{l.c.CP.Process()}
+	var procs []*netlab.Process
+	for _, cp := range l.c.ControlPlanes() {
+		procs = append(procs, cp.Process())
+	}
 	for _, n := range l.active() {
 		procs = append(procs, n.Agent())
 	}
@@ -412,7 +444,7 @@ func (l *lab) finish(rep *Report) {
 		// The switch happens just before the agent logs it.
 		windows = append(windows, Window{Kind: KindKeyRotation, Start: at.Add(-time.Second), End: at.Add(l.cfg.Settle)})
 	}
-	kinds := append([]Kind{KindNone}, append(slices.Clone(Cycle), KindKeyRotation)...)
+	kinds := append([]Kind{KindNone}, append(slices.Clone(l.cycle), KindKeyRotation)...)
 	rep.Loss = Attribute(streams, windows, l.cfg.ProbeInterval, kinds)
 	for _, s := range streams {
 		rep.ProbesSent += len(s.Sent)
@@ -447,9 +479,11 @@ func (l *lab) finish(rep *Report) {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("%s's agent died: %v", n.Name, err))
 		}
 	}
-	if p := l.c.CP.Process(); p != nil {
-		if done, err := p.Exited(); done {
-			rep.Failures = append(rep.Failures, fmt.Sprintf("the control plane died: %v", err))
+	for _, cp := range l.c.ControlPlanes() {
+		if p := cp.Process(); p != nil {
+			if done, err := p.Exited(); done {
+				rep.Failures = append(rep.Failures, fmt.Sprintf("control plane %s died: %v", cp.Name, err))
+			}
 		}
 	}
 	var tally ErrorTally

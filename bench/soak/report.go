@@ -37,6 +37,7 @@ type Report struct {
 	DurationSeconds float64       `json:"duration_seconds"`
 	StableNodes     int           `json:"stable_nodes"`
 	Replicas        int           `json:"controlplane_replicas"`
+	ControlPlanes   string        `json:"controlplane_mode,omitempty"`
 	Streams         int           `json:"probe_streams"`
 	ProbeIntervalMs float64       `json:"probe_interval_ms"`
 	SettleSeconds   float64       `json:"settle_seconds"`
@@ -59,8 +60,12 @@ func (r *Report) Failed() bool { return len(r.Failures) > 0 }
 
 // Render writes the report as tables.
 func (r *Report) Render(w io.Writer) {
-	fmt.Fprintf(w, "soak: %s, %d stable nodes, %d control-plane replica(s), %d probe streams every %gms, %d CPUs, load %s -> %s\n",
-		time.Duration(r.DurationSeconds*float64(time.Second)).Round(time.Second), r.StableNodes, r.Replicas, r.Streams,
+	mode := ""
+	if r.ControlPlanes != "" {
+		mode = " (" + r.ControlPlanes + ")"
+	}
+	fmt.Fprintf(w, "soak: %s, %d stable nodes, %d control-plane replica(s)%s, %d probe streams every %gms, %d CPUs, load %s -> %s\n",
+		time.Duration(r.DurationSeconds*float64(time.Second)).Round(time.Second), r.StableNodes, r.Replicas, mode, r.Streams,
 		r.ProbeIntervalMs, r.CPUs, r.LoadAvgStart, r.LoadAvgEnd)
 	fmt.Fprintf(w, "\nprobes lost per event type (window = event + %gs settle; overlaps go to the newest event):\n", r.SettleSeconds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -15,11 +15,15 @@ const (
 	KindNodeJoin     Kind = "node-join"
 	KindNodeLeave    Kind = "node-leave"
 	KindControlPlane Kind = "controlplane-kill"
-	KindPolicyReload Kind = "policy-reload"
-	KindKeyRotation  Kind = "key-rotation"
+	// KindControlPlaneFailover is the replica the agents use SIGKILLed,
+	// the agents on the other one, then the killed one started again.
+	KindControlPlaneFailover Kind = "controlplane-failover"
+	KindPolicyReload         Kind = "policy-reload"
+	KindKeyRotation          Kind = "key-rotation"
 )
 
-// Cycle is the order the scheduled events repeat in. Key rotations are not
+// Cycle is the order the scheduled events repeat in (ModeStandalone's;
+// CycleFor gives each mode's). Key rotations are not
 // scheduled: the agents rotate on their own period (--key-rotation), and
 // the soak reads when from their logs.
 var Cycle = []Kind{KindNodeJoin, KindPolicyReload, KindControlPlane, KindNodeLeave}

@@ -2,6 +2,11 @@
 // tests (in the manner of controller-runtime's envtest), from the binaries
 // k8s/tools/build.sh caches outside the repository. A test that needs them
 // skips, naming the command that builds them, when they are not built.
+//
+// The test helpers take TB, which testing.TB satisfies; the package does
+// not import "testing", so a program (`confmesh bench soak`) can use the
+// error-returning Start, ApplyRBACFile and InstallCRDsFile the helpers are
+// built on.
 package kubetest
 
 import (
@@ -23,7 +28,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -84,17 +88,42 @@ func ToolsDir() (string, error) {
 	return toolsDir, toolsErr
 }
 
+// TB is what the test helpers need of their caller: testing.TB satisfies
+// it.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+	TempDir() string
+}
+
+// ErrToolMissing is wrapped by the errors that say a cached tool is not
+// built.
+var ErrToolMissing = errors.New("not built")
+
+// ToolIn returns the path of tool name in the cache directory dir, or an
+// error wrapping ErrToolMissing that names the command that builds it.
+func ToolIn(dir, name string) (string, error) {
+	p := filepath.Join(dir, name)
+	if st, err := os.Stat(p); err != nil || st.IsDir() {
+		return "", fmt.Errorf("%s is %w (%s missing): run `make k8s-tools` (k8s/tools/build.sh) first", name, ErrToolMissing, p)
+	}
+	return p, nil
+}
+
 // Tool returns the path of a cached tool, or skips t naming the command
 // that builds it.
-func Tool(t testing.TB, name string) string {
+func Tool(t TB, name string) string {
 	t.Helper()
 	dir, err := ToolsDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(dir, name)
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("%s is not built (%s missing): run `make k8s-tools` (k8s/tools/build.sh) first", name, p)
+	p, err := ToolIn(dir, name)
+	if err != nil {
+		t.Skipf("%v", err)
 	}
 	return p
 }
@@ -139,14 +168,17 @@ type Options struct {
 	// NetNS, when set, is the named network namespace (/run/netns/NAME)
 	// etcd and the API server run in; clients dial into it.
 	NetNS string
-	// Dir holds the data (a test temporary directory when empty).
+	// Dir holds the data (a test temporary directory when empty; Start
+	// needs it set).
 	Dir string
+	// ToolsDir holds etcd and kube-apiserver (Start only; empty: ToolsDir()).
+	ToolsDir string
 }
 
 // StartAPIServer starts etcd and kube-apiserver in a temporary directory
 // and waits (up to two minutes, the machine may be loaded) until the API
 // server is ready. Both stop, by PID, when the test ends.
-func StartAPIServer(t testing.TB, opt Options) *APIServer {
+func StartAPIServer(t TB, opt Options) *APIServer {
 	t.Helper()
 	etcdBin := Tool(t, "etcd")
 	apiBin := Tool(t, "kube-apiserver")
@@ -160,6 +192,37 @@ func StartAPIServer(t testing.TB, opt Options) *APIServer {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// Start is StartAPIServer for a program: etcd and kube-apiserver from
+// opt.ToolsDir, data in opt.Dir (required). On error whatever it started
+// is stopped again; otherwise the caller calls Stop. The processes also
+// die (Pdeathsig) when the caller's process does.
+func Start(opt Options) (*APIServer, error) {
+	if opt.Dir == "" {
+		return nil, errors.New("kubetest: Start needs Options.Dir")
+	}
+	dir := opt.ToolsDir
+	if dir == "" {
+		var err error
+		if dir, err = ToolsDir(); err != nil {
+			return nil, err
+		}
+	}
+	etcdBin, err := ToolIn(dir, "etcd")
+	if err != nil {
+		return nil, err
+	}
+	apiBin, err := ToolIn(dir, "kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
+	s, err := start(opt.Dir, etcdBin, apiBin, opt)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
 }
 
 func start(dir, etcdBin, apiBin string, opt Options) (*APIServer, error) {
@@ -341,7 +404,7 @@ func (s *APIServer) Config(u User) *rest.Config {
 }
 
 // Client is a clientset authenticated as u.
-func (s *APIServer) Client(t testing.TB, u User) kubernetes.Interface {
+func (s *APIServer) Client(t TB, u User) kubernetes.Interface {
 	t.Helper()
 	c, err := kubernetes.NewForConfig(s.Config(u))
 	if err != nil {
@@ -468,38 +531,55 @@ func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
 // RoleBindings of a manifest file (other kinds are skipped) and returns how
 // many it created, so a test runs with exactly the rights a manifest grants.
 // Namespaced objects without a namespace go into namespace.
-func ApplyRBAC(t testing.TB, c kubernetes.Interface, path, namespace string) int {
+func ApplyRBAC(t TB, c kubernetes.Interface, path, namespace string) int {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	n, err := ApplyRBACFile(c, path, namespace)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return n
+}
+
+// ApplyRBACFile is ApplyRBAC returning its error.
+func ApplyRBACFile(c kubernetes.Interface, path, namespace string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
 	}
 	ctx := context.Background()
 	n := 0
 	for _, doc := range strings.Split(string(data), "\n---\n") {
 		var meta metav1.TypeMeta
 		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
+			return n, err
 		}
 		switch meta.Kind {
 		case "ClusterRole":
 			var r rbacv1.ClusterRole
-			mustStrict(t, doc, &r)
+			if err := strict(doc, &r); err != nil {
+				return n, err
+			}
 			_, err = c.RbacV1().ClusterRoles().Create(ctx, &r, metav1.CreateOptions{})
 		case "ClusterRoleBinding":
 			var b rbacv1.ClusterRoleBinding
-			mustStrict(t, doc, &b)
+			if err := strict(doc, &b); err != nil {
+				return n, err
+			}
 			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, &b, metav1.CreateOptions{})
 		case "Role":
 			var r rbacv1.Role
-			mustStrict(t, doc, &r)
+			if err := strict(doc, &r); err != nil {
+				return n, err
+			}
 			if r.Namespace == "" {
 				r.Namespace = namespace
 			}
 			_, err = c.RbacV1().Roles(r.Namespace).Create(ctx, &r, metav1.CreateOptions{})
 		case "RoleBinding":
 			var b rbacv1.RoleBinding
-			mustStrict(t, doc, &b)
+			if err := strict(doc, &b); err != nil {
+				return n, err
+			}
 			if b.Namespace == "" {
 				b.Namespace = namespace
 			}
@@ -508,25 +588,34 @@ func ApplyRBAC(t testing.TB, c kubernetes.Interface, path, namespace string) int
 			continue
 		}
 		if err != nil {
-			t.Fatalf("%s: %s: %v", path, meta.Kind, err)
+			return n, fmt.Errorf("%s: %s: %v", path, meta.Kind, err)
 		}
 		n++
 	}
-	return n
+	return n, nil
 }
 
 // InstallCRDs creates the CustomResourceDefinitions of a manifest file
 // (other kinds are skipped) and waits until the API server serves them
 // (Established). It returns how many it created.
-func InstallCRDs(t testing.TB, cfg *rest.Config, path string) int {
+func InstallCRDs(t TB, cfg *rest.Config, path string) int {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	n, err := InstallCRDsFile(cfg, path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return n
+}
+
+// InstallCRDsFile is InstallCRDs returning its error.
+func InstallCRDsFile(cfg *rest.Config, path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
 	ctx := context.Background()
@@ -534,14 +623,14 @@ func InstallCRDs(t testing.TB, cfg *rest.Config, path string) int {
 	for _, doc := range strings.Split(string(data), "\n---\n") {
 		var obj map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatal(err)
+			return 0, err
 		}
 		u := &unstructured.Unstructured{Object: obj}
 		if obj == nil || u.GetKind() != "CustomResourceDefinition" {
 			continue
 		}
 		if _, err := crds.Create(ctx, u, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("%s: CRD %s: %v", path, u.GetName(), err)
+			return 0, fmt.Errorf("%s: CRD %s: %v", path, u.GetName(), err)
 		}
 		names = append(names, u.GetName())
 	}
@@ -560,15 +649,10 @@ func InstallCRDs(t testing.TB, cfg *rest.Config, path string) int {
 			return false
 		})
 		if !ok {
-			t.Fatalf("CRD %s not established within a minute", name)
+			return 0, fmt.Errorf("CRD %s not established within a minute", name)
 		}
 	}
-	return len(names)
+	return len(names), nil
 }
 
-func mustStrict(t testing.TB, doc string, into any) {
-	t.Helper()
-	if err := yaml.UnmarshalStrict([]byte(doc), into); err != nil {
-		t.Fatal(err)
-	}
-}
+func strict(doc string, into any) error { return yaml.UnmarshalStrict([]byte(doc), into) }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/confmesh/confmesh/bench/soak"
+	"github.com/confmesh/confmesh/internal/kubetest"
 	"github.com/confmesh/confmesh/netlab"
 	"github.com/spf13/cobra"
 )
@@ -24,12 +25,13 @@ var soakRuns = netlab.Runs{NamePrefix: "cmsk-", LockDir: "/run/cmsoak", ClusterI
 func newBenchSoakCmd() *cobra.Command {
 	var (
 		output, results string
+		controlPlanes   string
 		cfg             = soak.Config{Bounds: soak.DefaultBounds}
 	)
 	cmd := &cobra.Command{
-		Use:   "soak [--duration 30m] [--every 30s] [--nodes 3] [-o json] [--results FILE]",
+		Use:   "soak [--duration 30m] [--every 30s] [--nodes 3] [--control-planes auto|kubernetes|standalone] [-o json] [--results FILE]",
 		Short: "Run the namespace lab for a long time under traffic and events; report loss per event, growth and errors",
-		Long: `Build the namespace lab (the demo's and the e2e tests': a control plane and
+		Long: `Build the namespace lab (the demo's and the e2e tests': the control plane and
 --nodes stable node agents, each a confmesh process in its own network
 namespace on the simulated TEE, userspace WireGuard), put a pod on every
 stable node with the real CNI plugin, and send steady probe traffic between
@@ -43,16 +45,28 @@ Meanwhile, for --duration:
   policy-reload  the shared policy file is rewritten (one accepted
                  measurement, then two: every node still passes) and every
                  agent and the control plane get SIGHUP;
-  controlplane-kill
-                 the control plane is SIGKILLed and started again (one
-                 replica: an outage; failovers between replicas need the
-                 Kubernetes store, which the lab runs only under go test);
+  controlplane-failover (--control-planes kubernetes)
+                 two control-plane replicas share the Kubernetes store of a
+                 real kube-apiserver + etcd (from the k8s tools cache, in a
+                 namespace of the lab's own, with manifests/base's CRDs and
+                 RBAC); the replica most stable agents use is SIGKILLed,
+                 every agent must move to the other one, then the killed
+                 one is started again;
+  controlplane-kill (--control-planes standalone)
+                 the one control plane (bbolt store) is SIGKILLed and
+                 started again: an outage, not a failover;
   node-leave     the oldest joined node leaves (agent stopped, 'confmesh
                  agent cleanup', 'confmesh nodes remove');
   key-rotation   every stable agent rotates its WireGuard key on
                  --key-rotation (the times are read from their logs).
 The scheduled events run in that order, one every --every; each must
 complete (the mesh full again) or the run fails.
+
+--control-planes auto (the default) is kubernetes when etcd and
+kube-apiserver are built (--k8s-tools; default: what 'k8s/tools/build.sh
+--dir' of the confmesh checkout above the working directory prints), else
+standalone, saying why and naming 'make k8s-tools'. The kubernetes mode
+reads manifests/base from that checkout too.
 
 Every probe is charged to the window of the event it was sent in (the event
 plus --settle; where windows overlap, the newest event), or to "none" (only
@@ -81,9 +95,24 @@ died, or not root; 2 usage error.`,
 			if cfg.Nodes < 2 || cfg.Nodes > 20 || cfg.ChurnPods < 1 {
 				return usageErrorf("--nodes must be 2 to 20 and --churn-pods at least 1")
 			}
+			if err := checkControlPlanesFlag(controlPlanes); err != nil {
+				return err
+			}
 			if os.Geteuid() != 0 {
 				return failf("bench soak needs root: it creates network namespaces, TUN devices and nftables rules")
 			}
+			var toolsErr error
+			if controlPlanes != soak.ModeStandalone {
+				cfg.RepoRoot, cfg.K8sTools, toolsErr = k8sTools(cfg.K8sTools)
+			}
+			mode, note, err := soak.ResolveMode(controlPlanes, toolsErr)
+			if err != nil {
+				return failf("bench soak: %v", err)
+			}
+			if note != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "soak: %s\n", note)
+			}
+			cfg.ControlPlanes = mode
 			if err := netlab.CheckHost(); err != nil {
 				return failf("bench soak: %v", err)
 			}
@@ -116,7 +145,7 @@ died, or not root; 2 usage error.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			cfg.Logf("run %s, names %s-*, logs in %s, for %s", run.ID, cfg.Prefix, cfg.Dir, cfg.Duration)
+			cfg.Logf("run %s, names %s-*, logs in %s, for %s, control planes: %s", run.ID, cfg.Prefix, cfg.Dir, cfg.Duration, cfg.ControlPlanes)
 			rep, runErr := soak.Run(ctx, cfg)
 			if rep == nil {
 				os.RemoveAll(cfg.Dir)
@@ -144,6 +173,8 @@ died, or not root; 2 usage error.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVarP(&output, "output", "o", formatText, "output format: text or json")
+	fl.StringVar(&controlPlanes, "control-planes", soak.ModeAuto, "auto, kubernetes (two replicas on a real kube-apiserver: failovers) or standalone (one, bbolt: kill and restart)")
+	fl.StringVar(&cfg.K8sTools, "k8s-tools", "", "directory holding etcd and kube-apiserver (default: `k8s/tools/build.sh --dir` of the checkout above the working directory)")
 	fl.DurationVar(&cfg.Duration, "duration", 30*time.Minute, "how long the soak runs (at least 1m)")
 	fl.DurationVar(&cfg.Every, "every", 30*time.Second, "one scheduled event this often")
 	fl.DurationVar(&cfg.Settle, "settle", 5*time.Second, "added to each event's window after it completed (one WireGuard handshake retry)")
@@ -156,4 +187,26 @@ died, or not root; 2 usage error.`,
 	fl.DurationVar(&cfg.Bounds.MinLifetime, "judge-after", soak.DefaultBounds.MinLifetime, "apply the growth bounds to processes sampled over at least this long")
 	resultsFlag(cmd, &results, "soak")
 	return cmd
+}
+
+// k8sTools finds the confmesh checkout above the working directory (for
+// manifests/base) and the directory holding etcd and kube-apiserver (dir,
+// or the cache k8s/tools/build.sh builds into), or says why they cannot be
+// used.
+func k8sTools(dir string) (root, tools string, err error) {
+	root, err = kubetest.RepoRoot()
+	if err != nil {
+		return "", "", fmt.Errorf("%v (run it from a confmesh checkout for manifests/base and k8s/tools)", err)
+	}
+	if dir == "" {
+		if dir, err = kubetest.ToolsDir(); err != nil {
+			return "", "", err
+		}
+	}
+	for _, name := range []string{"etcd", "kube-apiserver"} {
+		if _, err := kubetest.ToolIn(dir, name); err != nil {
+			return "", "", err
+		}
+	}
+	return root, dir, nil
 }
