@@ -266,34 +266,8 @@ func TestChallengeFloodHonestNodesProceed(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				timed("renew", func() error {
-					conn, err := renewer.Dial(t, c)
-					if err != nil {
-						return err
-					}
-					defer conn.Close()
-					key := make([]byte, 32)
-					rand.Read(key)
-					resp, err := conn.Renew(ctxT(t), renewer.NodeSpec(), key)
-					if err != nil {
-						return err
-					}
-					renewer.WGKey, renewer.SVID = key, resp.Svid
-					return nil
-				})
-				timed("reconnect", func() error {
-					conn, err := watcher.Dial(t, c)
-					if err != nil {
-						return err
-					}
-					defer conn.Close()
-					stream, err := conn.Client.Watch(ctxT(t), &cpv1.WatchRequest{})
-					if err != nil {
-						return err
-					}
-					_, err = stream.Recv()
-					return err
-				})
+				timed("renew", func() error { return renewOnce(t, renewer, c) })
+				timed("reconnect", func() error { return reconnectOnce(t, watcher, c) })
 				// Well within each node's own budget (10 calls/s): a real
 				// node renews every half SVID TTL.
 				if stopped(150 * time.Millisecond) {
