@@ -169,20 +169,26 @@ func (l *Listener) forgetLocked(c *Conn) {
 	}
 	c.gone = true
 	l.total--
-	if c.elem != nil {
-		q := l.unauth[c.src]
-		q.Remove(c.elem)
-		c.elem = nil
-		l.nUnauth--
-		if q.Len() == 0 {
-			delete(l.unauth, c.src)
-		}
-	}
+	l.leavePoolLocked(c)
 	if l.byAddr[c.key] == c {
 		delete(l.byAddr, c.key)
 	}
 	if c.timer != nil {
 		c.timer.Stop()
+	}
+}
+
+// leavePoolLocked takes c out of the unauthenticated pool, if it is in it.
+func (l *Listener) leavePoolLocked(c *Conn) {
+	if c.elem == nil {
+		return
+	}
+	q := l.unauth[c.src]
+	q.Remove(c.elem)
+	c.elem = nil
+	l.nUnauth--
+	if q.Len() == 0 {
+		delete(l.unauth, c.src)
 	}
 }
 
@@ -216,13 +222,7 @@ func (l *Listener) Authenticated(remote, local net.Addr) bool {
 		return false
 	}
 	if c.elem != nil {
-		q := l.unauth[c.src]
-		q.Remove(c.elem)
-		c.elem = nil
-		l.nUnauth--
-		if q.Len() == 0 {
-			delete(l.unauth, c.src)
-		}
+		l.leavePoolLocked(c)
 		if c.timer != nil {
 			c.timer.Stop()
 		}
