@@ -19,9 +19,10 @@ import (
 	"container/list"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/connlimit"
 )
 
 // Reasons passed to Config.Refused and Config.Closed.
@@ -39,7 +40,7 @@ const (
 // Config sets the limits; a zero limit is no limit.
 type Config struct {
 	// MaxUnauthenticated bounds the connections not yet authenticated. A
-	// source is an IPv4 address or an IPv6 /64 (Source).
+	// source is an IPv4 address or an IPv6 /64 (connlimit.Source).
 	MaxUnauthenticated int
 	// IdleTimeout closes an unauthenticated connection on which no call
 	// started for this long (since accept or the last Touch).
@@ -113,7 +114,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 // admit registers raw or says why not; it may pick an unauthenticated
 // connection to evict (the caller closes it, outside the lock).
 func (l *Listener) admit(raw net.Conn) (c *Conn, evicted *Conn, reason string) {
-	src := Source(raw.RemoteAddr())
+	src := connlimit.Source(raw.RemoteAddr())
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cfg.MaxUnauthenticated > 0 && l.nUnauth >= l.cfg.MaxUnauthenticated {
@@ -302,29 +303,4 @@ func (c *Conn) idleCheck() {
 	}
 	l.mu.Unlock()
 	c.close(ClosedIdle)
-}
-
-// Source names the source a connection counts against: its IPv4 address,
-// or its IPv6 /64.
-func Source(a net.Addr) string {
-	var ip netip.Addr
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	default:
-		if a == nil {
-			return "unknown"
-		}
-		ap, err := netip.ParseAddrPort(a.String())
-		if err != nil {
-			return a.String()
-		}
-		ip = ap.Addr()
-	}
-	ip = ip.Unmap()
-	if ip.Is6() {
-		pfx, _ := ip.Prefix(64)
-		return pfx.String()
-	}
-	return ip.String()
 }

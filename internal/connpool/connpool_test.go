@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/connlimit"
 )
 
 // server accepts on a limited loopback listener and keeps what it accepts.
@@ -203,7 +205,7 @@ func acceptedFrom(t *testing.T, s *server, src string) (remote, local net.Addr) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.accepted {
-		if Source(c.RemoteAddr()) == src {
+		if connlimit.Source(c.RemoteAddr()) == src {
 			return c.RemoteAddr(), c.LocalAddr()
 		}
 	}
@@ -259,22 +261,6 @@ func TestIdleTimeout(t *testing.T) {
 	s.waitCount(t, s.closed, ClosedIdle, 2, "closes")
 	if st := s.l.Stats(); st.Total != 1 || st.Unauthenticated != 0 {
 		t.Fatalf("stats %+v, want the authenticated connection only", st)
-	}
-}
-
-func TestSource(t *testing.T) {
-	for addr, want := range map[string]string{
-		"192.0.2.7:1234":             "192.0.2.7",
-		"[::ffff:192.0.2.7]:1":       "192.0.2.7",
-		"[2001:db8:1:2:3:4:5:6]:443": "2001:db8:1:2::/64",
-	} {
-		a, err := net.ResolveTCPAddr("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := Source(a); got != want {
-			t.Errorf("Source(%s) = %s, want %s", addr, got, want)
-		}
 	}
 }
 
