@@ -26,7 +26,6 @@ import (
 	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
-	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -166,40 +165,6 @@ func (l latencies) report(t *testing.T, phase string) {
 		t.Logf("%s: honest %-9s n=%-3d p50=%-8s p99=%-8s max=%s", phase, k, len(d),
 			pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), d[len(d)-1].Round(time.Millisecond))
 	}
-}
-
-// counterValue sums a counter family's samples whose labels include match.
-func counterValue(t *testing.T, c *cptest.ControlPlane, name string, match map[string]string) float64 {
-	t.Helper()
-	mfs, err := c.Server.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for k, v := range match {
-				if !hasLabel(m, k, v) {
-					continue next
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
-}
-
-func hasLabel(m *dto.Metric, k, v string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == k && l.GetValue() == v {
-			return true
-		}
-	}
-	return false
 }
 
 // TestChallengeFloodHonestNodesProceed floods the control plane from one

@@ -18,6 +18,7 @@ import (
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
+	dto "github.com/prometheus/client_model/go"
 )
 
 var (
@@ -225,4 +226,38 @@ func reconnectOnce(t testing.TB, a *cptest.Agent, c *cptest.ControlPlane) error 
 	}
 	_, err = stream.Recv()
 	return err
+}
+
+// counterValue sums a counter family's samples whose labels include match.
+func counterValue(t *testing.T, c *cptest.ControlPlane, name string, match map[string]string) float64 {
+	t.Helper()
+	mfs, err := c.Server.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for k, v := range match {
+				if !hasLabel(m, k, v) {
+					continue next
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+func hasLabel(m *dto.Metric, k, v string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == k && l.GetValue() == v {
+			return true
+		}
+	}
+	return false
 }
