@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -75,11 +74,8 @@ func TestStrictFailureHeals(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, nftables)")
 	}
-	a := newTestAgent(t)
-	a.cfg.StrictMode = true
-	a.metrics.registerStrict(a.Strict)
+	a := newStrictAgent(t)
 	a.mu.Lock()
-	a.joined, a.podCIDR = true, netip.MustParsePrefix("10.244.5.0/24")
 	a.setStateLocked(StateActive, "")
 	a.mu.Unlock()
 	a.refreshReady()

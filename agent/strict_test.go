@@ -31,6 +31,19 @@ func TestPodsOf(t *testing.T) {
 	}
 }
 
+// newStrictAgent is a test agent in strict mode (its metrics registered),
+// joined with the pod CIDR 10.244.5.0/24.
+func newStrictAgent(t *testing.T) *Agent {
+	t.Helper()
+	a := newTestAgent(t)
+	a.cfg.StrictMode = true
+	a.metrics.registerStrict(a.Strict)
+	a.mu.Lock()
+	a.joined, a.podCIDR = true, netip.MustParsePrefix("10.244.5.0/24")
+	a.mu.Unlock()
+	return a
+}
+
 // TestStrictCheckRepairs runs the agent's strict-mode bookkeeping in a
 // fresh network namespace: pods enter and leave the sets with their IPAM
 // addresses; a removed or altered table makes the agent not ready and is
@@ -40,12 +53,7 @@ func TestStrictCheckRepairs(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, nftables, routes)")
 	}
-	a := newTestAgent(t)
-	a.cfg.StrictMode = true
-	a.metrics.registerStrict(a.Strict)
-	a.mu.Lock()
-	a.joined, a.podCIDR = true, netip.MustParsePrefix("10.244.5.0/24")
-	a.mu.Unlock()
+	a := newStrictAgent(t)
 	cluster := netip.MustParsePrefix(DefaultClusterCIDR)
 	k := Attachment{ContainerID: "c0ffee", Interface: "eth0"}
 	veth := hostveth.Name(k.ContainerID, k.Interface)

@@ -18,7 +18,6 @@ package controlplane_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -402,38 +401,8 @@ func TestIdleConnectionFloodHonestNodesProceed(t *testing.T) {
 	for i := 0; time.Since(tReady) < hold-2*time.Second || i < 3; i++ {
 		a := cptest.NewAgent(t, fmt.Sprintf("honest-%d", i), cptest.SimNode(t, sim.NodeConfig{}), nil)
 		timed("join", func() error { _, err := a.TryJoin(t, c); return err })
-		timed("renew", func() error {
-			conn, err := renewer.Dial(t, c)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			key := make([]byte, 32)
-			rand.Read(key)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			resp, err := conn.Renew(ctx, renewer.NodeSpec(), key)
-			if err != nil {
-				return err
-			}
-			renewer.WGKey, renewer.SVID = key, resp.Svid
-			return nil
-		})
-		timed("reconnect", func() error {
-			conn, err := watcherNode.Dial(t, c)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			stream, err := conn.Client.Watch(ctx, &cpv1.WatchRequest{})
-			if err != nil {
-				return err
-			}
-			_, err = stream.Recv()
-			return err
-		})
+		timed("renew", func() error { return renewOnce(t, renewer, c) })
+		timed("reconnect", func() error { return reconnectOnce(t, watcherNode, c) })
 		timed("metrics", func() error {
 			resp, err := http.Get(metricsURL)
 			if err != nil {

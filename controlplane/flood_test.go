@@ -26,7 +26,6 @@ import (
 	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
-	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -168,40 +167,6 @@ func (l latencies) report(t *testing.T, phase string) {
 	}
 }
 
-// counterValue sums a counter family's samples whose labels include match.
-func counterValue(t *testing.T, c *cptest.ControlPlane, name string, match map[string]string) float64 {
-	t.Helper()
-	mfs, err := c.Server.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for k, v := range match {
-				if !hasLabel(m, k, v) {
-					continue next
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
-}
-
-func hasLabel(m *dto.Metric, k, v string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == k && l.GetValue() == v {
-			return true
-		}
-	}
-	return false
-}
-
 // TestChallengeFloodHonestNodesProceed floods the control plane from one
 // address, then from 32 addresses, each phase for a bounded time (after a
 // baseline phase without flood), while
@@ -266,34 +231,8 @@ func TestChallengeFloodHonestNodesProceed(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				timed("renew", func() error {
-					conn, err := renewer.Dial(t, c)
-					if err != nil {
-						return err
-					}
-					defer conn.Close()
-					key := make([]byte, 32)
-					rand.Read(key)
-					resp, err := conn.Renew(ctxT(t), renewer.NodeSpec(), key)
-					if err != nil {
-						return err
-					}
-					renewer.WGKey, renewer.SVID = key, resp.Svid
-					return nil
-				})
-				timed("reconnect", func() error {
-					conn, err := watcher.Dial(t, c)
-					if err != nil {
-						return err
-					}
-					defer conn.Close()
-					stream, err := conn.Client.Watch(ctxT(t), &cpv1.WatchRequest{})
-					if err != nil {
-						return err
-					}
-					_, err = stream.Recv()
-					return err
-				})
+				timed("renew", func() error { return renewOnce(t, renewer, c) })
+				timed("reconnect", func() error { return reconnectOnce(t, watcher, c) })
 				// Well within each node's own budget (10 calls/s): a real
 				// node renews every half SVID TTL.
 				if stopped(150 * time.Millisecond) {

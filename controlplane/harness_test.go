@@ -6,6 +6,10 @@ package controlplane_test
 
 import (
 	"context"
+	"crypto/rand"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +18,7 @@ import (
 	cpv1 "github.com/confmesh/confmesh/api/controlplane/v1"
 	"github.com/confmesh/confmesh/controlplane/cptest"
 	"github.com/confmesh/confmesh/internal/attest/sim"
+	dto "github.com/prometheus/client_model/go"
 )
 
 var (
@@ -156,4 +161,103 @@ func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// readyzOf serves c's /readyz and returns its answer.
+func readyzOf(t *testing.T, c *cptest.ControlPlane) (int, string) {
+	t.Helper()
+	h := httptest.NewServer(c.Server.HTTPHandler())
+	defer h.Close()
+	resp, err := http.Get(h.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// within polls cond until it holds or d passes.
+func within(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// renewOnce renews a's SVID on c over a new connection with a fresh
+// WireGuard key (what a node does every half SVID TTL) and keeps the
+// new key and SVID in a; the call may take 10 s.
+func renewOnce(t testing.TB, a *cptest.Agent, c *cptest.ControlPlane) error {
+	conn, err := a.Dial(t, c)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	key := make([]byte, 32)
+	rand.Read(key)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := conn.Renew(ctx, a.NodeSpec(), key)
+	if err != nil {
+		return err
+	}
+	a.WGKey, a.SVID = key, resp.Svid
+	return nil
+}
+
+// reconnectOnce is a node's reconnect: dial c as a (re-attesting the
+// control plane) and read the Watch snapshot, within 10 s.
+func reconnectOnce(t testing.TB, a *cptest.Agent, c *cptest.ControlPlane) error {
+	conn, err := a.Dial(t, c)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := conn.Client.Watch(ctx, &cpv1.WatchRequest{})
+	if err != nil {
+		return err
+	}
+	_, err = stream.Recv()
+	return err
+}
+
+// counterValue sums a counter family's samples whose labels include match.
+func counterValue(t *testing.T, c *cptest.ControlPlane, name string, match map[string]string) float64 {
+	t.Helper()
+	mfs, err := c.Server.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for k, v := range match {
+				if !hasLabel(m, k, v) {
+					continue next
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+func hasLabel(m *dto.Metric, k, v string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == k && l.GetValue() == v {
+			return true
+		}
+	}
+	return false
 }

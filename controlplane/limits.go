@@ -188,7 +188,7 @@ func (s *Server) registerConnMetrics() {
 }
 
 // refusedPerSource is the metrics' name for connlimit's per-key cap: the
-// key is the source (connpool.Source).
+// key is the source (connlimit.Source).
 const refusedPerSource = "per_source"
 
 // capped wraps lis in the caps per source and in total (connlimit, refused
@@ -197,7 +197,7 @@ const refusedPerSource = "per_source"
 func (s *Server) capped(lis net.Listener, listener string, perSource, total, unauth int, idle time.Duration) (*connpool.Listener, error) {
 	refused := func(reason string) { s.connm.refused.WithLabelValues(listener, reason).Inc() }
 	caps := connlimit.New(lis, connlimit.Config{
-		Key:    func(c net.Conn) string { return connpool.Source(c.RemoteAddr()) },
+		Key:    connlimit.BySource,
 		PerKey: perSource, Total: total,
 		OnRefuse: func(_, reason string) {
 			if reason == connlimit.ReasonPerKey {

@@ -72,25 +72,7 @@ func TestJoinCraftedTDXQuoteRefused(t *testing.T) {
 // joinsRefused reads confmesh_controlplane_joins_total{result="refused",reason}.
 func joinsRefused(t *testing.T, c *cptest.ControlPlane, reason string) float64 {
 	t.Helper()
-	fams, err := c.Server.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != "confmesh_controlplane_joins_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["result"] == "refused" && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return counterValue(t, c, "confmesh_controlplane_joins_total", map[string]string{"result": "refused", "reason": reason})
 }
 
 // paddingTEE hands out its TD's quotes in a size-byte buffer, as QGS

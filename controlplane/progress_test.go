@@ -2,9 +2,7 @@ package controlplane_test
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,32 +16,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// readyzOf serves c's /readyz and returns its answer.
-func readyzOf(t *testing.T, c *cptest.ControlPlane) (int, string) {
-	t.Helper()
-	h := httptest.NewServer(c.Server.HTTPHandler())
-	defer h.Close()
-	resp, err := http.Get(h.URL + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
-}
-
-// within polls cond until it holds or d passes.
-func within(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // TestSilentStoreWatchIsBroken: replica A's store watch goes silent (no
 // error; nothing, not even progress, arrives). Within the progress

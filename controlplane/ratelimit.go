@@ -2,11 +2,10 @@ package controlplane
 
 import (
 	"context"
-	"net"
-	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/confmesh/confmesh/internal/connlimit"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -103,22 +102,12 @@ func sourceOf(ctx context.Context) string {
 			return "id:" + leaf.URIs[0].String()
 		}
 	}
-	var ip netip.Addr
-	switch a := p.Addr.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	default:
-		if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
-			ip = ap.Addr()
-		}
-	}
-	ip = ip.Unmap()
+	ip, ok := connlimit.SourceIP(p.Addr)
 	switch {
-	case !ip.IsValid():
+	case !ok:
 		return "addr:" + p.Addr.String()
 	case ip.Is6():
-		pfx, _ := ip.Prefix(64)
-		return "net:" + pfx.String()
+		return "net:" + connlimit.Source(p.Addr)
 	}
 	return "ip:" + ip.String()
 }

@@ -4,9 +4,7 @@ package controlplane_test
 // (standing in for the Kubernetes API), each serving over real gRPC.
 
 import (
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -80,13 +78,7 @@ func metricValue(t *testing.T, c *cptest.ControlPlane, name string) float64 {
 // eventually polls cond until it holds or 10 s pass.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	within(t, 10*time.Second, what, cond)
 }
 
 func (w *watcher) snapshotEvents() ([]*cpv1.WatchEvent, error) {
@@ -317,17 +309,7 @@ func TestReplicaWithoutStoreFailsClosed(t *testing.T) {
 	y.Join(t, a)
 	wx := watch(t, x.MTLS(t, a), 0)
 	wx.waitFor(t, "snapshot", func(evs []*cpv1.WatchEvent, _ error) bool { return peers(evs)["node-y"] != nil })
-	h := httptest.NewServer(a.Server.HTTPHandler())
-	defer h.Close()
-	readyz := func() (int, string) {
-		resp, err := http.Get(h.URL + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
-	}
+	readyz := func() (int, string) { return readyzOf(t, a) }
 	if code, body := readyz(); code != 200 {
 		t.Fatalf("/readyz %d %s before the cut", code, body)
 	}

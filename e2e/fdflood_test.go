@@ -240,6 +240,24 @@ func setNoFile(t *testing.T, pid int, n uint64) uint64 {
 	return old.Cur
 }
 
+// awaitStatus polls path over c (an open connection into the node) every
+// 200 ms for up to 30 s until it answers want, and returns its last
+// answer; a request that fails ends the wait at once.
+func awaitStatus(c *http.Client, path string, want int) (code int, body string, err error) {
+	err = netlab.Eventually(30*time.Second, 200*time.Millisecond, func() error {
+		var gerr error
+		code, body, gerr = httpGet(c, path)
+		if gerr != nil {
+			return netlab.Permanent(fmt.Errorf("%s over the open connection: %v", path, gerr))
+		}
+		if code != want {
+			return fmt.Errorf("%s %d %q", path, code, body)
+		}
+		return nil
+	})
+	return code, body, err
+}
+
 // servesPods checks what the CNI plugin and operators need: the agent
 // answers, is ready with strict mode installed, and a CNI ADD succeeds.
 func servesPods(c *Cluster, n *Node) error {
@@ -354,34 +372,12 @@ func TestAgentHealsFDExhaustion(t *testing.T) {
 	}
 	defer restore()
 	squeezed := time.Now()
-	var code int
-	var body string
-	err := netlab.Eventually(30*time.Second, 200*time.Millisecond, func() error {
-		var err error
-		code, body, err = httpGet(hc, "/readyz")
-		if err != nil {
-			return netlab.Permanent(fmt.Errorf("/readyz over the open connection: %v", err))
-		}
-		if code != http.StatusServiceUnavailable {
-			return fmt.Errorf("/readyz %d %q", code, body)
-		}
-		return nil
-	})
+	code, body, err := awaitStatus(hc, "/readyz", http.StatusServiceUnavailable)
 	if err != nil {
 		t.Fatalf("descriptors exhausted: %v", err)
 	}
 	t.Logf("descriptors exhausted: /readyz %d %q after %s", code, body, time.Since(squeezed).Round(time.Millisecond))
-	err = netlab.Eventually(30*time.Second, 200*time.Millisecond, func() error {
-		var err error
-		code, body, err = httpGet(hc, "/healthz")
-		if err != nil {
-			return netlab.Permanent(fmt.Errorf("/healthz over the open connection: %v", err))
-		}
-		if code != http.StatusServiceUnavailable {
-			return fmt.Errorf("/healthz %d %q", code, body)
-		}
-		return nil
-	})
+	code, body, err = awaitStatus(hc, "/healthz", http.StatusServiceUnavailable)
 	if err != nil {
 		t.Errorf("descriptors exhausted for %s, liveness timeout 4s: %v", time.Since(squeezed).Round(time.Millisecond), err)
 	} else {

@@ -126,3 +126,21 @@ func randBytes(t testing.TB, n int) []byte {
 	}
 	return b
 }
+
+// verifyVia attests through provider and verifies the evidence under p
+// through the verifier's real path (Attest, then Verifier.Verify with the
+// binding).
+func verifyVia(t testing.TB, provider attest.Provider, p *attest.Policy) (*attest.Claims, error) {
+	t.Helper()
+	now := time.Now()
+	v, err := attest.NewVerifier(p, attest.Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bd := newBound(t, now)
+	ev, err := attest.Attest(provider, bd.b, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.Verify(ev, bd.want)
+}

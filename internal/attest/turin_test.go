@@ -51,21 +51,11 @@ func turinPolicy(ca *sim.CA, m []byte, min attest.TCBMinimum) *attest.Policy {
 // verifyTCB attests a node of ca with tcb and verifies it under p.
 func verifyTCB(t *testing.T, ca *sim.CA, p *attest.Policy, tcb attest.TCBParts) (*attest.Claims, error) {
 	t.Helper()
-	now := time.Now()
-	v, err := attest.NewVerifier(p, attest.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
 	n, err := ca.NewNode(sim.NodeConfig{Measurement: p.Measurements[0], TCB: tcb})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bd := newBound(t, now)
-	ev, err := attest.Attest(n, bd.b, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v.Verify(ev, bd.want)
+	return verifyVia(t, n, p)
 }
 
 // TestTurinTCBDecodedPerProduct is the attack: a Turin node whose TEE SPL

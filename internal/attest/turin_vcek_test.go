@@ -271,23 +271,6 @@ func (r *turinReporter) policy(roots ...attest.RootRef) *attest.Policy {
 	}
 }
 
-// verifyTurin attests r and verifies the evidence under p through the
-// verifier's real path (Attest, then Verifier.Verify with the binding).
-func verifyTurin(t testing.TB, r *turinReporter, p *attest.Policy) (*attest.Claims, error) {
-	t.Helper()
-	now := time.Now()
-	v, err := attest.NewVerifier(p, attest.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bd := newBound(t, now)
-	ev, err := attest.Attest(r, bd.b, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v.Verify(ev, bd.want)
-}
-
 var turinHWID = []byte{0x5e, 0x11, 0xc0, 0xde, 0x01, 0x23, 0x45, 0x67}
 
 // TestTurinVCEKVerifies: a report signed by a Turin VCEK in the published
@@ -300,7 +283,7 @@ func TestTurinVCEKVerifies(t *testing.T) {
 	if _, err := kds.VcekCertificateExtensions(r.vcek); err == nil {
 		t.Fatal("go-sev-guest parses this VCEK: the test no longer builds the Turin format it refuses")
 	}
-	c, err := verifyTurin(t, r, r.policy())
+	c, err := verifyVia(t, r, r.policy())
 	if err != nil {
 		t.Fatalf("Turin evidence refused: %v", err)
 	}
@@ -309,7 +292,7 @@ func TestTurinVCEKVerifies(t *testing.T) {
 		t.Errorf("claims: product %s TCB %s chip %x signer %s", c.Product, c.ReportedTCB, c.ChipID, c.Signer)
 	}
 	// A second report hits the cached chain verdict and still verifies.
-	if _, err := verifyTurin(t, r, r.policy()); err != nil {
+	if _, err := verifyVia(t, r, r.policy()); err != nil {
 		t.Fatalf("second Turin report refused: %v", err)
 	}
 }
@@ -318,7 +301,7 @@ func TestTurinVCEKVerifies(t *testing.T) {
 // AMD's pinned roots (Turin's among them).
 func TestTurinVCEKRefusedByAMDRoots(t *testing.T) {
 	r := turinReporterFor(t, turinHWID, turinVCEKSpec{})
-	_, err := verifyTurin(t, r, r.policy(attest.RootRef{Kind: attest.RootAMD}))
+	_, err := verifyVia(t, r, r.policy(attest.RootRef{Kind: attest.RootAMD}))
 	if !errors.Is(err, attest.ErrUntrustedRoot) || !strings.Contains(err.Error(), "amd/Turin") {
 		t.Fatalf("err = %v, want %v naming amd/Turin", err, attest.ErrUntrustedRoot)
 	}
@@ -378,7 +361,7 @@ func TestTurinVCEKRefusals(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := turinReporterFor(t, turinHWID, c.spec)
-			_, err := verifyTurin(t, r, r.policy())
+			_, err := verifyVia(t, r, r.policy())
 			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
 				t.Fatalf("err = %v, want %v containing %q", err, c.want, c.msg)
 			}

@@ -209,3 +209,19 @@ func peerPID(t *testing.T, c net.Conn) int32 {
 	}
 	return pid
 }
+
+func TestSource(t *testing.T) {
+	for addr, want := range map[string]string{
+		"192.0.2.7:1234":             "192.0.2.7",
+		"[::ffff:192.0.2.7]:1":       "192.0.2.7",
+		"[2001:db8:1:2:3:4:5:6]:443": "2001:db8:1:2::/64",
+	} {
+		a, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := Source(a); got != want {
+			t.Errorf("Source(%s) = %s, want %s", addr, got, want)
+		}
+	}
+}

@@ -19,9 +19,10 @@ import (
 	"container/list"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/confmesh/confmesh/internal/connlimit"
 )
 
 // Reasons passed to Config.Refused and Config.Closed.
@@ -39,7 +40,7 @@ const (
 // Config sets the limits; a zero limit is no limit.
 type Config struct {
 	// MaxUnauthenticated bounds the connections not yet authenticated. A
-	// source is an IPv4 address or an IPv6 /64 (Source).
+	// source is an IPv4 address or an IPv6 /64 (connlimit.Source).
 	MaxUnauthenticated int
 	// IdleTimeout closes an unauthenticated connection on which no call
 	// started for this long (since accept or the last Touch).
@@ -113,7 +114,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 // admit registers raw or says why not; it may pick an unauthenticated
 // connection to evict (the caller closes it, outside the lock).
 func (l *Listener) admit(raw net.Conn) (c *Conn, evicted *Conn, reason string) {
-	src := Source(raw.RemoteAddr())
+	src := connlimit.Source(raw.RemoteAddr())
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cfg.MaxUnauthenticated > 0 && l.nUnauth >= l.cfg.MaxUnauthenticated {
@@ -169,20 +170,26 @@ func (l *Listener) forgetLocked(c *Conn) {
 	}
 	c.gone = true
 	l.total--
-	if c.elem != nil {
-		q := l.unauth[c.src]
-		q.Remove(c.elem)
-		c.elem = nil
-		l.nUnauth--
-		if q.Len() == 0 {
-			delete(l.unauth, c.src)
-		}
-	}
+	l.leavePoolLocked(c)
 	if l.byAddr[c.key] == c {
 		delete(l.byAddr, c.key)
 	}
 	if c.timer != nil {
 		c.timer.Stop()
+	}
+}
+
+// leavePoolLocked takes c out of the unauthenticated pool, if it is in it.
+func (l *Listener) leavePoolLocked(c *Conn) {
+	if c.elem == nil {
+		return
+	}
+	q := l.unauth[c.src]
+	q.Remove(c.elem)
+	c.elem = nil
+	l.nUnauth--
+	if q.Len() == 0 {
+		delete(l.unauth, c.src)
 	}
 }
 
@@ -216,13 +223,7 @@ func (l *Listener) Authenticated(remote, local net.Addr) bool {
 		return false
 	}
 	if c.elem != nil {
-		q := l.unauth[c.src]
-		q.Remove(c.elem)
-		c.elem = nil
-		l.nUnauth--
-		if q.Len() == 0 {
-			delete(l.unauth, c.src)
-		}
+		l.leavePoolLocked(c)
 		if c.timer != nil {
 			c.timer.Stop()
 		}
@@ -302,29 +303,4 @@ func (c *Conn) idleCheck() {
 	}
 	l.mu.Unlock()
 	c.close(ClosedIdle)
-}
-
-// Source names the source a connection counts against: its IPv4 address,
-// or its IPv6 /64.
-func Source(a net.Addr) string {
-	var ip netip.Addr
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	default:
-		if a == nil {
-			return "unknown"
-		}
-		ap, err := netip.ParseAddrPort(a.String())
-		if err != nil {
-			return a.String()
-		}
-		ip = ap.Addr()
-	}
-	ip = ip.Unmap()
-	if ip.Is6() {
-		pfx, _ := ip.Prefix(64)
-		return pfx.String()
-	}
-	return ip.String()
 }

@@ -35,9 +35,9 @@ func fakeTSM(provider string, outblob func(in []byte) []byte, aux []byte) *faket
 	return &faketsm.Client{Subsystems: map[string]configfsi.Client{"report": sub}}
 }
 
-// TestTDXOverConfigfsTSM: a tdx_guest provider yields tdx evidence whose
-// quote is the outblob produced for exactly our report data.
-func TestTDXOverConfigfsTSM(t *testing.T) {
+// simTDXNode is a node of a new simulated TDX CA.
+func simTDXNode(t *testing.T) *simtdx.Node {
+	t.Helper()
 	ca, err := simtdx.NewCA()
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +46,13 @@ func TestTDXOverConfigfsTSM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return n
+}
+
+// TestTDXOverConfigfsTSM: a tdx_guest provider yields tdx evidence whose
+// quote is the outblob produced for exactly our report data.
+func TestTDXOverConfigfsTSM(t *testing.T) {
+	n := simTDXNode(t)
 	var seen []byte
 	c := fakeTSM(tsm.ProviderTDX, func(in []byte) []byte {
 		seen = append([]byte(nil), in...)
@@ -83,14 +90,7 @@ func TestTDXOverConfigfsTSM(t *testing.T) {
 // carrying the quote alone; an outblob with a non-zero byte after the quote
 // yields no evidence.
 func TestTDXOverConfigfsTSMTrimsPadding(t *testing.T) {
-	ca, err := simtdx.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := ca.NewNode(simtdx.NodeConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := simTDXNode(t)
 	var quote []byte
 	dirty := false
 	c := fakeTSM(tsm.ProviderTDX, func(in []byte) []byte {
