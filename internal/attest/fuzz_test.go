@@ -297,6 +297,8 @@ maxEvidenceAge: 45m
 trustedRoots: [{kind: amd}, {kind: simulated, file: /etc/confmesh/sim/root.pem}]
 `,
 	"{\"measurements\": [\"" + string(bytes.Repeat([]byte("00"), 48)) + "\"], \"maxEvidenceAge\": \"1h30m\"}",
+	"tdx:\n  mrtds: [\"" + string(bytes.Repeat([]byte("ab"), 48)) + "\"]\n  rtmrSets:\n    - [\"\", \"" + string(bytes.Repeat([]byte("a1"), 48)) + "\", \"\", \"\"]\n    - [\"\", \"" + string(bytes.Repeat([]byte("b1"), 48)) + "\", \"\", \"\"]\n",
+	"tdx: {mrtds: [\"" + string(bytes.Repeat([]byte("ab"), 48)) + "\"], rtmrSets: [[], [null]]}\n",
 	"",
 	"   \n",
 	"measurements: []\n",

@@ -396,10 +396,8 @@ func (v *Verifier) checkTDXPolicy(q *TDXQuote, tc *TDXClaims) error {
 	if !pol.anyMeasurement && !containsBytes(p.MRTDs, tc.MRTD) {
 		return fmt.Errorf("%w: MRTD %s is not one of the %d accepted tdx.mrtds", ErrMeasurement, tc.MRTD, len(p.MRTDs))
 	}
-	for i, want := range p.RTMRs {
-		if len(want) > 0 && (i >= len(tc.RTMRs) || !bytes.Equal(tc.RTMRs[i], want)) {
-			return fmt.Errorf("%w: RTMR%d is not the policy's value", ErrRTMR, i)
-		}
+	if err := p.checkRTMRs(tc.RTMRs); err != nil {
+		return err
 	}
 	if len(p.MRConfigIDs) > 0 && !containsBytes(p.MRConfigIDs, tc.MRConfigID) {
 		return fmt.Errorf("%w: MRCONFIGID %s is not one of the %d accepted", ErrMRConfigID, tc.MRConfigID, len(p.MRConfigIDs))

@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 )
@@ -43,7 +44,15 @@ type TDXPolicy struct {
 	MRTDs []HexBytes `json:"mrtds"`
 	// RTMRs, when set, holds exactly four entries: the required value of
 	// RTMR0-3 (48 bytes, hex), or "" for a register that is not checked.
+	// It is one accepted tuple; RTMRSets lists several. A policy sets at
+	// most one of the two.
 	RTMRs []HexBytes `json:"rtmrs,omitempty"`
+	// RTMRSets, when set, lists accepted RTMR tuples, each like RTMRs
+	// (four entries, "" unchecked in that tuple). A TD passes when its
+	// RTMR0-3 match every checked register of at least one tuple: during a
+	// roll the old and the new image's tuples are both listed, and a mix
+	// of the two (one image's RTMR1 with the other's RTMR2) matches none.
+	RTMRSets [][]HexBytes `json:"rtmrSets,omitempty"`
 	// MRConfigIDs, when non-empty, lists the accepted MRCONFIGID values.
 	MRConfigIDs []HexBytes `json:"mrConfigIDs,omitempty"`
 	// XFAMMask and XFAM, when set, require (quote XFAM & XFAMMask) == XFAM
@@ -81,15 +90,8 @@ func (t *TDXPolicy) validate(p *Policy) error {
 	if err := p.checkMRTDs("tdx.mrtds", t.MRTDs); err != nil {
 		return err
 	}
-	if len(t.RTMRs) > 0 {
-		if len(t.RTMRs) != TDXRTMRCount {
-			return fmt.Errorf("tdx.rtmrs: %d entries, want exactly %d (RTMR0-3; \"\" leaves one unchecked)", len(t.RTMRs), TDXRTMRCount)
-		}
-		for i, r := range t.RTMRs {
-			if len(r) != 0 && len(r) != TDXMRTDSize {
-				return fmt.Errorf("tdx.rtmrs[%d]: %d bytes, want %d (96 hex digits) or \"\"", i, len(r), TDXMRTDSize)
-			}
-		}
+	if err := t.validateRTMRs(); err != nil {
+		return err
 	}
 	for i, m := range t.MRConfigIDs {
 		if len(m) != TDXMRTDSize {
@@ -149,6 +151,106 @@ func (t *TDXPolicy) validate(p *Policy) error {
 		return fmt.Errorf("tdx: the policy has a tdx section but trustedRoots names no TDX root (kind %q, or %q with a file)", RootIntel, RootSimulatedTDX)
 	}
 	return nil
+}
+
+// validateRTMRs checks rtmrs and rtmrSets: at most one of them, four
+// entries per tuple, each 48 bytes or "".
+func (t *TDXPolicy) validateRTMRs() error {
+	if t.RTMRs != nil && t.RTMRSets != nil {
+		return fmt.Errorf("tdx.rtmrs and tdx.rtmrSets: both set; use one: rtmrSets lists every accepted tuple (move the rtmrs tuple into it)")
+	}
+	if len(t.RTMRs) > 0 {
+		return checkRTMRTuple("tdx.rtmrs", t.RTMRs)
+	}
+	if t.RTMRSets == nil {
+		return nil
+	}
+	if len(t.RTMRSets) == 0 {
+		return fmt.Errorf("tdx.rtmrSets: empty list accepts no TD; list at least one RTMR tuple, or leave the field out to check no RTMR")
+	}
+	for i, set := range t.RTMRSets {
+		name := fmt.Sprintf("tdx.rtmrSets[%d]", i)
+		if err := checkRTMRTuple(name, set); err != nil {
+			return err
+		}
+		checked := false
+		for _, r := range set {
+			checked = checked || len(r) > 0
+		}
+		if !checked {
+			return fmt.Errorf("%s: every register is \"\": this set accepts any RTMRs, so the other sets check nothing; pin at least one register, or leave rtmrSets out to check no RTMR", name)
+		}
+	}
+	return nil
+}
+
+// checkRTMRTuple checks one tuple: RTMR0-3, each 48 bytes or "".
+func checkRTMRTuple(name string, set []HexBytes) error {
+	if len(set) != TDXRTMRCount {
+		return fmt.Errorf("%s: %d entries, want exactly %d (RTMR0-3; \"\" leaves one unchecked)", name, len(set), TDXRTMRCount)
+	}
+	for i, r := range set {
+		if len(r) != 0 && len(r) != TDXMRTDSize {
+			return fmt.Errorf("%s[%d] (RTMR%d): %d bytes, want %d (96 hex digits) or \"\"", name, i, i, len(r), TDXMRTDSize)
+		}
+	}
+	return nil
+}
+
+// AcceptedRTMRSets returns the accepted RTMR tuples: rtmrSets, or rtmrs as
+// the only tuple; nil when the policy checks no RTMR.
+func (t *TDXPolicy) AcceptedRTMRSets() [][]HexBytes {
+	if len(t.RTMRs) > 0 {
+		return [][]HexBytes{t.RTMRs}
+	}
+	return t.RTMRSets
+}
+
+// checkRTMRs passes when the quote's RTMR0-3 match one accepted tuple. The
+// refusal names the registers that differ from the closest tuple (fewest
+// differing registers; the first of equals), where the operator most
+// likely meant the node to match.
+func (t *TDXPolicy) checkRTMRs(got []HexBytes) error {
+	sets := t.AcceptedRTMRSets()
+	if len(sets) == 0 {
+		return nil
+	}
+	var closest []int
+	closestSet := 0
+	for i, set := range sets {
+		diff := rtmrDiff(set, got)
+		if len(diff) == 0 {
+			return nil
+		}
+		if closest == nil || len(diff) < len(closest) {
+			closest, closestSet = diff, i
+		}
+	}
+	names := make([]string, len(closest))
+	for i, r := range closest {
+		names[i] = fmt.Sprintf("RTMR%d", r)
+	}
+	list, verb, noun := names[0], "is", "value"
+	if n := len(names); n > 1 {
+		list, verb, noun = strings.Join(names[:n-1], ", ")+" and "+names[n-1], "are", "values"
+	}
+	if len(sets) == 1 {
+		return fmt.Errorf("%w: %s %s not the policy's %s", ErrRTMR, list, verb, noun)
+	}
+	return fmt.Errorf("%w: the RTMRs match none of the %d tdx.rtmrSets (closest: tdx.rtmrSets[%d], where %s %s not its %s)",
+		ErrRTMR, len(sets), closestSet, list, verb, noun)
+}
+
+// rtmrDiff lists the registers a tuple checks that got does not match; a
+// register missing from got never matches.
+func rtmrDiff(set, got []HexBytes) []int {
+	var diff []int
+	for i, want := range set {
+		if len(want) > 0 && (i >= len(got) || !bytes.Equal(got[i], want)) {
+			diff = append(diff, i)
+		}
+	}
+	return diff
 }
 
 // checkMRTDs checks an MRTD list's lengths and, like checkMeasurements,

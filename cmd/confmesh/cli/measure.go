@@ -303,10 +303,16 @@ func printMeasurement(out io.Writer, format string, m measured) error {
 		if m.tee == attest.TEETDX {
 			fmt.Fprintf(out, "tdx:\n  mrtds:\n    - %q\n", v)
 			if m.rtmrs != nil {
-				fmt.Fprintf(out, "  # RTMR0-3; \"\" leaves a register unchecked (RTMR0: the VMM's configuration, RTMR3: the running system)\n  rtmrs:\n")
-				for _, r := range m.rtmrs {
-					fmt.Fprintf(out, "    - %q\n", hex.EncodeToString(r))
+				// One accepted tuple on one line of a list, so that a roll
+				// adds the next image's line next to it and later deletes
+				// this one (docs/attestation.md).
+				entries := make([]string, len(m.rtmrs))
+				for i, r := range m.rtmrs {
+					entries[i] = strconv.Quote(hex.EncodeToString(r))
 				}
+				fmt.Fprintf(out, "  # accepted RTMR0-3 tuples, one per line; a node matches one. \"\" leaves a register unchecked\n"+
+					"  # (RTMR0: the VMM's configuration, RTMR3: the running system). For a roll, add the new image's line.\n"+
+					"  rtmrSets:\n    - [%s]\n", strings.Join(entries, ", "))
 			}
 		} else {
 			fmt.Fprintf(out, "measurements:\n  - %q\n", v)

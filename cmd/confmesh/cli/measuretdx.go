@@ -171,7 +171,11 @@ RTMR[3] (the running system's) are not computed: the policy leaves them
 unchecked. RTMR[2] needs a kernel whose EFI stub measures into the TDX
 (CC) measurement protocol; with an older stub it stays zero.
 
--o policy prints a fragment for the policy file's tdx section.`,
+-o policy prints a fragment for the policy file's tdx section: the MRTD
+under mrtds and, with --kernel, the RTMR tuple as one line under rtmrSets
+(a node must match one listed tuple). To roll to a new kernel, add the new
+image's line next to the old one, replace the nodes, then delete the old
+line: no register is left unchecked meanwhile.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkMeasureFormat(output); err != nil {

@@ -76,9 +76,17 @@ func TestMeasureTDXDirectBoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("-o policy output is not a valid policy: %v\n%s", err, r.stdout)
 	}
-	if p.TDX == nil || len(p.TDX.RTMRs) != 4 || len(p.TDX.RTMRs[0]) != 0 || p.TDX.RTMRs[1].String() != refTDXRTMR1 ||
-		p.TDX.RTMRs[2].String() != refTDXRTMR2 || len(p.TDX.RTMRs[3]) != 0 {
+	// One accepted tuple, under rtmrSets, on one line of its own: a roll
+	// adds the next image's line (TestMeasureTDXRollRoundTrip).
+	if p.TDX == nil || len(p.TDX.RTMRs) != 0 || len(p.TDX.RTMRSets) != 1 {
 		t.Fatalf("policy tdx %+v\n%s", p.TDX, r.stdout)
+	}
+	if set := p.TDX.RTMRSets[0]; len(set) != 4 || len(set[0]) != 0 || set[1].String() != refTDXRTMR1 ||
+		set[2].String() != refTDXRTMR2 || len(set[3]) != 0 {
+		t.Fatalf("policy tdx.rtmrSets %v\n%s", p.TDX.RTMRSets, r.stdout)
+	}
+	if !strings.Contains(r.stdout, "\n  rtmrSets:\n    - [\"\", \""+refTDXRTMR1+"\", \""+refTDXRTMR2+"\", \"\"]\n") {
+		t.Fatalf("the tuple is not one line under rtmrSets:\n%s", r.stdout)
 	}
 
 	// The unpatched kernel (later OVMF) is another RTMR[1], same RTMR[2];
@@ -163,12 +171,79 @@ func TestMeasureTDXRTMRRoundTrip(t *testing.T) {
 	otherCmdline[7] = "console=ttyS0 root=/dev/vda1 init=/bin/sh"
 	verify(quote("other-cmdline", otherCmdline...)).want(t, 1, "rejected: rtmr: RTMR not allowed: RTMR2 is not the policy's value")
 	// Without a kernel the node's RTMRs are zero: refused too.
-	verify(quote("firmware-only", "--sim-tdvf", b.tdvf)).want(t, 1, "rejected: rtmr: RTMR not allowed: RTMR1 is not the policy's value")
+	verify(quote("firmware-only", "--sim-tdvf", b.tdvf)).want(t, 1, "rejected: rtmr: RTMR not allowed: RTMR1 and RTMR2 are not the policy's values")
 
 	// The TDX image flags do not mix with the SEV-SNP ones.
 	out := filepath.Join(dir, "never")
 	run(t, append([]string{"attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "-o", out, "--sim-vcpus", "2"}, b.args("sim-")...)...).
 		want(t, 2, "a simulated node runs one TEE")
+}
+
+// TestMeasureTDXRollRoundTrip: the roll docs/attestation.md describes.
+// The policy is the old image's `measure tdx -o policy` with the new
+// image's rtmrSets line added (same firmware, so one MRTD); it accepts
+// sim-tdx nodes booted with either kernel, refuses a third kernel, and
+// `policy check` lists both accepted sets. Dropping the old line after
+// the roll refuses the old image.
+func TestMeasureTDXRollRoundTrip(t *testing.T) {
+	t.Parallel()
+	oldImg, newImg, third := writeTDXBoot(t, "kernel-v1"), writeTDXBoot(t, "kernel-v2"), writeTDXBoot(t, "kernel-v3")
+	dir := t.TempDir()
+	nonce, key := randHex(t, 32), randHex(t, 32)
+	fragment := func(b tdxBoot) (doc, set string) {
+		t.Helper()
+		r := run(t, append([]string{"measure", "tdx", "-o", "policy"}, b.args("")...)...)
+		r.want(t, 0)
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if strings.HasPrefix(l, "    - [") {
+				if set != "" {
+					t.Fatalf("more than one rtmrSets line:\n%s", r.stdout)
+				}
+				set = l
+			}
+		}
+		if set == "" {
+			t.Fatalf("no rtmrSets line:\n%s", r.stdout)
+		}
+		return r.stdout, set
+	}
+	oldDoc, oldSet := fragment(oldImg)
+	_, newSet := fragment(newImg)
+	if oldSet == newSet {
+		t.Fatalf("two kernels, one RTMR tuple: %s", oldSet)
+	}
+	ca := filepath.Join(dir, "tdx-ca")
+	roots := "trustedRoots: [{kind: simulated-tdx, file: " + filepath.Join(ca, "root.pem") + "}]\n"
+	roll := writeFile(t, dir, "roll.yaml", []byte(strings.Replace(oldDoc, oldSet+"\n", oldSet+"\n"+newSet+"\n", 1)+roots))
+	after := writeFile(t, dir, "after.yaml", []byte(strings.Replace(oldDoc, oldSet+"\n", newSet+"\n", 1)+roots))
+
+	quote := func(out string, b tdxBoot) string {
+		t.Helper()
+		o := filepath.Join(dir, out)
+		run(t, append([]string{"attest", "report", "--sim-dir", ca, "--nonce", nonce, "--key", key, "-o", o}, b.args("sim-")...)...).want(t, 0)
+		return filepath.Join(o, "quote.dat")
+	}
+	verify := func(pol, q string) result {
+		return run(t, "attest", "verify", "--report", q, "--nonce", nonce, "--key", key, "--policy", pol)
+	}
+	oldQ, newQ, thirdQ := quote("old", oldImg), quote("new", newImg), quote("third", third)
+	// (after the first quote: that creates the simulated root)
+	r := run(t, "policy", "check", roll)
+	r.want(t, 0)
+	for _, s := range []string{"TDX RTMRs:", "2 accepted sets (tdx.rtmrSets; a node must match one)",
+		"TDX RTMR set 0:", "TDX RTMR set 1:", "RTMR0 not checked", "RTMR3 not checked",
+		"RTMR1 " + strings.Split(oldSet, `"`)[3], "RTMR1 " + strings.Split(newSet, `"`)[3]} {
+		if !strings.Contains(r.stdout, s) {
+			t.Fatalf("policy check output lacks %q:\n%s", s, r.stdout)
+		}
+	}
+
+	verify(roll, oldQ).want(t, 0)
+	verify(roll, newQ).want(t, 0)
+	verify(roll, thirdQ).want(t, 1, "rejected: rtmr: RTMR not allowed: the RTMRs match none of the 2 tdx.rtmrSets (closest: tdx.rtmrSets[0], where RTMR1 is not its value)")
+	// After the roll the old line is gone: the old image is refused.
+	verify(after, newQ).want(t, 0)
+	verify(after, oldQ).want(t, 1, "rejected: rtmr: RTMR not allowed: RTMR1 is not the policy's value")
 }
 
 // TestAgentSimTDXRTMRs: the agent's simulated TDX node launched with

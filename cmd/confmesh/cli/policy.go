@@ -164,17 +164,7 @@ func writeTDXSummary(line func(k, v string), p *attest.Policy) {
 			line("", m.String())
 		}
 	}
-	if len(t.RTMRs) == 0 {
-		line("TDX RTMRs:", "not checked")
-	} else {
-		for i, r := range t.RTMRs {
-			v := "not checked"
-			if len(r) > 0 {
-				v = r.String()
-			}
-			line(fmt.Sprintf("TDX RTMR%d:", i), v)
-		}
-	}
+	writeRTMRSummary(line, t)
 	if len(t.MRConfigIDs) == 0 {
 		line("TDX MRCONFIGID:", "not checked")
 	} else {
@@ -205,4 +195,33 @@ func writeTDXSummary(line func(k, v string), p *attest.Policy) {
 		plat = fmt.Sprintf("%d FMSPCs, %d PPIDs on the allowlist", len(t.FMSPCs), len(t.PPIDs))
 	}
 	line("TDX platforms:", plat)
+}
+
+// writeRTMRSummary lists the accepted RTMR tuples, one register a line.
+func writeRTMRSummary(line func(k, v string), t *attest.TDXPolicy) {
+	sets := t.AcceptedRTMRSets()
+	switch {
+	case len(sets) == 0:
+		line("TDX RTMRs:", "not checked")
+		return
+	case len(t.RTMRs) > 0:
+		line("TDX RTMRs:", "1 accepted set (tdx.rtmrs)")
+	case len(sets) == 1:
+		line("TDX RTMRs:", "1 accepted set (tdx.rtmrSets)")
+	default:
+		line("TDX RTMRs:", fmt.Sprintf("%d accepted sets (tdx.rtmrSets; a node must match one)", len(sets)))
+	}
+	for i, set := range sets {
+		for j, r := range set {
+			k := ""
+			if j == 0 {
+				k = fmt.Sprintf("TDX RTMR set %d:", i)
+			}
+			v := "not checked"
+			if len(r) > 0 {
+				v = r.String()
+			}
+			line(k, fmt.Sprintf("RTMR%d %s", j, v))
+		}
+	}
 }
