@@ -38,11 +38,7 @@ func haAPIServer(t *testing.T) func(c *netlab.Cluster) ([]string, error) {
 		if err := c.AttachNS(ns, "api", netlab.SharedServiceIP); err != nil {
 			return nil, fmt.Errorf("API server namespace: %w", err)
 		}
-		cpUser := kubetest.User{
-			Name:   "system:serviceaccount:" + haNamespace + ":confmesh-controlplane",
-			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + haNamespace, "system:authenticated"},
-			Token:  fmt.Sprintf("controlplane-%d", time.Now().UnixNano()),
-		}
+		cpUser := kubetest.ServiceAccountUser(haNamespace, "confmesh-controlplane")
 		start := time.Now()
 		apiDir := filepath.Join(c.Dir, "apiserver")
 		if err := os.MkdirAll(apiDir, 0o700); err != nil {

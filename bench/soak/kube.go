@@ -37,11 +37,7 @@ func (l *lab) kubeSetup(c *netlab.Cluster) ([]string, error) {
 	if err := c.AttachNS(ns, "api", netlab.SharedServiceIP); err != nil {
 		return nil, fmt.Errorf("API server namespace: %w", err)
 	}
-	cpUser := kubetest.User{
-		Name:   "system:serviceaccount:" + kubeNamespace + ":confmesh-controlplane",
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + kubeNamespace, "system:authenticated"},
-		Token:  fmt.Sprintf("controlplane-%d", time.Now().UnixNano()),
-	}
+	cpUser := kubetest.ServiceAccountUser(kubeNamespace, "confmesh-controlplane")
 	dir := filepath.Join(c.Dir, "apiserver")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err

@@ -135,6 +135,18 @@ type User struct {
 	Token  string
 }
 
+// ServiceAccountUser is the user the API server authenticates a service
+// account's token as: its name, the service-account groups and
+// system:authenticated, with a static token that is unique to this
+// process and moment (prefixed by the account's name).
+func ServiceAccountUser(namespace, name string) User {
+	return User{
+		Name:   "system:serviceaccount:" + namespace + ":" + name,
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+		Token:  fmt.Sprintf("%s-%d-%d", name, os.Getpid(), time.Now().UnixNano()),
+	}
+}
+
 // APIServer is a running etcd + kube-apiserver pair.
 type APIServer struct {
 	// URL is https://127.0.0.1:<port>.

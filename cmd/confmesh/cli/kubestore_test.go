@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -34,11 +33,7 @@ import (
 // tests on a loaded machine can miss its two-minute readiness limit.
 func TestControlPlaneBinaryKubernetesStore(t *testing.T) {
 	const ns = "confmesh-system"
-	sa := kubetest.User{
-		Name:   "system:serviceaccount:" + ns + ":confmesh-controlplane",
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
-		Token:  fmt.Sprintf("cp-%d", time.Now().UnixNano()),
-	}
+	sa := kubetest.ServiceAccountUser(ns, "confmesh-controlplane")
 	api := kubetest.StartAPIServer(t, kubetest.Options{Users: []kubetest.User{sa}})
 	bin := buildConfmesh(t)
 	root, err := kubetest.RepoRoot()

@@ -35,16 +35,8 @@ const namespace = "confmesh-system"
 // The control plane's and the agent's service accounts, as the API server
 // authenticates them (static tokens stand in for projected ones).
 var (
-	cpUser = kubetest.User{
-		Name:   "system:serviceaccount:" + namespace + ":confmesh-controlplane",
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
-		Token:  "controlplane-token-" + fmt.Sprint(time.Now().UnixNano()),
-	}
-	agentUser = kubetest.User{
-		Name:   "system:serviceaccount:" + namespace + ":confmesh-agent",
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
-		Token:  "agent-token-" + fmt.Sprint(time.Now().UnixNano()),
-	}
+	cpUser    = kubetest.ServiceAccountUser(namespace, "confmesh-controlplane")
+	agentUser = kubetest.ServiceAccountUser(namespace, "confmesh-agent")
 )
 
 // env is one API server with confmesh's CRDs and RBAC installed.
