@@ -129,7 +129,9 @@ SOAK_CONTROL_PLANES ?= auto
 # define one, so no other test binary is built or started) and run each in turn. A finding
 # stops the run (the failing input is written under the package's
 # testdata/fuzz/<FuzzX>/; commit it as a seed once fixed).
-# FUZZ_RUN is the loop; $(1) is the time per target, $(2) extra flags.
+# FUZZ_RUN is the loop; $(1) is the time (or Nx count) per target, $(2) extra
+# flags. A time-limited run that Go's fuzz-time race (see fuzz-ci) stops with
+# "context deadline exceeded" and no failing input is reported, not failed.
 define FUZZ_RUN
 	@pkgs=$$(grep -rl --include='*_test.go' -E '^func Fuzz[A-Z]' . | xargs -r -n1 dirname | sort -u); \
 	targets=$$([ -z "$$pkgs" ] || go test -list '^Fuzz' $$pkgs | \
@@ -137,7 +139,12 @@ define FUZZ_RUN
 	if [ -z "$$targets" ]; then echo "fuzz: no Fuzz targets found"; exit 0; fi; \
 	while read -r pkg name; do \
 		echo "== $$pkg $$name ($(1))"; start=$$SECONDS; \
-		go test -run "^$$" -fuzz "^$$name\$$" -fuzztime $(1) -fuzzminimizetime 1s $(2) "$$pkg"; \
+		log=$$(mktemp); \
+		if ! go test -run "^$$" -fuzz "^$$name\$$" -fuzztime $(1) -fuzzminimizetime 1s $(2) "$$pkg" 2>&1 | tee "$$log"; then \
+			if grep -q 'context deadline exceeded' "$$log" && ! grep -qE 'Failing input written|panic:' "$$log"; then \
+				echo "== $$pkg $$name: stopped by Go's fuzz-time race (go.dev/issue/75804, fixed in Go 1.27), no failing input: not a finding"; \
+			else rm -f "$$log"; exit 1; fi; \
+		fi; rm -f "$$log"; \
 		echo "== $$pkg $$name: $$((SECONDS - start)) s"; \
 	done <<< "$$targets"
 endef
@@ -147,11 +154,15 @@ fuzz:
 
 # CI's fuzz budget: every Fuzz target (9 today: attest report, evidence,
 # policy, SNP verify, TDX quote, TDX verify; CSR; CNI config; JWT-SVID) for
-# FUZZ_CI_TIME each with two workers: 45 s of fuzzing, plus per target the
+# FUZZ_CI_TIME executions each with two workers, plus per target the
 # instrumented build (cached after the first run) and the seed corpus.
-# Measured warm: 197 s in all on 2 cores under load average ~30; well under
-# that on an idle machine. `make test` runs it after the unit tests.
-FUZZ_CI_TIME ?= 5s
+# A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
+# report "context deadline exceeded" as a failure when the time runs out
+# under load (go.dev/issue/75804, fixed in Go 1.27; seen once in five
+# `make test` runs under a CPU hog); a count has no deadline to race.
+# 3000 executions take 1-7 s per target on an idle 2-core machine (32 s in
+# all, warm), several times that under heavy load. `make test` runs it after the unit tests.
+FUZZ_CI_TIME ?= 3000x
 fuzz-ci:
 	$(call FUZZ_RUN,$(FUZZ_CI_TIME),-parallel 2)
 
