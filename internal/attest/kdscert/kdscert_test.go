@@ -19,7 +19,7 @@ import (
 
 var key *ecdsa.PrivateKey
 
-func cert(t *testing.T, exts []pkix.Extension) *x509.Certificate {
+func cert(t testing.TB, exts []pkix.Extension) *x509.Certificate {
 	t.Helper()
 	if key == nil {
 		var err error
@@ -39,7 +39,7 @@ func cert(t *testing.T, exts []pkix.Extension) *x509.Certificate {
 	return c
 }
 
-func encode(t *testing.T, e *kdscert.Extensions) []pkix.Extension {
+func encode(t testing.TB, e *kdscert.Extensions) []pkix.Extension {
 	t.Helper()
 	exts, err := kdscert.Encode(e)
 	if err != nil {
